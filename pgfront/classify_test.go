@@ -1,0 +1,262 @@
+package pgfront
+
+import (
+	"fmt"
+	"testing"
+)
+
+func TestClassify(t *testing.T) {
+	c := NewClassifier([]string{"app.bump_counter", "Audit_Log"}, 100, 1<<20)
+	cases := []struct {
+		sql  string
+		want StmtKind
+	}{
+		// Reads.
+		{"SELECT 1", StmtRead},
+		{"select * from t where id = $1", StmtRead},
+		{"  \n\tSELECT 1;", StmtRead},
+		{"VALUES (1), (2)", StmtRead},
+		{"TABLE accounts", StmtRead},
+		{"SHOW transaction_isolation", StmtRead},
+		{"(SELECT 1) UNION (SELECT 2)", StmtRead},
+		{"WITH x AS (SELECT 1) SELECT * FROM x", StmtRead},
+		{"FETCH 10 FROM c", StmtRead},
+		{"SELECT pg_backend_pid()", StmtRead},
+		{"SELECT current_setting('x')", StmtRead},
+		{"SELECT substring(s from 1 for 2) FROM t", StmtRead},
+		{"SELECT 'for update' FROM t", StmtRead},
+		{"SELECT \"update\" FROM t", StmtRead},
+		{"SELECT $$ insert into t values (1) $$", StmtRead},
+		{"SELECT $tag$ a $$ nextval( $$ b $tag$", StmtRead},
+		{"SELECT E'it\\'s FOR UPDATE'", StmtRead},
+		{"SELECT 'it''s; insert into t'", StmtRead},
+		{"SELECT 1 /* outer /* nested */ still comment; DELETE FROM t */", StmtRead},
+		{"SELECT 1 -- ; DELETE FROM t", StmtRead},
+		{"SELECT \"nextval\"", StmtRead},
+		{"SELECT \"NEXTVAL\"(1)", StmtRead},
+		{"SELECT 1.5e-3, .5, 0x1F, 1_000", StmtRead},
+		{"SELECT a$b FROM t", StmtRead},
+		{"SELECT U&'d\\0061t' , U&\"d\\0061t\" FROM t", StmtRead},
+		{"SELECT B'1010', X'FF', N'x'", StmtRead},
+		{"EXPLAIN SELECT * FROM t", StmtRead},
+		{"EXPLAIN INSERT INTO t VALUES (1)", StmtRead},
+		{"EXPLAIN (ANALYZE false) DELETE FROM t", StmtRead},
+		{"EXPLAIN ANALYZE SELECT * FROM t", StmtRead},
+		{"EXPLAIN (ANALYZE, BUFFERS) SELECT 1", StmtRead},
+		{"DECLARE c CURSOR FOR SELECT * FROM t", StmtRead},
+		{"DECLARE c NO SCROLL CURSOR WITHOUT HOLD FOR SELECT 1", StmtRead},
+		{"SELECT 1; SELECT 2", StmtRead},
+		{"SELECT 1;;", StmtRead},
+
+		// Writes.
+		{"INSERT INTO t VALUES (1)", StmtWrite},
+		{"update t set a = 1", StmtWrite},
+		{"DELETE FROM t", StmtWrite},
+		{"MERGE INTO t USING s ON true WHEN MATCHED THEN DELETE", StmtWrite},
+		{"CREATE TABLE t (a int)", StmtWrite},
+		{"CREATE UNLOGGED TABLE t (a int)", StmtWrite},
+		{"DROP TABLE t", StmtWrite},
+		{"ALTER TABLE t ADD b int", StmtWrite},
+		{"TRUNCATE t", StmtWrite},
+		{"GRANT SELECT ON t TO u", StmtWrite},
+		{"VACUUM t", StmtWrite},
+		{"ANALYZE t", StmtWrite},
+		{"CALL p()", StmtWrite},
+		{"DO $$ BEGIN END $$", StmtWrite},
+		{"LOCK TABLE t", StmtWrite},
+		{"NOTIFY ch", StmtWrite},
+		{"REFRESH MATERIALIZED VIEW v", StmtWrite},
+		{"COMMIT PREPARED 'x'", StmtWrite},
+		{"ROLLBACK PREPARED 'x'", StmtWrite},
+		{"PREPARE TRANSACTION 'x'", StmtWrite},
+		{"EXECUTE q(1)", StmtWrite},
+		{"DEALLOCATE q", StmtWrite},
+		{"frobnicate the database", StmtWrite},
+		{"42", StmtWrite},
+		{"WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", StmtWrite},
+		{"WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x", StmtWrite},
+		{"WITH x AS (SELECT 1) UPDATE t SET a = 1", StmtWrite},
+		{"SELECT * FROM t FOR UPDATE", StmtWrite},
+		{"SELECT * FROM t FOR SHARE", StmtWrite},
+		{"SELECT * FROM t FOR NO KEY UPDATE SKIP LOCKED", StmtWrite},
+		{"SELECT * FROM t FOR KEY SHARE", StmtWrite},
+		{"SELECT * FROM (SELECT * FROM t FOR UPDATE) s", StmtWrite},
+		{"SELECT * INTO t2 FROM t", StmtWrite},
+		{"EXPLAIN ANALYZE INSERT INTO t VALUES (1)", StmtWrite},
+		{"EXPLAIN ANALYSE VERBOSE DELETE FROM t", StmtWrite},
+		{"EXPLAIN (ANALYZE true, VERBOSE) UPDATE t SET a = 1", StmtWrite},
+		{"EXPLAIN (ANALYZE) SELECT nextval('s')", StmtWrite},
+		{"SELECT nextval('s')", StmtWrite},
+		{"SELECT NEXTVAL('s')", StmtWrite},
+		{"SELECT pg_catalog.setval('s', 1)", StmtWrite},
+		{"SELECT currval('s')", StmtWrite},
+		{"SELECT txid_current()", StmtWrite},
+		{"SELECT pg_advisory_xact_lock(1)", StmtWrite},
+		{"SELECT pg_advisory_unlock(1)", StmtWrite},
+		{"SELECT app.bump_counter(1)", StmtWrite},
+		{"SELECT audit_log('x')", StmtWrite},
+		{"SELECT 1; INSERT INTO t VALUES (1)", StmtWrite},
+		{"BEGIN; INSERT INTO t VALUES (1); COMMIT", StmtWrite},
+		{"DECLARE c CURSOR FOR SELECT * FROM t FOR UPDATE", StmtWrite},
+		{"COPY t FROM '/tmp/x'", StmtWrite},
+		{"COPY t TO '/tmp/x'", StmtWrite},
+		{"COPY (INSERT INTO t VALUES (1) RETURNING *) TO STDOUT", StmtWrite},
+		{"CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT CASE WHEN true THEN 1 END; END", StmtWrite},
+		{"SELECT 'unterminated", StmtRead},
+		{"SELECT $$unterminated", StmtRead},
+		{"SELECT 1 /* unterminated", StmtRead},
+
+		// COPY.
+		{"COPY t FROM STDIN", StmtCopyIn},
+		{"COPY t (a, b) FROM stdin WITH (FORMAT csv)", StmtCopyIn},
+		{"COPY t TO STDOUT", StmtCopyOut},
+		{"COPY t (a) TO STDOUT (FORMAT binary)", StmtCopyOut},
+		{"COPY (SELECT * FROM t WHERE a > 1) TO STDOUT", StmtCopyOut},
+
+		// Session pinning.
+		{"LISTEN ch", StmtPin},
+		{"CREATE TEMP TABLE x (a int)", StmtPin},
+		{"CREATE TEMPORARY TABLE x AS SELECT 1", StmtPin},
+		{"CREATE LOCAL TEMP TABLE x (a int)", StmtPin},
+		{"CREATE GLOBAL TEMPORARY TABLE x (a int)", StmtPin},
+		{"CREATE OR REPLACE TEMP VIEW v AS SELECT 1", StmtPin},
+		{"SELECT * INTO TEMP x FROM t", StmtPin},
+		{"SELECT pg_advisory_lock(1)", StmtPin},
+		{"SELECT pg_try_advisory_lock_shared(1)", StmtPin},
+		{"DECLARE c CURSOR WITH HOLD FOR SELECT 1", StmtPin},
+		{"PREPARE q AS SELECT 1", StmtPin},
+		{"SELECT 1; LISTEN ch", StmtPin},
+
+		// Session state and transaction control.
+		{"SET search_path = app", StmtSession},
+		{"SET SESSION statement_timeout TO 1000", StmtSession},
+		{"RESET ALL", StmtSession},
+		{"DISCARD ALL", StmtSession},
+		{"UNLISTEN *", StmtSession},
+		{"DEALLOCATE ALL", StmtSession},
+		{"DEALLOCATE PREPARE ALL", StmtSession},
+		{"SET LOCAL statement_timeout = 0", StmtSetLocal},
+		{"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", StmtSetLocal},
+		{"SAVEPOINT a", StmtSavepoint},
+		{"RELEASE SAVEPOINT a", StmtSavepoint},
+		{"ROLLBACK TO SAVEPOINT a", StmtSavepoint},
+		{"ROLLBACK TRANSACTION TO a", StmtSavepoint},
+		{"BEGIN", StmtBegin},
+		{"START TRANSACTION", StmtBegin},
+		{"COMMIT", StmtCommit},
+		{"END", StmtCommit},
+		{"ROLLBACK", StmtRollback},
+		{"ABORT", StmtRollback},
+
+		// Empty.
+		{"", StmtEmpty},
+		{"  ;  ; -- only a comment", StmtEmpty},
+		{"/* c */", StmtEmpty},
+	}
+	for _, tc := range cases {
+		got := c.Classify(tc.sql).Strongest()
+		if got != tc.want {
+			t.Errorf("Classify(%q) = %v, want %v", tc.sql, got, tc.want)
+		}
+	}
+}
+
+func TestClassifyTransactionModes(t *testing.T) {
+	c := NewClassifier(nil, 0, 0)
+	cases := []struct {
+		sql  string
+		want Statement
+	}{
+		{"BEGIN", Statement{Kind: StmtBegin}},
+		{"BEGIN WORK", Statement{Kind: StmtBegin}},
+		{"BEGIN TRANSACTION READ ONLY", Statement{Kind: StmtBegin, Access: AccessReadOnly}},
+		{"BEGIN ISOLATION LEVEL SERIALIZABLE", Statement{Kind: StmtBegin, Isolation: IsolationSerializable}},
+		{"begin isolation level repeatable read, read write", Statement{Kind: StmtBegin, Isolation: IsolationRepeatableRead, Access: AccessReadWrite}},
+		{"START TRANSACTION ISOLATION LEVEL READ COMMITTED READ ONLY", Statement{Kind: StmtBegin, Isolation: IsolationReadCommitted, Access: AccessReadOnly}},
+		{"START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE", Statement{Kind: StmtBegin, Isolation: IsolationSerializable, Access: AccessReadOnly}},
+		{"BEGIN ISOLATION LEVEL READ UNCOMMITTED", Statement{Kind: StmtBegin, Isolation: IsolationReadUncommitted}},
+		{"SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", Statement{Kind: StmtSetLocal, Isolation: IsolationRepeatableRead}},
+		{"SET TRANSACTION READ ONLY", Statement{Kind: StmtSetLocal, Access: AccessReadOnly}},
+		{"SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", Statement{Kind: StmtSession, Access: AccessReadOnly}},
+		{"SET default_transaction_read_only = on", Statement{Kind: StmtSession, Access: AccessReadOnly}},
+		{"SET default_transaction_read_only TO off", Statement{Kind: StmtSession, Access: AccessReadWrite}},
+	}
+	for _, tc := range cases {
+		got, ok := c.Classify(tc.sql).Single()
+		if !ok || got != tc.want {
+			t.Errorf("Classify(%q) = %+v (single %v), want %+v", tc.sql, got, ok, tc.want)
+		}
+	}
+}
+
+func TestClassifyMultiStatement(t *testing.T) {
+	c := NewClassifier(nil, 0, 0)
+	got := c.Classify("BEGIN; SELECT 1; INSERT INTO t VALUES (';'); COMMIT;").Stmts
+	want := []StmtKind{StmtBegin, StmtRead, StmtWrite, StmtCommit}
+	if len(got) != len(want) {
+		t.Fatalf("got %d statements %+v, want %d", len(got), got, len(want))
+	}
+	for i := range want {
+		if got[i].Kind != want[i] {
+			t.Errorf("statement %d: %v, want %v", i, got[i].Kind, want[i])
+		}
+	}
+}
+
+func TestClassifierCacheBounded(t *testing.T) {
+	c := NewClassifier(nil, 10, 1<<20)
+	for i := 0; i < 100; i++ {
+		c.Classify(fmt.Sprintf("SELECT %d", i))
+	}
+	if n := c.cacheLen(); n != 10 {
+		t.Fatalf("cache holds %d entries, want 10", n)
+	}
+	// Byte cap: entries of 100 bytes under a 350-byte cap keep 3.
+	c = NewClassifier(nil, 100, 350)
+	for i := 0; i < 10; i++ {
+		q := fmt.Sprintf("SELECT %-93d", i)
+		c.Classify(q)
+	}
+	if n := c.cacheLen(); n != 3 {
+		t.Fatalf("byte-capped cache holds %d entries, want 3", n)
+	}
+	// Cached and uncached answers agree.
+	q := "INSERT INTO t VALUES (1)"
+	if a, b := c.Classify(q).Strongest(), c.Classify(q).Strongest(); a != StmtWrite || b != StmtWrite {
+		t.Fatalf("cached classification %v / %v, want write", a, b)
+	}
+	// Over-long queries are not cached.
+	c = NewClassifier(nil, 10, 1<<30)
+	long := "SELECT '" + string(make([]byte, maxCachedQuery)) + "'"
+	c.Classify(long)
+	if n := c.cacheLen(); n != 0 {
+		t.Fatalf("over-long query cached: %d entries", n)
+	}
+}
+
+func FuzzClassify(f *testing.F) {
+	for _, s := range []string{
+		"SELECT 1", "INSERT INTO t VALUES (1)", "BEGIN ISOLATION LEVEL SERIALIZABLE", "SELECT $a$ x $a$",
+		"SELECT E'\\''", "/* /* */ */ SELECT", "COPY (SELECT 1) TO STDOUT", "EXPLAIN (ANALYZE) SELECT",
+		"DECLARE c CURSOR WITH HOLD FOR", "CREATE FUNCTION f() BEGIN ATOMIC CASE END; END", "U&\"x", "$1$", "SET default_transaction_read_only =",
+	} {
+		f.Add(s)
+	}
+	c := NewClassifier([]string{"f"}, 16, 4096)
+	uncached := NewClassifier([]string{"f"}, 0, 0)
+	f.Fuzz(func(t *testing.T, sql string) {
+		a := c.Classify(sql)
+		b := uncached.Classify(sql)
+		if len(a.Stmts) == 0 {
+			t.Fatalf("no statements for %q", sql)
+		}
+		if len(a.Stmts) != len(b.Stmts) || a.Strongest() != b.Strongest() {
+			t.Fatalf("non-deterministic classification of %q: %+v vs %+v", sql, a, b)
+		}
+		for i := range a.Stmts {
+			if a.Stmts[i] != b.Stmts[i] {
+				t.Fatalf("non-deterministic classification of %q: %+v vs %+v", sql, a, b)
+			}
+		}
+	})
+}
