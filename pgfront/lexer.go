@@ -172,7 +172,7 @@ func skipBlockComment(sql string, i int) int {
 
 // skipString returns the index after the closing quote of a string whose
 // body starts at i. A doubled quote is an escaped quote; with backslash set
-// (E'' strings) a backslash escapes the next byte.
+// (E” strings) a backslash escapes the next byte.
 func skipString(sql string, i int, backslash bool) int {
 	n := len(sql)
 	for i < n {
