@@ -1,0 +1,81 @@
+package routing
+
+import "time"
+
+// LinkState is the health of one endpoint as the state machine sees it.
+type LinkState int
+
+const (
+	StateUnknown LinkState = iota // not probed yet
+	StateUp
+	StateDown
+)
+
+func (s LinkState) String() string {
+	switch s {
+	case StateUp:
+		return "up"
+	case StateDown:
+		return "down"
+	}
+	return "unknown"
+}
+
+// MarshalText makes states readable in /status JSON.
+func (s LinkState) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// link is the hysteresis state machine of one endpoint: downAfter
+// consecutive probe failures turn it DOWN, upAfter consecutive successes
+// turn it UP, and a failure reported by the data path turns it DOWN at once
+// (only probes bring it back). The first result decides an Unknown link, so a
+// starting proxy does not wait for upAfter probes. It has no clock of its own:
+// callers pass the time, and it has no lock: the Site's mutex guards it.
+type link struct {
+	downAfter, upAfter int
+
+	state   LinkState
+	since   time.Time // when state last changed
+	fails   int       // consecutive failures seen
+	oks     int       // consecutive successes seen
+	lastErr error     // latest failure, kept after recovery for /status
+	errAt   time.Time
+}
+
+func newLink(downAfter, upAfter int, now time.Time) *link {
+	return &link{downAfter: max(downAfter, 1), upAfter: max(upAfter, 1), since: now}
+}
+
+// probe records one probe result and reports whether the state changed.
+func (l *link) probe(err error, now time.Time) bool {
+	if err != nil {
+		l.fails++
+		l.oks = 0
+		l.lastErr, l.errAt = err, now
+		if l.state == StateUnknown || (l.state == StateUp && l.fails >= l.downAfter) {
+			return l.set(StateDown, now)
+		}
+		return false
+	}
+	l.oks++
+	l.fails = 0
+	if l.state == StateUnknown || (l.state == StateDown && l.oks >= l.upAfter) {
+		return l.set(StateUp, now)
+	}
+	return false
+}
+
+// report records a failure seen by the data path: DOWN at once.
+func (l *link) report(err error, now time.Time) bool {
+	l.fails++
+	l.oks = 0
+	l.lastErr, l.errAt = err, now
+	return l.set(StateDown, now)
+}
+
+func (l *link) set(s LinkState, now time.Time) bool {
+	if l.state == s {
+		return false
+	}
+	l.state, l.since = s, now
+	return true
+}

@@ -1,0 +1,612 @@
+package routing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spokeproxy/spokeproxy/metrics"
+)
+
+// Prober runs one real protocol request against one endpoint under the
+// context's deadline. It keeps its monitoring connection between probes and
+// drops it after a failure, so the next probe redials. Probe and Close are
+// called from one goroutine at a time.
+type Prober interface {
+	Probe(ctx context.Context) (ProbeResult, error)
+	Close() error
+}
+
+// ProbeResult is what a successful probe learned.
+type ProbeResult struct {
+	Writable bool     // PostgreSQL: not in recovery; LDAP: a configured provider that answered
+	Position Position // the endpoint's current (hub) or applied (replica) position; may be nil
+}
+
+// endpoint is one probed server. Fields below mu are guarded by Site.mu;
+// prober is used only by the endpoint's own probe goroutine.
+type endpoint struct {
+	target Target
+	addr   string
+	prober Prober
+	kick   chan struct{} // buffered(1): probe now
+
+	link      *link
+	writable  bool
+	pos       Position
+	posAt     time.Time
+	lastProbe time.Time
+	lastDur   time.Duration
+}
+
+// hubSample is a hub position and the time it was sampled: the start of the
+// probe, so that "the replica reached it" means the replica holds at least
+// what the hub held at that time.
+type hubSample struct {
+	pos Position
+	at  time.Time
+}
+
+type waiter struct {
+	pos  Position
+	done chan struct{}
+}
+
+// Site is one protocol's live view of its hub candidates and local replica:
+// probes, the link state machines with hysteresis, the replica position
+// poller and waiters, lag, and drills. Build it with NewSite, run it with
+// Run; every other method is safe for concurrent use.
+type Site struct {
+	cfg    Config
+	log    *slog.Logger
+	now    func() time.Time
+	dialer *net.Dialer
+
+	hubs    []*endpoint
+	replica *endpoint
+
+	mu sync.Mutex // guards everything below and the guarded endpoint fields
+	// hub is the protocol-level hub state as last computed.
+	hubUp       bool
+	hubEndpoint string
+	hubReason   Reason
+	hubSince    time.Time
+	effectiveUp bool // hubUp && no drill: what metrics and Changes report
+	drillUntil  time.Time
+	drillTimer  *time.Timer
+	changes     chan struct{}
+	waiters     map[*waiter]struct{}
+	// samples are hub positions the replica has not reached yet, oldest
+	// first; covered is the newest one it has reached.
+	samples    []hubSample
+	covered    hubSample
+	hasCovered bool
+	hubPos     Position // the newest hub sample
+}
+
+const maxSamples = 4096
+
+// NewSite builds a Site from cfg. It starts nothing: call Run.
+func NewSite(cfg Config) (*Site, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	s := &Site{
+		cfg:     cfg,
+		log:     cfg.Logger.With("protocol", string(cfg.Protocol)),
+		now:     cfg.Now,
+		dialer:  wanDialer(cfg.TCPKeepAlive, cfg.TCPUserTimeout),
+		changes: make(chan struct{}),
+		waiters: make(map[*waiter]struct{}),
+	}
+	now := s.now()
+	s.hubSince = now
+	s.hubReason = ReasonStarting
+	s.hubEndpoint = cfg.Hubs[0]
+	mk := func(t Target, addr string) *endpoint {
+		ep := &endpoint{target: t, addr: addr, kick: make(chan struct{}, 1), link: newLink(cfg.DownAfter, cfg.UpAfter, now)}
+		if cfg.NewProber != nil {
+			ep.prober = cfg.NewProber(t, addr)
+		} else if cfg.Protocol == Postgres {
+			ep.prober = newPGProber(s, t, addr)
+		} else {
+			ep.prober = newLDAPProber(s, t, addr)
+		}
+		return ep
+	}
+	for _, h := range cfg.Hubs {
+		s.hubs = append(s.hubs, mk(TargetHub, h))
+	}
+	s.replica = mk(TargetReplica, cfg.Replica)
+	if cfg.Metrics != nil {
+		cfg.Metrics.Watch(s.metricsState)
+		for _, to := range []string{metrics.StateUp, metrics.StateDown} {
+			cfg.Metrics.Transition(string(cfg.Protocol), to)
+		}
+	}
+	return s, nil
+}
+
+// Protocol returns the protocol this Site serves.
+func (s *Site) Protocol() Protocol { return s.cfg.Protocol }
+
+// Policy returns the configured routing policy.
+func (s *Site) Policy() Policy { return s.cfg.Policy }
+
+// Run probes every endpoint until ctx ends, then closes the monitoring
+// connections. It returns nil after ctx ends.
+func (s *Site) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for _, ep := range append(append([]*endpoint(nil), s.hubs...), s.replica) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.probeLoop(ctx, ep)
+			ep.prober.Close()
+		}()
+	}
+	wg.Wait()
+	s.mu.Lock()
+	if s.drillTimer != nil {
+		s.drillTimer.Stop()
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+func (s *Site) probeLoop(ctx context.Context, ep *endpoint) {
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-ep.kick:
+		}
+		s.probeOnce(ctx, ep)
+		t.Reset(s.nextProbe(ep))
+	}
+}
+
+// nextProbe is the wait before ep's next probe: fast while someone waits for
+// a replica position, short after a failure while the endpoint is still UP
+// (so a blackhole is confirmed within two probe timeouts), else the interval.
+func (s *Site) nextProbe(ep *endpoint) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ep.target == TargetReplica && len(s.waiters) > 0 {
+		return s.cfg.FastPollInterval
+	}
+	if ep.link.state == StateUp && ep.link.fails > 0 {
+		return min(s.cfg.ProbeInterval, 20*time.Millisecond)
+	}
+	return s.cfg.ProbeInterval
+}
+
+func (s *Site) probeOnce(ctx context.Context, ep *endpoint) {
+	start := s.now()
+	pctx, cancel := context.WithTimeout(ctx, s.cfg.ProbeTimeout)
+	res, err := ep.prober.Probe(pctx)
+	cancel()
+	if ctx.Err() != nil {
+		return // shutting down: not a verdict on the endpoint
+	}
+	end := s.now()
+	if s.cfg.Metrics != nil {
+		s.cfg.Metrics.ProbeDuration(string(s.cfg.Protocol), string(ep.target)).Observe(end.Sub(start).Seconds())
+	}
+	if err != nil {
+		err = fmt.Errorf("probe of %s %s: %w", ep.target, ep.addr, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ep.lastProbe, ep.lastDur = start, end.Sub(start)
+	old := ep.link.state
+	if ep.link.probe(err, end) {
+		s.logEndpoint(ep, old, err)
+	}
+	if err == nil {
+		ep.writable = res.Writable
+		if res.Position != nil {
+			ep.pos, ep.posAt = res.Position, start
+		}
+	}
+	s.recomputeLocked(end)
+	if err != nil {
+		return
+	}
+	if ep.target == TargetReplica {
+		s.replicaAdvancedLocked()
+		return
+	}
+	if s.hubUp && ep.addr == s.hubEndpoint && res.Position != nil {
+		s.addSampleLocked(hubSample{pos: res.Position, at: start})
+	}
+}
+
+func (s *Site) logEndpoint(ep *endpoint, old LinkState, err error) {
+	attrs := []any{"target", string(ep.target), "endpoint", ep.addr, "from", old.String(), "to", ep.link.state.String()}
+	if err != nil {
+		attrs = append(attrs, "err", err.Error())
+	}
+	s.log.Info("endpoint state changed", attrs...)
+}
+
+// recomputeLocked derives the protocol-level hub from the endpoints, and
+// signals, logs and counts a change.
+func (s *Site) recomputeLocked(now time.Time) {
+	up, endpoint, reason := false, s.hubEndpoint, ReasonHubDown
+	var writable []string
+	anyKnown, anyUp := false, false
+	for _, ep := range s.hubs {
+		if ep.link.state != StateUnknown {
+			anyKnown = true
+		}
+		if ep.link.state == StateUp {
+			anyUp = true
+			if ep.writable {
+				writable = append(writable, ep.addr)
+			}
+		}
+	}
+	switch {
+	case len(writable) == 1 || (s.cfg.Protocol == LDAP && len(writable) > 1):
+		// LDAP: the configured providers in order of preference.
+		up, endpoint, reason = true, writable[0], ReasonNone
+	case len(writable) > 1:
+		endpoint, reason = strings.Join(writable, ","), ReasonSplitBrain
+	case !anyKnown:
+		reason = ReasonStarting
+	case anyUp:
+		reason = ReasonNoPrimary
+	}
+	changed := up != s.hubUp || endpoint != s.hubEndpoint || reason != s.hubReason
+	if up != s.hubUp {
+		s.hubSince = now
+	}
+	s.hubUp, s.hubEndpoint, s.hubReason = up, endpoint, reason
+	if changed {
+		attrs := []any{"up", up, "endpoint", endpoint}
+		if !up {
+			attrs = append(attrs, "reason", reason.String())
+		}
+		s.log.Info("hub state changed", attrs...)
+	}
+	s.effectiveLocked(now, changed)
+}
+
+// effectiveLocked updates the hub state as fronts and metrics see it (drill
+// included) and wakes Changes watchers when anything changed.
+func (s *Site) effectiveLocked(now time.Time, changed bool) {
+	eff := s.hubUp && !s.drillActiveLocked(now)
+	if eff != s.effectiveUp {
+		s.effectiveUp = eff
+		changed = true
+		if s.cfg.Metrics != nil {
+			to := metrics.StateDown
+			if eff {
+				to = metrics.StateUp
+			}
+			s.cfg.Metrics.Transition(string(s.cfg.Protocol), to)
+		}
+	}
+	if changed {
+		close(s.changes)
+		s.changes = make(chan struct{})
+	}
+}
+
+func (s *Site) drillActiveLocked(now time.Time) bool {
+	return !s.drillUntil.IsZero() && now.Before(s.drillUntil)
+}
+
+func (s *Site) addSampleLocked(h hubSample) {
+	s.hubPos = h.pos
+	if n := len(s.samples); n > 0 && positionEqual(s.samples[n-1].pos, h.pos) {
+		s.samples[n-1].at = h.at // the hub still held this position later
+	} else {
+		if len(s.samples) >= maxSamples {
+			s.samples = s.samples[1:]
+		}
+		s.samples = append(s.samples, h)
+	}
+	s.coverSamplesLocked()
+}
+
+func positionEqual(a, b Position) bool {
+	return a != nil && b != nil && a.Covers(b) && b.Covers(a)
+}
+
+// coverSamplesLocked moves the samples the replica has reached out of the
+// queue, remembering the newest.
+func (s *Site) coverSamplesLocked() {
+	pos := s.replica.pos
+	if pos == nil {
+		return
+	}
+	i := 0
+	for i < len(s.samples) && pos.Covers(s.samples[i].pos) {
+		if !s.hasCovered || s.samples[i].at.After(s.covered.at) {
+			s.covered, s.hasCovered = s.samples[i], true
+		}
+		i++
+	}
+	s.samples = s.samples[i:]
+}
+
+// replicaAdvancedLocked wakes the waiters the replica's position now covers.
+func (s *Site) replicaAdvancedLocked() {
+	s.coverSamplesLocked()
+	pos := s.replica.pos
+	if pos == nil {
+		return
+	}
+	for w := range s.waiters {
+		if pos.Covers(w.pos) {
+			close(w.done)
+			delete(s.waiters, w)
+		}
+	}
+}
+
+// lagLocked is the honest lag: the time since the replica last reached a hub
+// position sampled at a known time. Zero while it holds the newest sample of
+// a hub that is up; growing during a hub outage (we cannot know better);
+// from the oldest unreached sample when it never reached one (a lower
+// bound). Unknown before any sample.
+func (s *Site) lagLocked(now time.Time) (time.Duration, bool) {
+	switch {
+	case len(s.samples) == 0 && s.hasCovered && s.hubUp:
+		return 0, true
+	case s.hasCovered:
+		return max(now.Sub(s.covered.at), 0), true
+	case len(s.samples) > 0:
+		return max(now.Sub(s.samples[0].at), 0), true
+	}
+	return 0, false
+}
+
+func (s *Site) lagBytesLocked() int64 {
+	hub, ok1 := s.hubPos.(LSN)
+	rep, ok2 := s.replica.pos.(LSN)
+	if !ok1 || !ok2 {
+		return -1
+	}
+	if rep >= hub {
+		return 0
+	}
+	return int64(hub - rep)
+}
+
+// Snapshot returns the routing state now.
+func (s *Site) Snapshot() Snapshot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.snapshotLocked(s.now())
+}
+
+func (s *Site) snapshotLocked(now time.Time) Snapshot {
+	lag, known := s.lagLocked(now)
+	snap := Snapshot{
+		Protocol: s.cfg.Protocol,
+		At:       now,
+		Drill:    s.drillActiveLocked(now),
+		Hub: HubView{
+			Up:       s.hubUp,
+			Endpoint: s.hubEndpoint,
+			Reason:   s.hubReason,
+			Since:    s.hubSince,
+		},
+		Replica: ReplicaView{
+			Up:       s.replica.link.state == StateUp,
+			Position: s.replica.pos,
+			Lag:      lag,
+			LagKnown: known,
+			LagBytes: s.lagBytesLocked(),
+			Since:    s.replica.link.since,
+		},
+	}
+	if err := s.replica.link.lastErr; err != nil {
+		snap.Replica.LastErr = err.Error()
+	}
+	if ep := s.hubByAddr(s.hubEndpoint); ep != nil && ep.link.lastErr != nil {
+		snap.Hub.LastErr = ep.link.lastErr.Error()
+	}
+	return snap
+}
+
+func (s *Site) hubByAddr(addr string) *endpoint {
+	for _, ep := range s.hubs {
+		if ep.addr == addr {
+			return ep
+		}
+	}
+	a, _ := hostPort(addr)
+	for _, ep := range s.hubs {
+		if h, _ := hostPort(ep.addr); h == a {
+			return ep
+		}
+	}
+	return nil
+}
+
+// Decide routes one request against the current state.
+func (s *Site) Decide(r Request) Decision { return Decide(s.Snapshot(), r, s.cfg.Policy) }
+
+// HubUnavailable returns nil if a hub can take writes now, else a
+// *HubUnavailableError naming the hub and the reason.
+func (s *Site) HubUnavailable() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	if s.hubUp && !s.drillActiveLocked(now) {
+		return nil
+	}
+	e := &HubUnavailableError{Protocol: s.cfg.Protocol, Hub: s.hubEndpoint, Reason: s.hubReason}
+	if s.drillActiveLocked(now) {
+		e.Reason = ReasonDrill
+	} else if ep := s.hubByAddr(s.hubEndpoint); ep != nil {
+		e.Err = ep.link.lastErr
+	}
+	return e
+}
+
+// ReportHubFailure records that the data path saw a connection to a hub
+// endpoint fail at the transport level (reset, refused, timeout, EOF): the
+// endpoint turns DOWN at once and is probed right away; only probes bring it
+// back. Report transport failures only, never SQL or LDAP result errors.
+func (s *Site) ReportHubFailure(endpoint string, err error) {
+	if err == nil {
+		err = errors.New("connection failed")
+	}
+	s.mu.Lock()
+	ep := s.hubByAddr(endpoint)
+	if ep == nil {
+		s.mu.Unlock()
+		s.log.Warn("failure reported for an unknown hub endpoint", "endpoint", endpoint)
+		return
+	}
+	now := s.now()
+	old := ep.link.state
+	rerr := fmt.Errorf("data path to hub %s: %w", ep.addr, err)
+	if ep.link.report(rerr, now) {
+		s.logEndpoint(ep, old, rerr)
+	}
+	s.recomputeLocked(now)
+	s.mu.Unlock()
+	kick(ep)
+}
+
+// ReportReplicaFailure records that the data path saw the replica
+// connection fail: the replica turns DOWN at once until probes confirm it.
+func (s *Site) ReportReplicaFailure(err error) {
+	if err == nil {
+		err = errors.New("connection failed")
+	}
+	s.mu.Lock()
+	now := s.now()
+	old := s.replica.link.state
+	rerr := fmt.Errorf("data path to replica %s: %w", s.replica.addr, err)
+	if s.replica.link.report(rerr, now) {
+		s.logEndpoint(s.replica, old, rerr)
+		s.effectiveLocked(now, true)
+	}
+	s.mu.Unlock()
+	kick(s.replica)
+}
+
+func kick(ep *endpoint) {
+	select {
+	case ep.kick <- struct{}{}:
+	default:
+	}
+}
+
+// ReplicaPosition returns the replica's latest applied position (nil if
+// never seen).
+func (s *Site) ReplicaPosition() Position {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.replica.pos
+}
+
+// WaitFor returns nil as soon as the local replica has applied pos, or a
+// *WaitError when ctx ends first. While anyone waits, the replica is polled
+// every FastPollInterval; one poller serves all waiters.
+func (s *Site) WaitFor(ctx context.Context, pos Position) error {
+	if pos == nil {
+		return nil
+	}
+	s.mu.Lock()
+	if s.replica.pos != nil && s.replica.pos.Covers(pos) {
+		s.mu.Unlock()
+		return nil
+	}
+	w := &waiter{pos: pos, done: make(chan struct{})}
+	s.waiters[w] = struct{}{}
+	s.mu.Unlock()
+	kick(s.replica)
+	select {
+	case <-w.done:
+		return nil
+	case <-ctx.Done():
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		select {
+		case <-w.done:
+			return nil // applied just as the context ended
+		default:
+		}
+		delete(s.waiters, w)
+		return &WaitError{Protocol: s.cfg.Protocol, Want: pos, Have: s.replica.pos, Err: ctx.Err()}
+	}
+}
+
+// Changes returns a channel closed at the next change of the hub state
+// (writable endpoint, up or down, drill) or of the replica's up state.
+func (s *Site) Changes() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.changes
+}
+
+// StartDrill forces the hub DOWN for this proxy only (no network change)
+// for d; it ends by itself or with StopDrill.
+func (s *Site) StartDrill(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	s.drillUntil = now.Add(d)
+	if s.drillTimer != nil {
+		s.drillTimer.Stop()
+	}
+	s.drillTimer = time.AfterFunc(d, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.effectiveLocked(s.now(), false)
+	})
+	s.log.Info("drill started: hub forced down", "for", d.String())
+	s.effectiveLocked(now, true)
+}
+
+// StopDrill ends a drill early.
+func (s *Site) StopDrill() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.drillUntil.IsZero() {
+		return
+	}
+	s.drillUntil = time.Time{}
+	if s.drillTimer != nil {
+		s.drillTimer.Stop()
+	}
+	s.log.Info("drill stopped")
+	s.effectiveLocked(s.now(), true)
+}
+
+func (s *Site) metricsState() metrics.RoutingState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	lag, known := s.lagLocked(now)
+	st := metrics.RoutingState{
+		Protocol:    string(s.cfg.Protocol),
+		HubUp:       s.hubUp && !s.drillActiveLocked(now),
+		ReplicaUp:   s.replica.link.state == StateUp,
+		LagKnown:    known,
+		LagSeconds:  lag.Seconds(),
+		LagBytes:    float64(s.lagBytesLocked()),
+		DrillActive: s.drillActiveLocked(now),
+	}
+	if s.hubUp {
+		st.HubEndpoint = s.hubEndpoint
+	}
+	return st
+}
