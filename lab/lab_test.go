@@ -1,0 +1,479 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/go-ldap/ldap/v3"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// shared is one lab for every test that does not stop servers, started by
+// TestMain so the package's run stays short.
+var shared *Lab
+
+func TestMain(m *testing.M) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	l, err := Start(ctx, Options{})
+	cancel()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "FAIL: lab: cannot start the test topology: %v\n", err)
+		os.Exit(1)
+	}
+	fmt.Printf("lab: shared topology up in %s\n", l.StartupTime().Round(time.Millisecond))
+	shared = l
+	code := m.Run()
+	if err := l.Close(); err != nil {
+		fmt.Fprintf(os.Stderr, "FAIL: lab: close: %v\n", err)
+		code = 1
+	}
+	os.Exit(code)
+}
+
+// eventually polls cond until it holds or timeout passes and returns how
+// long it took.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, error)) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var lastErr error
+	for time.Since(start) < timeout {
+		ok, err := cond()
+		if ok {
+			return time.Since(start)
+		}
+		lastErr = err
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("%s: not within %s (last error: %v)", what, timeout, lastErr)
+	return 0
+}
+
+func connect(t *testing.T, dsn string) *pgx.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("connect %s: %v", dsn, err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+// noteExists reports whether the notes table holds a row with body.
+func noteExists(conn *pgx.Conn, body string) (bool, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	var n int
+	err := conn.QueryRow(ctx, "SELECT count(*) FROM notes WHERE body = $1", body).Scan(&n)
+	return n == 1, err
+}
+
+func insertNote(t *testing.T, conn *pgx.Conn, body string) {
+	t.Helper()
+	_, err := conn.Exec(context.Background(), "INSERT INTO notes (account_id, body) SELECT id, $1 FROM accounts WHERE name = 'alice'", body)
+	if err != nil {
+		t.Fatalf("insert on hub: %v", err)
+	}
+}
+
+func TestPGRowReplicatesToStandby(t *testing.T) {
+	hub := connect(t, shared.HubAppDSN()) // SCRAM over TCP as app
+	replica := connect(t, shared.ReplicaAppDSN())
+	body := fmt.Sprintf("replicated %d", time.Now().UnixNano())
+	insertNote(t, hub, body)
+	took := eventually(t, 5*time.Second, "row on the standby", func() (bool, error) { return noteExists(replica, body) })
+	t.Logf("hub insert visible on the spoke standby after %s", took)
+
+	// It is a hot standby: a write there is refused as on any standby.
+	_, err := replica.Exec(context.Background(), "INSERT INTO notes (account_id, body) VALUES (1, 'x')")
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "25006" {
+		t.Fatalf("write on the standby: got %v, want SQLSTATE 25006", err)
+	}
+	// The seed replicated too.
+	var accounts int
+	if err := replica.QueryRow(context.Background(), "SELECT count(*) FROM accounts").Scan(&accounts); err != nil || accounts != 3 {
+		t.Fatalf("seeded accounts on the standby: %d, %v; want 3", accounts, err)
+	}
+}
+
+func TestPGStandbyStreamsThroughWAN(t *testing.T) {
+	hub := connect(t, shared.HubSuperDSN("postgres"))
+	var clientPort int
+	err := hub.QueryRow(context.Background(), "SELECT client_port FROM pg_stat_replication WHERE application_name = $1", spokeSlot).Scan(&clientPort)
+	if err != nil {
+		t.Fatalf("spoke's walsender on the hub: %v", err)
+	}
+	replica := connect(t, shared.ReplicaSuperDSN("postgres"))
+	var senderPort int
+	if err := replica.QueryRow(context.Background(), "SELECT sender_port FROM pg_stat_wal_receiver").Scan(&senderPort); err != nil {
+		t.Fatalf("walreceiver: %v", err)
+	}
+	if want := shared.WANPGAddr(); !strings.HasSuffix(want, fmt.Sprintf(":%d", senderPort)) {
+		t.Fatalf("standby streams from port %d, want the wan_pg link %s", senderPort, want)
+	}
+}
+
+func TestPGAuthQuery(t *testing.T) {
+	u := url.URL{Scheme: "postgres", User: url.UserPassword(AuthUser, shared.AuthPassword()), Host: shared.ReplicaPGAddr(), Path: "/" + AppDatabase}
+	auth := connect(t, u.String())
+	var name, secret string
+	if err := auth.QueryRow(context.Background(), AuthQuery, AppUser).Scan(&name, &secret); err != nil {
+		t.Fatalf("auth query on the replica: %v", err)
+	}
+	if name != AppUser || !strings.HasPrefix(secret, "SCRAM-SHA-256$") {
+		t.Fatalf("auth query: %q %q, want app and a SCRAM verifier", name, secret)
+	}
+	data, err := os.ReadFile(shared.AuthPasswordFile())
+	if err != nil || strings.TrimSpace(string(data)) != shared.AuthPassword() {
+		t.Fatalf("auth password file: %q, %v", data, err)
+	}
+	if fi, _ := os.Stat(shared.AuthPasswordFile()); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("auth password file mode %v, want 0600", fi.Mode().Perm())
+	}
+	// Nobody else may read verifiers.
+	app := connect(t, shared.ReplicaAppDSN())
+	_, err = app.Exec(context.Background(), AuthQuery, AppUser)
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "42501" {
+		t.Fatalf("auth query as app: got %v, want SQLSTATE 42501", err)
+	}
+}
+
+func ldapConn(t *testing.T, url, dn, password string) *ldap.Conn {
+	t.Helper()
+	c, err := ldap.DialURL(url)
+	if err != nil {
+		t.Fatalf("dial %s: %v", url, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetTimeout(5 * time.Second)
+	if dn != "" {
+		if err := c.Bind(dn, password); err != nil {
+			t.Fatalf("bind %s at %s: %v", dn, url, err)
+		}
+	}
+	return c
+}
+
+func entryExists(c *ldap.Conn, dn string) (bool, error) {
+	res, err := c.Search(ldap.NewSearchRequest(dn, ldap.ScopeBaseObject, ldap.NeverDerefAliases, 1, 2, false, "(objectClass=*)", []string{"1.1"}, nil))
+	if ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return len(res.Entries) == 1, nil
+}
+
+func addPerson(t *testing.T, c *ldap.Conn, uid string) string {
+	t.Helper()
+	dn := "uid=" + uid + ",ou=people," + BaseDN
+	req := ldap.NewAddRequest(dn, nil)
+	req.Attribute("objectClass", []string{"inetOrgPerson"})
+	req.Attribute("uid", []string{uid})
+	req.Attribute("cn", []string{uid})
+	req.Attribute("sn", []string{"Test"})
+	if err := c.Add(req); err != nil {
+		t.Fatalf("add %s on the provider: %v", dn, err)
+	}
+	return dn
+}
+
+func TestLDAPEntryReplicatesToConsumer(t *testing.T) {
+	provider := ldapConn(t, shared.HubLDAPURL(), AdminDN, shared.AdminPassword())
+	consumer := ldapConn(t, shared.ReplicaLDAPURL(), "", "")
+	dn := addPerson(t, provider, fmt.Sprintf("repl%d", time.Now().UnixNano()))
+	took := eventually(t, 5*time.Second, "entry on the consumer", func() (bool, error) { return entryExists(consumer, dn) })
+	t.Logf("provider add visible on the spoke consumer after %s", took)
+
+	// The consumer knows the same identities: the rootdn (same rootpw) and
+	// the seeded users with their passwords.
+	ldapConn(t, shared.ReplicaLDAPURL(), AdminDN, shared.AdminPassword())
+	ldapConn(t, shared.ReplicaLDAPURL(), UserDN, UserPassword)
+	ldapConn(t, shared.ReplicaLDAPURL(), BobDN, BobPassword)
+
+	// A bound write on the consumer is referred to the hub.
+	err := ldapConn(t, shared.ReplicaLDAPURL(), AdminDN, shared.AdminPassword()).Del(ldap.NewDelRequest(dn, nil))
+	if !ldap.IsErrorWithCode(err, ldap.LDAPResultReferral) {
+		t.Fatalf("delete on the consumer: got %v, want a referral (10)", err)
+	}
+
+	// Cascading syncprov: the consumer announces the Sync Request control.
+	res, err := consumer.Search(ldap.NewSearchRequest("", ldap.ScopeBaseObject, ldap.NeverDerefAliases, 0, 0, false, "(objectClass=*)", []string{"supportedControl"}, nil))
+	if err != nil || len(res.Entries) != 1 {
+		t.Fatalf("root DSE of the consumer: %v", err)
+	}
+	if ctrls := res.Entries[0].GetAttributeValues("supportedControl"); !slices.Contains(ctrls, "1.3.6.1.4.1.4203.1.9.1.1") {
+		t.Fatalf("consumer's supportedControl %v lacks the Sync Request control", ctrls)
+	}
+}
+
+func TestWANCutStopsReplicationAndRestoreCatchesUp(t *testing.T) {
+	t.Cleanup(func() {
+		if err := shared.ResetWAN(); err != nil {
+			t.Errorf("reset WAN: %v", err)
+		}
+	})
+	hub := connect(t, shared.HubAppDSN())
+	replica := connect(t, shared.ReplicaAppDSN())
+	provider := ldapConn(t, shared.HubLDAPURL(), AdminDN, shared.AdminPassword())
+	consumer := ldapConn(t, shared.ReplicaLDAPURL(), "", "")
+
+	if err := shared.SetLink(LinkPG, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := shared.SetLink(LinkLDAP, false); err != nil {
+		t.Fatal(err)
+	}
+	body := fmt.Sprintf("during cut %d", time.Now().UnixNano())
+	insertNote(t, hub, body)
+	dn := addPerson(t, provider, fmt.Sprintf("cut%d", time.Now().UnixNano()))
+
+	// While the link is down nothing arrives.
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if ok, err := noteExists(replica, body); err != nil || ok {
+			t.Fatalf("row reached the standby through a cut link (present %v, err %v)", ok, err)
+		}
+		if ok, err := entryExists(consumer, dn); err != nil || ok {
+			t.Fatalf("entry reached the consumer through a cut link (present %v, err %v)", ok, err)
+		}
+	}
+
+	restored := time.Now()
+	if err := shared.SetLink(LinkPG, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := shared.SetLink(LinkLDAP, true); err != nil {
+		t.Fatal(err)
+	}
+	pgTook := eventually(t, 15*time.Second, "standby catching up after restore", func() (bool, error) { return noteExists(replica, body) })
+	ldapTook := eventually(t, 15*time.Second, "consumer catching up after restore", func() (bool, error) {
+		return entryExists(consumer, dn)
+	})
+	t.Logf("after the link came back: standby caught up in %s, consumer in %s (since restore %s)", pgTook, ldapTook, time.Since(restored))
+}
+
+func TestWriteInfoShape(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "lab.json")
+	if err := shared.WriteInfo(path); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]any
+	if err := json.Unmarshal(data, &got); err != nil {
+		t.Fatalf("lab.json: %v", err)
+	}
+	// The shape fixed by issue 2, key for key.
+	want := map[string][]string{
+		"pg":    {"hub", "proxy", "replica"},
+		"ldap":  {"admin_dn", "admin_password", "base_dn", "hub", "proxy", "replica", "user_dn", "user_password"},
+		"wan":   {"api", "ldap_link", "pg_link"},
+		"admin": nil,
+	}
+	if keys := sortedKeys(got); !reflect.DeepEqual(keys, sortedKeys(want)) {
+		t.Fatalf("lab.json top-level keys %v, want %v", keys, sortedKeys(want))
+	}
+	for section, keys := range want {
+		if keys == nil {
+			if _, ok := got[section].(string); !ok {
+				t.Fatalf("lab.json %q is %T, want a string", section, got[section])
+			}
+			continue
+		}
+		obj, ok := got[section].(map[string]any)
+		if !ok {
+			t.Fatalf("lab.json %q is %T, want an object", section, got[section])
+		}
+		if k := sortedKeys(obj); !reflect.DeepEqual(k, keys) {
+			t.Fatalf("lab.json %q keys %v, want %v", section, k, keys)
+		}
+		for k, v := range obj {
+			if _, ok := v.(string); !ok {
+				t.Fatalf("lab.json %s.%s is %T, want a string", section, k, v)
+			}
+		}
+	}
+	info := shared.Info()
+	if info.PG.Replica != shared.ReplicaAppDSN() || info.PG.Hub != shared.HubAppDSN() ||
+		!strings.HasPrefix(info.PG.Hub, "postgres://app:apppass@127.0.0.1:") || !strings.HasSuffix(info.PG.Hub, "/appdb") {
+		t.Fatalf("pg section %+v", info.PG)
+	}
+	if info.LDAP.UserDN != UserDN || info.LDAP.UserPassword != UserPassword || info.LDAP.AdminPassword == "" ||
+		info.WAN.PGLink != LinkPG || info.WAN.LDAPLink != LinkLDAP || info.WAN.API != shared.ToxiproxyAPI() {
+		t.Fatalf("ldap/wan sections %+v %+v", info.LDAP, info.WAN)
+	}
+	if info.PG.Proxy != "" || info.LDAP.Proxy != "" || info.Admin != "" {
+		t.Fatalf("proxy endpoints set without a proxy: %+v", info)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("lab.json mode: %v %v, want 0600 (it holds passwords)", fi, err)
+	}
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+func TestToxiproxyAPIIsToxiproxys(t *testing.T) {
+	proxies, err := shared.Toxiproxy().Proxies()
+	if err != nil {
+		t.Fatalf("toxiproxy API: %v", err)
+	}
+	for name, addr := range map[string]string{LinkPG: shared.WANPGAddr(), LinkLDAP: strings.TrimPrefix(shared.WANLDAPURL(), "ldap://")} {
+		p, ok := proxies[name]
+		if !ok || p.Listen != addr || !p.Enabled {
+			t.Fatalf("link %s: %+v, want enabled and listening on %s", name, p, addr)
+		}
+	}
+}
+
+func TestPrerequisiteErrorNamesPackage(t *testing.T) {
+	err := fmt.Errorf("wrapped: %w", &PrerequisiteError{What: "slapd", Package: "slapd", Err: os.ErrNotExist})
+	if !IsMissingPrerequisite(err) || !strings.Contains(err.Error(), "apt-get install -y slapd") {
+		t.Fatalf("%v", err)
+	}
+	if IsMissingPrerequisite(errors.New("other")) {
+		t.Fatal("plain error taken for a missing prerequisite")
+	}
+}
+
+// alive reports whether any process of the group pgid exists.
+func alive(pgid int) bool {
+	return syscall.Kill(-pgid, 0) == nil
+}
+
+func TestHubFailoverThenCloseLeavesNothing(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	l, err := Start(ctx, Options{HubStandby: true})
+	if err != nil {
+		t.Fatalf("lab: %v", err)
+	}
+	t.Cleanup(func() { l.Close() })
+	t.Logf("lab with hub standby up in %s", l.StartupTime().Round(time.Millisecond))
+	dir, pids, addrs := l.Dir(), l.PIDs(), l.Addrs()
+	if len(pids) != 5 {
+		t.Fatalf("PIDs %v, want 5 servers", pids)
+	}
+	for _, a := range addrs {
+		if !listening(a) {
+			t.Fatalf("%s does not listen while the lab runs", a)
+		}
+	}
+
+	start := time.Now()
+	if err := l.Failover(ctx); err != nil {
+		t.Fatalf("failover: %v", err)
+	}
+	t.Logf("failover (stop primary, promote, re-point spoke) took %s", time.Since(start))
+	newHub := connect(t, appDSN(l.HubStandbyPGAddr()))
+	replica := connect(t, l.ReplicaAppDSN())
+	body := fmt.Sprintf("after failover %d", time.Now().UnixNano())
+	insertNote(t, newHub, body)
+	took := eventually(t, 10*time.Second, "row from the promoted hub on the spoke", func() (bool, error) { return noteExists(replica, body) })
+	t.Logf("write on the promoted hub visible on the spoke after %s", took)
+	if err := l.WaitReplicaCaughtUp(ctx, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	newHub.Close(ctx)
+	replica.Close(ctx)
+
+	start = time.Now()
+	if err := l.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	t.Logf("close took %s", time.Since(start))
+	if err := l.Close(); err != nil {
+		t.Fatalf("second close: %v", err)
+	}
+	for _, pid := range pids {
+		if alive(pid) {
+			t.Errorf("process group %d still alive after Close", pid)
+		}
+	}
+	for _, a := range addrs {
+		if listening(a) {
+			t.Errorf("%s still listens after Close", a)
+		}
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("temporary lab dir %s not removed: %v", dir, err)
+	}
+}
+
+func TestStartFailureReportsLogAndCleansUp(t *testing.T) {
+	seed := t.TempDir()
+	if err := os.WriteFile(filepath.Join(seed, "appdb.sql"), []byte("CREATE TABLE broken (;\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ldif, err := os.ReadFile(filepath.Join(shared.seedDir, "seed.ldif"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(seed, "seed.ldif"), ldif, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "spokeproxy-labfail-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	l, err := Start(ctx, Options{Dir: dir, SeedDir: seed})
+	if err == nil {
+		l.Close()
+		t.Fatal("Start succeeded with a broken seed")
+	}
+	if !IsStartError(err) || !strings.Contains(err.Error(), "syntax error") {
+		t.Fatalf("Start error %v, want a StartError carrying psql's syntax error", err)
+	}
+	t.Logf("failed Start reported: %.300s", err)
+	if n := processesUsing(t, dir); n != 0 {
+		t.Fatalf("%d processes still use %s after the failed Start", n, dir)
+	}
+}
+
+// processesUsing counts running processes whose command line mentions dir
+// (postmasters via -D, slapd via -f).
+func processesUsing(t *testing.T, dir string) int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range entries {
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		if strings.Contains(string(cmdline), dir) {
+			n++
+		}
+	}
+	return n
+}
