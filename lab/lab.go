@@ -15,7 +15,9 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	toxiclient "github.com/Shopify/toxiproxy/v2/client"
@@ -102,30 +104,75 @@ type Lab struct {
 // failed, with its log's tail.
 func Start(ctx context.Context, opts Options) (*Lab, error) {
 	start := time.Now()
-	l := &Lab{log: opts.Logger, started: start}
-	if l.log == nil {
-		l.log = slog.New(slog.DiscardHandler)
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
 	}
 	bins, err := checkPrerequisites()
 	if err != nil {
 		return nil, err
 	}
-	l.bins = bins
-	if l.as, err = postgresUser(); err != nil {
+	as, err := postgresUser()
+	if err != nil {
 		return nil, err
 	}
-	if l.seedDir, err = findSeedDir(opts.SeedDir); err != nil {
+	seedDir, err := findSeedDir(opts.SeedDir)
+	if err != nil {
 		return nil, err
 	}
-	if err := l.makeDir(opts.Dir); err != nil {
-		return nil, err
+	// Ports are picked free and bound a moment later by the servers; when
+	// several labs start at once (parallel test packages) one may lose a
+	// port to another. That start is retried with new ports.
+	for attempt := 1; ; attempt++ {
+		l := &Lab{log: logger, started: start, bins: bins, as: as, seedDir: seedDir}
+		if err := l.makeDir(opts.Dir); err != nil {
+			return nil, err
+		}
+		err := l.up(ctx, opts)
+		if err == nil {
+			l.took = time.Since(start)
+			l.log.Info("lab up", "dir", l.dir, "took", l.took.Round(time.Millisecond))
+			return l, nil
+		}
+		closeErr := l.Close()
+		if attempt < 3 && ctx.Err() == nil && closeErr == nil && addrInUse(err) {
+			l.log.Warn("lab: a port was taken meanwhile; starting again with new ports", "err", err)
+			continue
+		}
+		return nil, errors.Join(err, closeErr)
 	}
-	if err := l.up(ctx, opts); err != nil {
-		return nil, errors.Join(err, l.Close())
+}
+
+// addrInUse reports whether a start failed because a server could not bind
+// its port (PostgreSQL and slapd both print the errno text).
+func addrInUse(err error) bool {
+	return strings.Contains(strings.ToLower(err.Error()), "address already in use")
+}
+
+// labEntries are the names the lab creates in its directory; a reused
+// directory is cleared of them (and only them) before a start.
+var labEntries = []string{"pg", "ldap", "pg-hub.log", "pg-spoke.log", "pg-hub2.log", "ldap-hub.log", "ldap-spoke.log",
+	"toxiproxy.log", "pg-auth.password", "lab.json", "lab.json.tmp"}
+
+// clearDir removes a previous lab's entries from dir, refusing if that lab
+// still runs.
+func clearDir(dir string) error {
+	for _, pidFile := range []string{"pg/hub/postmaster.pid", "pg/spoke/postmaster.pid", "pg/hub2/postmaster.pid", "ldap/hub/slapd.pid", "ldap/spoke/slapd.pid"} {
+		data, err := os.ReadFile(filepath.Join(dir, pidFile))
+		if err != nil {
+			continue
+		}
+		first, _, _ := strings.Cut(string(data), "\n")
+		if pid, err := strconv.Atoi(strings.TrimSpace(first)); err == nil && pid > 0 && syscall.Kill(pid, 0) == nil {
+			return fmt.Errorf("lab: a lab still runs in %s (%s names live pid %d): stop it or choose another directory", dir, pidFile, pid)
+		}
 	}
-	l.took = time.Since(start)
-	l.log.Info("lab up", "dir", l.dir, "took", l.took.Round(time.Millisecond))
-	return l, nil
+	for _, name := range labEntries {
+		if err := os.RemoveAll(filepath.Join(dir, name)); err != nil {
+			return fmt.Errorf("lab: clear %s: %w", dir, err)
+		}
+	}
+	return nil
 }
 
 // makeDir creates or adopts the lab directory and makes it reachable by the
@@ -139,6 +186,8 @@ func (l *Lab) makeDir(dir string) error {
 		dir, l.createdDir = d, true
 	} else if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("lab: %w", err)
+	} else if err := clearDir(dir); err != nil {
+		return err
 	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {

@@ -39,6 +39,10 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "FAIL: lab: close: %v\n", err)
 		code = 1
 	}
+	if _, err := os.Stat(l.Dir()); !errors.Is(err, os.ErrNotExist) {
+		fmt.Fprintf(os.Stderr, "FAIL: lab: temporary directory %s left behind: %v\n", l.Dir(), err)
+		code = 1
+	}
 	os.Exit(code)
 }
 
@@ -368,12 +372,7 @@ func alive(pgid int) bool {
 func TestHubFailoverThenCloseLeavesNothing(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	l, err := Start(ctx, Options{HubStandby: true})
-	if err != nil {
-		t.Fatalf("lab: %v", err)
-	}
-	t.Cleanup(func() { l.Close() })
-	t.Logf("lab with hub standby up in %s", l.StartupTime().Round(time.Millisecond))
+	l := ForTest(t, Options{HubStandby: true})
 	dir, pids, addrs := l.Dir(), l.PIDs(), l.Addrs()
 	if len(pids) != 5 {
 		t.Fatalf("PIDs %v, want 5 servers", pids)
@@ -419,8 +418,8 @@ func TestHubFailoverThenCloseLeavesNothing(t *testing.T) {
 			t.Errorf("%s still listens after Close", a)
 		}
 	}
-	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("temporary lab dir %s not removed: %v", dir, err)
+	if n := processesUsing(t, dir); n != 0 {
+		t.Errorf("%d processes still use %s after Close", n, dir)
 	}
 }
 
@@ -454,6 +453,19 @@ func TestStartFailureReportsLogAndCleansUp(t *testing.T) {
 	t.Logf("failed Start reported: %.300s", err)
 	if n := processesUsing(t, dir); n != 0 {
 		t.Fatalf("%d processes still use %s after the failed Start", n, dir)
+	}
+
+	// The same directory serves a new lab: the failed one's leftovers go.
+	l, err = Start(ctx, Options{Dir: dir})
+	if err != nil {
+		t.Fatalf("Start in a reused directory: %v", err)
+	}
+	defer l.Close()
+	if err := l.WaitReplicaCaughtUp(ctx, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Start(ctx, Options{Dir: dir}); err == nil || !strings.Contains(err.Error(), "still runs") {
+		t.Fatalf("second lab in a live lab's directory: %v, want a refusal", err)
 	}
 }
 
