@@ -74,6 +74,17 @@ func (r *Routing) Watch(state func() RoutingState) {
 	r.sources = append(r.sources, state)
 }
 
+// InitProtocol creates a protocol's counter and histogram series at zero, so
+// dashboards show zeros rather than gaps.
+func (r *Routing) InitProtocol(protocol string) {
+	for _, to := range []string{StateUp, StateDown} {
+		r.transitions.WithLabelValues(protocol, to)
+	}
+	for _, target := range []string{TargetHub, TargetReplica} {
+		r.probeDuration.WithLabelValues(protocol, target)
+	}
+}
+
 // Transition counts a hub link state change to StateUp or StateDown.
 func (r *Routing) Transition(protocol, to string) {
 	r.transitions.WithLabelValues(protocol, to).Inc()

@@ -126,9 +126,7 @@ func NewSite(cfg Config) (*Site, error) {
 	s.replica = mk(TargetReplica, cfg.Replica)
 	if cfg.Metrics != nil {
 		cfg.Metrics.Watch(s.metricsState)
-		for _, to := range []string{metrics.StateUp, metrics.StateDown} {
-			cfg.Metrics.Transition(string(cfg.Protocol), to)
-		}
+		cfg.Metrics.InitProtocol(string(cfg.Protocol))
 	}
 	return s, nil
 }
