@@ -16,7 +16,8 @@
 //   - toxiproxy (github.com/Shopify/toxiproxy/v2), embedded in-process, its
 //     HTTP API on a loopback port (Lab.ToxiproxyAPI) so toxiproxy-cli or
 //     curl can cut links and add toxics; links LinkPG, LinkLDAP (and LinkPG2).
-//     Lab.SetLink and Lab.ResetWAN are the common cases.
+//     Lab.SetLink (hard cut), Lab.AddLatency, Lab.Blackhole (silent loss),
+//     Lab.ClearToxics and Lab.ResetWAN cover the common cases.
 //   - PostgreSQL 15 (Debian's /usr/lib/postgresql/15/bin): a hub primary
 //     (initdb --no-sync, fsync off, SCRAM over TCP, trust on the Unix
 //     socket) seeded from testdata/lab/appdb.sql (role app/apppass owning
@@ -37,7 +38,8 @@
 // shape of issue 2) and Lab.Summary the text for a person. Accessors give
 // tests what they need: addresses, superuser DSNs over the Unix socket,
 // app DSNs, LDAP URLs and identities, PIDs, log files.
-// Lab.WaitReplicaCaughtUp waits by LSN. Failover, StopHubPrimary,
+// Lab.WaitReplicaCaughtUp waits by LSN, Lab.WaitLDAPReplicaCaughtUp by
+// contextCSN. Failover, StopHubPrimary,
 // PromoteHubStandby and RepointSpoke script a hub failover.
 //
 // Readiness is always judged by a real request (a query, a search), never

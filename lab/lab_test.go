@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -18,6 +20,7 @@ import (
 	"github.com/go-ldap/ldap/v3"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"gopkg.in/yaml.v3"
 )
 
 // shared is one lab for every test that does not stop servers, started by
@@ -372,8 +375,17 @@ func alive(pgid int) bool {
 func TestHubFailoverThenCloseLeavesNothing(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	l := ForTest(t, Options{HubStandby: true})
+	fake := &fakeProxy{}
+	l := ForTest(t, Options{HubStandby: true, Proxy: fake.start})
 	dir, pids, addrs := l.Dir(), l.PIDs(), l.Addrs()
+	info := l.Info()
+	if info.PG.Proxy != appDSN(fake.pg.Addr().String()) || info.LDAP.Proxy != "ldap://"+fake.ldap.Addr().String() ||
+		info.Admin != "http://"+fake.admin.Addr().String() {
+		t.Fatalf("proxy endpoints in Info: %+v %+v %q", info.PG, info.LDAP, info.Admin)
+	}
+	if !fake.sawReplica {
+		t.Fatal("Options.Proxy ran before the replica answered")
+	}
 	if len(pids) != 5 {
 		t.Fatalf("PIDs %v, want 5 servers", pids)
 	}
@@ -405,6 +417,9 @@ func TestHubFailoverThenCloseLeavesNothing(t *testing.T) {
 		t.Fatalf("close: %v", err)
 	}
 	t.Logf("close took %s", time.Since(start))
+	if !fake.closed {
+		t.Fatal("Close did not close the proxy")
+	}
 	if err := l.Close(); err != nil {
 		t.Fatalf("second close: %v", err)
 	}
@@ -488,4 +503,147 @@ func processesUsing(t *testing.T, dir string) int {
 		}
 	}
 	return n
+}
+
+func TestWANToxics(t *testing.T) {
+	t.Cleanup(func() {
+		if err := shared.ResetWAN(); err != nil {
+			t.Errorf("reset WAN: %v", err)
+		}
+	})
+	ctx := context.Background()
+	wanConn := connect(t, shared.WANAppDSN())
+	roundTrip := func() time.Duration {
+		start := time.Now()
+		var one int
+		if err := wanConn.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
+			t.Fatalf("SELECT 1 through the WAN: %v", err)
+		}
+		return time.Since(start)
+	}
+	if err := shared.AddLatency(LinkPG, 25*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	slow := roundTrip()
+	if slow < 50*time.Millisecond {
+		t.Fatalf("SELECT 1 through 25 ms each way took %s, want at least 50 ms", slow)
+	}
+	if err := shared.ClearToxics(LinkPG); err != nil {
+		t.Fatal(err)
+	}
+	fast := roundTrip()
+	t.Logf("SELECT 1 through wan_pg: %s with 25 ms each way, %s without", slow, fast)
+	if fast >= slow {
+		t.Fatalf("clearing the toxics did not speed the link up (%s then %s)", slow, fast)
+	}
+
+	// A blackhole accepts TCP but never answers: a search under a deadline
+	// times out instead of failing fast.
+	if err := shared.Blackhole(LinkLDAP); err != nil {
+		t.Fatal(err)
+	}
+	c, err := ldap.DialURL(shared.WANLDAPURL())
+	if err != nil {
+		t.Fatalf("TCP connect through a blackhole should succeed: %v", err)
+	}
+	defer c.Close()
+	c.SetTimeout(300 * time.Millisecond)
+	_, err = c.Search(ldap.NewSearchRequest(BaseDN, ldap.ScopeBaseObject, ldap.NeverDerefAliases, 1, 1, false, "(objectClass=*)", []string{"1.1"}, nil))
+	if err == nil {
+		t.Fatal("search through a blackholed link answered")
+	}
+	if err := shared.ResetWAN(); err != nil {
+		t.Fatal(err)
+	}
+	if err := ldapSearchBase(ctx, shared.WANLDAPURL(), BaseDN); err != nil {
+		t.Fatalf("search through the reset link: %v", err)
+	}
+}
+
+func TestLDAPWaitCaughtUp(t *testing.T) {
+	provider := ldapConn(t, shared.HubLDAPURL(), AdminDN, shared.AdminPassword())
+	consumer := ldapConn(t, shared.ReplicaLDAPURL(), "", "")
+	dn := addPerson(t, provider, fmt.Sprintf("wait%d", time.Now().UnixNano()))
+	if err := shared.WaitLDAPReplicaCaughtUp(context.Background(), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := entryExists(consumer, dn); !ok || err != nil {
+		t.Fatalf("entry absent on the consumer after WaitLDAPReplicaCaughtUp: %v", err)
+	}
+}
+
+func TestProxyConfigYAML(t *testing.T) {
+	var cfg struct {
+		Site     string `yaml:"site"`
+		Postgres struct {
+			Listen  string `yaml:"listen"`
+			Replica struct {
+				Address string `yaml:"address"`
+			} `yaml:"replica"`
+			Hubs []struct {
+				Address string `yaml:"address"`
+			} `yaml:"hubs"`
+			Auth struct {
+				User         string `yaml:"user"`
+				PasswordFile string `yaml:"password_file"`
+			} `yaml:"auth"`
+		} `yaml:"postgres"`
+		LDAP struct {
+			Listen  string `yaml:"listen"`
+			BaseDN  string `yaml:"base_dn"`
+			Replica struct {
+				URL string `yaml:"url"`
+			} `yaml:"replica"`
+			Hubs []struct {
+				URL string `yaml:"url"`
+			} `yaml:"hubs"`
+		} `yaml:"ldap"`
+		Admin struct {
+			Listen string `yaml:"listen"`
+		} `yaml:"admin"`
+	}
+	if err := yaml.Unmarshal(shared.ProxyConfigYAML("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	pg, ld := cfg.Postgres, cfg.LDAP
+	if pg.Listen != "127.0.0.1:1" || ld.Listen != "127.0.0.1:2" || cfg.Admin.Listen != "127.0.0.1:3" {
+		t.Fatalf("listen addresses %q %q %q", pg.Listen, ld.Listen, cfg.Admin.Listen)
+	}
+	if pg.Replica.Address != shared.ReplicaPGAddr() || len(pg.Hubs) != 1 || pg.Hubs[0].Address != shared.WANPGAddr() {
+		t.Fatalf("postgres replica %q hubs %+v: want the standby direct and the hub through wan_pg", pg.Replica.Address, pg.Hubs)
+	}
+	if pg.Auth.User != AuthUser || pg.Auth.PasswordFile != shared.AuthPasswordFile() {
+		t.Fatalf("postgres auth %+v", pg.Auth)
+	}
+	if ld.BaseDN != BaseDN || ld.Replica.URL != shared.ReplicaLDAPURL() || len(ld.Hubs) != 1 || ld.Hubs[0].URL != shared.WANLDAPURL() {
+		t.Fatalf("ldap section %+v: want the consumer direct and the provider through wan_ldap", ld)
+	}
+}
+
+// fakeProxy stands in for spokeproxy: it listens where a proxy would and
+// records that the lab called and closed it.
+type fakeProxy struct {
+	pg, ldap, admin net.Listener
+	sawReplica      bool
+	closed          bool
+}
+
+func (f *fakeProxy) start(ctx context.Context, l *Lab) (ProxyEndpoints, io.Closer, error) {
+	var err error
+	for _, ln := range []*net.Listener{&f.pg, &f.ldap, &f.admin} {
+		if *ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			return ProxyEndpoints{}, nil, err
+		}
+	}
+	conn, err := pgx.Connect(ctx, l.ReplicaAppDSN())
+	if err == nil {
+		f.sawReplica = true
+		conn.Close(ctx)
+	}
+	return ProxyEndpoints{PG: f.pg.Addr().String(), LDAP: f.ldap.Addr().String(), Admin: f.admin.Addr().String()}, f, nil
+}
+
+func (f *fakeProxy) Close() error {
+	f.closed = true
+	return errors.Join(f.pg.Close(), f.ldap.Close(), f.admin.Close())
 }

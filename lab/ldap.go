@@ -197,3 +197,56 @@ func sshaHash(password string) string {
 	sum := sha1.Sum(append([]byte(password), salt...))
 	return "{SSHA}" + base64.StdEncoding.EncodeToString(append(sum[:], salt...))
 }
+
+// contextCSNs reads the suffix's contextCSN values by server ID.
+func contextCSNs(ctx context.Context, url string) (map[string]string, error) {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(time.Second)
+	}
+	conn, err := ldap.DialURL(url, ldap.DialWithDialer(&net.Dialer{Deadline: deadline}))
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	conn.SetTimeout(time.Until(deadline))
+	res, err := conn.Search(ldap.NewSearchRequest(BaseDN, ldap.ScopeBaseObject, ldap.NeverDerefAliases, 1, 1, false,
+		"(objectClass=*)", []string{"contextCSN"}, nil))
+	if err != nil {
+		return nil, err
+	}
+	if len(res.Entries) != 1 {
+		return nil, errors.New("suffix entry not found")
+	}
+	bySID := map[string]string{}
+	for _, csn := range res.Entries[0].GetAttributeValues("contextCSN") {
+		if parts := strings.Split(csn, "#"); len(parts) == 4 {
+			bySID[parts[2]] = csn
+		}
+	}
+	return bySID, nil
+}
+
+// WaitLDAPReplicaCaughtUp waits until the spoke consumer's contextCSN has
+// reached the provider's, for every server ID, as read when it is called.
+// CSNs are fixed-width text and compare as strings within one server ID.
+func (l *Lab) WaitLDAPReplicaCaughtUp(ctx context.Context, timeout time.Duration) error {
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	target, err := contextCSNs(cctx, l.hubLDAP.url())
+	cancel()
+	if err != nil {
+		return fmt.Errorf("lab: provider contextCSN: %w", err)
+	}
+	return waitFor(ctx, nil, "spoke consumer catching up", timeout, func(ctx context.Context) error {
+		have, err := contextCSNs(ctx, l.spokeLDAP.url())
+		if err != nil {
+			return err
+		}
+		for sid, csn := range target {
+			if have[sid] < csn {
+				return fmt.Errorf("server %s: consumer at %q, provider at %q", sid, have[sid], csn)
+			}
+		}
+		return nil
+	})
+}

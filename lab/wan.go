@@ -85,3 +85,54 @@ func (w *wan) close() error {
 	err = errors.Join(err, w.server.Collection.Clear())
 	return errors.Join(err, w.logFile.Close())
 }
+
+// AddLatency delays both directions of a WAN link by each (so a round trip
+// costs 2*each more), with toxiproxy latency toxics named
+// "latency_upstream" and "latency_downstream".
+func (l *Lab) AddLatency(link string, each time.Duration) error {
+	for _, stream := range []string{"upstream", "downstream"} {
+		_, err := l.wan.client.AddToxic(&toxiclient.ToxicOptions{
+			ProxyName: link, ToxicName: "latency_" + stream, ToxicType: "latency", Stream: stream, Toxicity: 1,
+			Attributes: toxiclient.Attributes{"latency": each.Milliseconds()},
+		})
+		if err != nil {
+			return fmt.Errorf("lab: latency on %s: %w", link, err)
+		}
+	}
+	return nil
+}
+
+// Blackhole makes a WAN link swallow data silently (toxiproxy's timeout
+// toxic with timeout 0, named "blackhole"): live connections hang, new TCP
+// connects still succeed, no RST is ever sent. ClearToxics or ResetWAN
+// ends it.
+func (l *Lab) Blackhole(link string) error {
+	for _, stream := range []string{"upstream", "downstream"} {
+		_, err := l.wan.client.AddToxic(&toxiclient.ToxicOptions{
+			ProxyName: link, ToxicName: "blackhole_" + stream, ToxicType: "timeout", Stream: stream, Toxicity: 1,
+			Attributes: toxiclient.Attributes{"timeout": 0},
+		})
+		if err != nil {
+			return fmt.Errorf("lab: blackhole on %s: %w", link, err)
+		}
+	}
+	return nil
+}
+
+// ClearToxics removes every toxic from a WAN link (its enabled state stays).
+func (l *Lab) ClearToxics(link string) error {
+	p, err := l.wan.client.Proxy(link)
+	if err != nil {
+		return fmt.Errorf("lab: link %s: %w", link, err)
+	}
+	toxics, err := p.Toxics()
+	if err != nil {
+		return fmt.Errorf("lab: link %s: %w", link, err)
+	}
+	for _, t := range toxics {
+		if err := p.RemoveToxic(t.Name); err != nil {
+			return fmt.Errorf("lab: link %s: %w", link, err)
+		}
+	}
+	return nil
+}
