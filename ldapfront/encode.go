@@ -86,10 +86,14 @@ func existingControls(pkt *ber.Packet) []*ber.Packet {
 	return append([]*ber.Packet(nil), pkt.Children[2].Children...)
 }
 
-// WithControl returns the request's bytes with c appended to its controls. The
-// request must have been read by ReadPDU.
-func (p *PDU) WithControl(c Control) []byte {
-	return rebuild(p.packet, append(existingControls(p.packet), encodeControl(c)))
+// WithControls returns the request's bytes with cs appended to its controls.
+// The request must have been read by ReadPDU.
+func (p *PDU) WithControls(cs ...Control) []byte {
+	all := existingControls(p.packet)
+	for _, c := range cs {
+		all = append(all, encodeControl(c))
+	}
+	return rebuild(p.packet, all)
 }
 
 // postReadControl asks for entryCSN in the post-read entry (RFC 4527):
@@ -150,19 +154,28 @@ func entryCSNs(v []byte) ([]string, error) {
 	if len(e.Children) != 2 {
 		return nil, malformed(fmt.Sprintf("post-read entry has %d elements", len(e.Children)), nil)
 	}
+	return entryAttr(e, "entryCSN"), nil
+}
+
+// entryAttr returns the values of attribute name in a decoded SearchResultEntry
+// ([APPLICATION 4] SEQUENCE { objectName, attributes }).
+func entryAttr(e *ber.Packet, name string) []string {
+	if len(e.Children) != 2 {
+		return nil
+	}
 	var out []string
 	for _, a := range e.Children[1].Children {
 		if len(a.Children) != 2 {
 			continue
 		}
-		if !equalFoldASCII(a.Children[0].Data.String(), "entryCSN") {
+		if !equalFoldASCII(a.Children[0].Data.String(), name) {
 			continue
 		}
 		for _, val := range a.Children[1].Children {
 			out = append(out, val.Data.String())
 		}
 	}
-	return out, nil
+	return out
 }
 
 func equalFoldASCII(a, b string) bool {
@@ -199,4 +212,75 @@ func resultCode(raw []byte) (int, string, error) {
 		return 0, "", malformed("resultCode", err)
 	}
 	return int(code), op.Children[2].Data.String(), nil
+}
+
+// encodeSimpleBind encodes a BindRequest for the proxy's own binds on a fresh
+// backend connection.
+func encodeSimpleBind(id int64, dn string, password []byte) []byte {
+	op := ber.Encode(ber.ClassApplication, ber.TypeConstructed, ber.Tag(OpBindRequest), nil, "BindRequest")
+	op.AppendChild(ber.NewInteger(ber.ClassUniversal, ber.TypePrimitive, ber.TagInteger, int64(3), "version"))
+	op.AppendChild(ber.NewString(ber.ClassUniversal, ber.TypePrimitive, ber.TagOctetString, dn, "name"))
+	op.AppendChild(ber.NewString(ber.ClassContext, ber.TypePrimitive, 0, string(password), "simple"))
+	return envelope(id, op)
+}
+
+// encodeExtended encodes an ExtendedRequest without a value (StartTLS, WhoAmI).
+func encodeExtended(id int64, oid string) []byte {
+	op := ber.Encode(ber.ClassApplication, ber.TypeConstructed, ber.Tag(OpExtendedRequest), nil, "ExtendedRequest")
+	op.AppendChild(ber.NewString(ber.ClassContext, ber.TypePrimitive, 0, oid, "requestName"))
+	return envelope(id, op)
+}
+
+// encodeBaseSearch encodes a base-scope search of dn for the given attributes.
+func encodeBaseSearch(id int64, dn string, attrs ...string) []byte {
+	op := ber.Encode(ber.ClassApplication, ber.TypeConstructed, ber.Tag(OpSearchRequest), nil, "SearchRequest")
+	op.AppendChild(ber.NewString(ber.ClassUniversal, ber.TypePrimitive, ber.TagOctetString, dn, "baseObject"))
+	op.AppendChild(ber.NewInteger(ber.ClassUniversal, ber.TypePrimitive, ber.TagEnumerated, int64(0), "scope"))
+	op.AppendChild(ber.NewInteger(ber.ClassUniversal, ber.TypePrimitive, ber.TagEnumerated, int64(0), "derefAliases"))
+	op.AppendChild(ber.NewInteger(ber.ClassUniversal, ber.TypePrimitive, ber.TagInteger, int64(1), "sizeLimit"))
+	op.AppendChild(ber.NewInteger(ber.ClassUniversal, ber.TypePrimitive, ber.TagInteger, int64(0), "timeLimit"))
+	op.AppendChild(ber.NewBoolean(ber.ClassUniversal, ber.TypePrimitive, ber.TagBoolean, false, "typesOnly"))
+	op.AppendChild(ber.NewString(ber.ClassContext, ber.TypePrimitive, 7, "objectClass", "present"))
+	as := ber.NewSequence("attributes")
+	for _, a := range attrs {
+		as.AppendChild(ber.NewString(ber.ClassUniversal, ber.TypePrimitive, ber.TagOctetString, a, "attribute"))
+	}
+	op.AppendChild(as)
+	return envelope(id, op)
+}
+
+func envelope(id int64, op *ber.Packet) []byte {
+	msg := ber.NewSequence("LDAPMessage")
+	msg.AppendChild(ber.NewInteger(ber.ClassUniversal, ber.TypePrimitive, ber.TagInteger, id, "messageID"))
+	msg.AppendChild(op)
+	return msg.Bytes()
+}
+
+// entryAttrFromMessage returns the values of attribute name in a SearchResultEntry message.
+func entryAttrFromMessage(raw []byte, name string) ([]string, error) {
+	pkt, err := ber.DecodePacketErr(raw)
+	if err != nil {
+		return nil, malformed("bad BER in search entry", err)
+	}
+	if len(pkt.Children) < 2 {
+		return nil, malformed("search entry", nil)
+	}
+	return entryAttr(pkt.Children[1], name), nil
+}
+
+// extendedResponseValue returns the responseValue [11] of an ExtendedResponse message.
+func extendedResponseValue(raw []byte) (string, error) {
+	pkt, err := ber.DecodePacketErr(raw)
+	if err != nil {
+		return "", malformed("bad BER in extended response", err)
+	}
+	if len(pkt.Children) < 2 {
+		return "", malformed("extended response", nil)
+	}
+	for _, c := range pkt.Children[1].Children {
+		if c.ClassType == ber.ClassContext && c.Tag == 11 {
+			return c.Data.String(), nil
+		}
+	}
+	return "", nil
 }

@@ -318,7 +318,7 @@ func TestWithControlAndPostReadSplit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := read1(t, req.WithControl(postReadControl()), 1<<20)
+	out, err := read1(t, req.WithControls(postReadControl()), 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -376,7 +376,7 @@ func TestProxiedAuthzControl(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := read1(t, req.WithControl(proxiedAuthzControl("uid=bob,dc=example,dc=org")), 1<<20)
+	out, err := read1(t, req.WithControls(proxiedAuthzControl("uid=bob,dc=example,dc=org")), 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
