@@ -259,13 +259,23 @@ func (l *Lab) up(ctx context.Context, opts Options) error {
 	if err := l.preparePG(); err != nil {
 		return err
 	}
+	// The two chains run in parallel; the first failure cancels the other,
+	// whose resulting error is noise and is dropped.
+	chainCtx, cancelChains := context.WithCancel(ctx)
+	defer cancelChains()
 	var wg sync.WaitGroup
-	var pgErr, ldapErr error
-	wg.Go(func() { pgErr = l.upPG(ctx) })
-	wg.Go(func() { ldapErr = l.upLDAP(ctx) })
+	var once sync.Once
+	var firstErr error
+	run := func(chain func(context.Context) error) {
+		if err := chain(chainCtx); err != nil {
+			once.Do(func() { firstErr = err; cancelChains() })
+		}
+	}
+	wg.Go(func() { run(l.upPG) })
+	wg.Go(func() { run(l.upLDAP) })
 	wg.Wait()
-	if err := errors.Join(pgErr, ldapErr); err != nil {
-		return err
+	if firstErr != nil {
+		return firstErr
 	}
 
 	if opts.Proxy != nil {

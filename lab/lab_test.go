@@ -465,7 +465,7 @@ func TestStartFailureReportsLogAndCleansUp(t *testing.T) {
 	if !IsStartError(err) || !strings.Contains(err.Error(), "syntax error") {
 		t.Fatalf("Start error %v, want a StartError carrying psql's syntax error", err)
 	}
-	t.Logf("failed Start reported: %.300s", err)
+	t.Logf("failed Start reported: %v", err)
 	if n := processesUsing(t, dir); n != 0 {
 		t.Fatalf("%d processes still use %s after the failed Start", n, dir)
 	}
