@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -375,6 +376,7 @@ func alive(pgid int) bool {
 func TestHubFailoverThenCloseLeavesNothing(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
+	goroutinesBefore := runtime.NumGoroutine()
 	fake := &fakeProxy{}
 	l := ForTest(t, Options{HubStandby: true, Proxy: fake.start})
 	dir, pids, addrs := l.Dir(), l.PIDs(), l.Addrs()
@@ -435,6 +437,14 @@ func TestHubFailoverThenCloseLeavesNothing(t *testing.T) {
 	}
 	if n := processesUsing(t, dir); n != 0 {
 		t.Errorf("%d processes still use %s after Close", n, dir)
+	}
+	// No goroutine of the lab (process waiters, toxiproxy links and API)
+	// outlives Close; the shared lab's are steady meanwhile.
+	for deadline := time.Now().Add(3 * time.Second); runtime.NumGoroutine() > goroutinesBefore; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines after Close, %d before the lab:\n%s", runtime.NumGoroutine(), goroutinesBefore, buf[:runtime.Stack(buf, true)])
+		}
 	}
 }
 
