@@ -38,6 +38,12 @@ func TestMain(m *testing.M) {
 	}
 	fmt.Printf("lab: shared topology up in %s\n", l.StartupTime().Round(time.Millisecond))
 	shared = l
+	// Issue 2's target, measured on the real servers (typically 2-3 s).
+	if l.StartupTime() > 30*time.Second {
+		fmt.Fprintf(os.Stderr, "FAIL: lab: startup took %s, the target is under 30 s\n", l.StartupTime())
+		l.Close()
+		os.Exit(1)
+	}
 	code := m.Run()
 	if err := l.Close(); err != nil {
 		fmt.Fprintf(os.Stderr, "FAIL: lab: close: %v\n", err)
@@ -656,4 +662,53 @@ func (f *fakeProxy) start(ctx context.Context, l *Lab) (ProxyEndpoints, io.Close
 func (f *fakeProxy) Close() error {
 	f.closed = true
 	return errors.Join(f.pg.Close(), f.ldap.Close(), f.admin.Close())
+}
+
+// TestReplicationDelays measures commit-to-visible on the spoke for both
+// stores through the (toxic-free) WAN link and logs p50 and max. It
+// asserts only that every write arrives; the figures are for the reader.
+func TestReplicationDelays(t *testing.T) {
+	const samples = 20
+	measure := func(what string, write func(i int), visible func(i int) (bool, error)) {
+		delays := make([]time.Duration, 0, samples)
+		for i := range samples {
+			start := time.Now()
+			write(i)
+			for {
+				ok, err := visible(i)
+				if err != nil {
+					t.Fatalf("%s: %v", what, err)
+				}
+				if ok {
+					break
+				}
+				if time.Since(start) > 5*time.Second {
+					t.Fatalf("%s: sample %d not visible within 5 s", what, i)
+				}
+			}
+			delays = append(delays, time.Since(start))
+		}
+		slices.Sort(delays)
+		t.Logf("%s: write to visible on the spoke, %d samples: p50 %s, max %s", what, samples, delays[samples/2], delays[samples-1])
+	}
+
+	ctx := context.Background()
+	hub := connect(t, shared.HubAppDSN())
+	replica := connect(t, shared.ReplicaAppDSN())
+	tag := time.Now().UnixNano()
+	measure("PostgreSQL", func(i int) {
+		insertNote(t, hub, fmt.Sprintf("delay %d %d", tag, i))
+	}, func(i int) (bool, error) {
+		var n int
+		err := replica.QueryRow(ctx, "SELECT count(*) FROM notes WHERE body = $1", fmt.Sprintf("delay %d %d", tag, i)).Scan(&n)
+		return n == 1, err
+	})
+
+	provider := ldapConn(t, shared.HubLDAPURL(), AdminDN, shared.AdminPassword())
+	consumer := ldapConn(t, shared.ReplicaLDAPURL(), "", "")
+	measure("LDAP", func(i int) {
+		addPerson(t, provider, fmt.Sprintf("delay%d-%d", tag, i))
+	}, func(i int) (bool, error) {
+		return entryExists(consumer, fmt.Sprintf("uid=delay%d-%d,ou=people,%s", tag, i, BaseDN))
+	})
 }
