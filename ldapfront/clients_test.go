@@ -213,3 +213,20 @@ func waitLine(t *testing.T, lines <-chan string, want string, stderr io.Reader) 
 		}
 	}
 }
+
+// TestLabPythonLDAP runs Debian's python-ldap through the proxy with referral
+// chasing on and off, with the link up and cut.
+func TestLabPythonLDAP(t *testing.T) {
+	l := lab.ForTest(t, lab.Options{})
+	f := startFront(t, l, nil)
+	script := "../testdata/ldap/pyldap_client.py"
+	for _, refs := range []string{"0", "1"} {
+		out := mustTool(t, "", "/usr/bin/python3", script, f.url, lab.UserDN, lab.UserPassword, lab.BaseDN, refs, "write")
+		t.Logf("referrals=%s: %s", refs, strings.TrimSpace(out))
+	}
+	f.cut(t)
+	for _, refs := range []string{"0", "1"} {
+		out := mustTool(t, "", "/usr/bin/python3", script, f.url, lab.UserDN, lab.UserPassword, lab.BaseDN, refs, "refused")
+		t.Logf("cut, referrals=%s: %s", refs, strings.TrimSpace(out))
+	}
+}
