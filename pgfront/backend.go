@@ -1,0 +1,155 @@
+package pgfront
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// backendConn is one connection from a session to the replica or the hub,
+// logged in as the client's role. It is owned by its session's goroutine;
+// only pid, secretKey, endpoint and hub are read by the cancel path.
+type backendConn struct {
+	conn      net.Conn
+	fe        *pgproto3.Frontend
+	hub       bool
+	endpoint  string
+	pid       uint32
+	secretKey uint32
+	params    map[string]string // ParameterStatus as reported at login and since
+
+	// prepared holds the protocol-level statement names prepared on this
+	// backend ("" is the unnamed statement); pendingClose those the client
+	// closed while this backend was not in use: they are closed here before
+	// its next request.
+	prepared     map[string]bool
+	pendingClose []string
+	// pendingSQL are simple queries the proxy sends ahead of the next
+	// request here, answers dropped: session SETs replayed on a fresh hub
+	// connection, the BEGIN of a transaction moving to the hub, the
+	// ROLLBACK of the replica transaction it left.
+	pendingSQL []string
+}
+
+func (b *backendConn) target() string {
+	if b.hub {
+		return "hub"
+	}
+	return "replica"
+}
+
+func (b *backendConn) close() {
+	if b == nil {
+		return
+	}
+	// Terminate politely; the backend ends the session at once either way.
+	_ = b.conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	b.fe.Send(&pgproto3.Terminate{})
+	_ = b.fe.Flush()
+	b.conn.Close()
+}
+
+// login runs the startup and authentication of a fresh backend
+// connection as creds.user, with the client's startup parameters.
+func login(ctx context.Context, conn net.Conn, hub bool, endpoint string, params map[string]string, creds *credentials) (*backendConn, error) {
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+		defer conn.SetDeadline(time.Time{})
+	}
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
+	defer stop()
+
+	b := &backendConn{
+		conn:     conn,
+		fe:       pgproto3.NewFrontend(conn, conn),
+		hub:      hub,
+		endpoint: endpoint,
+		params:   make(map[string]string),
+		prepared: make(map[string]bool),
+	}
+	sm := &pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: make(map[string]string)}
+	for k, v := range params {
+		if k == "replication" || len(k) > 4 && k[:4] == "_pq_" {
+			continue
+		}
+		sm.Parameters[k] = v
+	}
+	sm.Parameters["user"] = creds.user
+	b.fe.Send(sm)
+	if err := b.fe.Flush(); err != nil {
+		return nil, err
+	}
+	var sc *scramClient
+	for {
+		msg, err := b.fe.Receive()
+		if err != nil {
+			return nil, err
+		}
+		switch m := msg.(type) {
+		case *pgproto3.AuthenticationOk:
+		case *pgproto3.AuthenticationSASL:
+			if creds.clientKey == nil {
+				return nil, errors.New("pgfront: backend asks for SCRAM but the role's secret is md5; set the role's password again with password_encryption = scram-sha-256")
+			}
+			ok := false
+			for _, mech := range m.AuthMechanisms {
+				ok = ok || mech == "SCRAM-SHA-256"
+			}
+			if !ok {
+				return nil, fmt.Errorf("pgfront: backend offers SASL mechanisms %v, not SCRAM-SHA-256", m.AuthMechanisms)
+			}
+			sc = &scramClient{clientKey: creds.clientKey, serverKey: creds.secret.ServerKey}
+			b.fe.Send(&pgproto3.SASLInitialResponse{AuthMechanism: "SCRAM-SHA-256", Data: []byte(sc.first())})
+			if err := b.fe.Flush(); err != nil {
+				return nil, err
+			}
+		case *pgproto3.AuthenticationSASLContinue:
+			if sc == nil {
+				return nil, errSCRAMProtocol
+			}
+			final, err := sc.final(string(m.Data))
+			if err != nil {
+				return nil, err
+			}
+			b.fe.Send(&pgproto3.SASLResponse{Data: []byte(final)})
+			if err := b.fe.Flush(); err != nil {
+				return nil, err
+			}
+		case *pgproto3.AuthenticationSASLFinal:
+			if sc == nil {
+				return nil, errSCRAMProtocol
+			}
+			if err := sc.verify(string(m.Data)); err != nil {
+				return nil, err
+			}
+		case *pgproto3.AuthenticationMD5Password:
+			if creds.secret.MD5 == "" {
+				return nil, errors.New("pgfront: backend asks for md5 but the role has a SCRAM secret; use scram-sha-256 in the backend's pg_hba.conf")
+			}
+			b.fe.Send(&pgproto3.PasswordMessage{Password: md5Response(creds.secret.MD5, m.Salt)})
+			if err := b.fe.Flush(); err != nil {
+				return nil, err
+			}
+		case *pgproto3.AuthenticationCleartextPassword:
+			return nil, errors.New("pgfront: backend asks for a cleartext password, which the proxy never holds")
+		case *pgproto3.ParameterStatus:
+			b.params[m.Name] = m.Value
+		case *pgproto3.BackendKeyData:
+			b.pid = m.ProcessID
+			if len(m.SecretKey) >= 4 {
+				b.secretKey = uint32(m.SecretKey[0])<<24 | uint32(m.SecretKey[1])<<16 | uint32(m.SecretKey[2])<<8 | uint32(m.SecretKey[3])
+			}
+		case *pgproto3.NoticeResponse, *pgproto3.NegotiateProtocolVersion:
+		case *pgproto3.ErrorResponse:
+			return nil, newBackendError(m)
+		case *pgproto3.ReadyForQuery:
+			return b, nil
+		default:
+			return nil, fmt.Errorf("pgfront: unexpected %T during backend login", msg)
+		}
+	}
+}

@@ -1,0 +1,90 @@
+package pgfront
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/spokeproxy/spokeproxy/routing"
+)
+
+// backendError is an ErrorResponse a backend sent during login or a
+// proxy-internal step; it reaches the client unchanged.
+type backendError struct {
+	resp pgproto3.ErrorResponse
+}
+
+func (e *backendError) Error() string {
+	return fmt.Sprintf("pgfront: backend error %s: %s", e.resp.Code, e.resp.Message)
+}
+
+func newBackendError(r *pgproto3.ErrorResponse) *backendError {
+	c := *r
+	c.UnknownFields = nil
+	return &backendError{resp: c}
+}
+
+// replicaError: the local replica could not be reached or used for op.
+type replicaError struct {
+	op  string
+	err error
+}
+
+func (e *replicaError) Error() string {
+	return fmt.Sprintf("pgfront: could not %s on the local replica: %v", e.op, e.err)
+}
+func (e *replicaError) Unwrap() error { return e.err }
+
+// hubLostError: the hub connection broke while a request was in flight.
+// Unknown means the request may have committed (08007).
+type hubLostError struct {
+	hub     string
+	unknown bool
+	err     error
+}
+
+func (e *hubLostError) Error() string {
+	return fmt.Sprintf("pgfront: connection to hub %s lost: %v", e.hub, e.err)
+}
+func (e *hubLostError) Unwrap() error { return e.err }
+
+// errorResponseFor is the one place a Go error becomes an ErrorResponse
+// for the client. severity is ERROR for errors the session survives and
+// FATAL for ones that end it.
+func errorResponseFor(err error, severity string) *pgproto3.ErrorResponse {
+	mk := func(code, msg string) *pgproto3.ErrorResponse {
+		return &pgproto3.ErrorResponse{Severity: severity, SeverityUnlocalized: severity, Code: code, Message: msg}
+	}
+	var be *backendError
+	if errors.As(err, &be) {
+		r := be.resp
+		return &r
+	}
+	var hu *routing.HubUnavailableError
+	if errors.As(err, &hu) {
+		return mk("25006", fmt.Sprintf("cannot execute write: hub %s is unavailable (%s); this site is read-only until it returns", hu.Hub, hu.Reason))
+	}
+	var hl *hubLostError
+	if errors.As(err, &hl) {
+		if hl.unknown {
+			return mk("08007", fmt.Sprintf("connection to hub %s lost while the request was in flight: the outcome is unknown (it may have committed)", hl.hub))
+		}
+		return mk("08006", fmt.Sprintf("connection to hub %s lost: the transaction on the hub is gone", hl.hub))
+	}
+	var se *startupError
+	if errors.As(err, &se) {
+		return mk(se.Code, se.Message)
+	}
+	var re *replicaError
+	if errors.As(err, &re) {
+		return mk("08006", fmt.Sprintf("could not %s: local replica unreachable (%v)", re.op, re.err))
+	}
+	if routing.IsReplicaUnavailable(err) {
+		return mk("08006", err.Error())
+	}
+	if routing.IsWaitTimeout(err) {
+		return mk("40001", "read-your-writes: the local replica did not catch up in time: "+err.Error())
+	}
+	return mk("08006", err.Error())
+}

@@ -1,0 +1,343 @@
+package pgfront
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/spokeproxy/spokeproxy/lab"
+	"github.com/spokeproxy/spokeproxy/metrics"
+	"github.com/spokeproxy/spokeproxy/routing"
+)
+
+// front is a Server on 127.0.0.1:0 in front of a lab, with its routing Site.
+type front struct {
+	addr string
+	site *routing.Site
+	srv  *Server
+	m    *metrics.PG
+	reg  *prometheus.Registry
+	lab  *lab.Lab
+}
+
+func startFront(t *testing.T, l *lab.Lab, mutate func(*Config)) *front {
+	t.Helper()
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	reg := prometheus.NewRegistry()
+	policy := routing.DefaultPolicy()
+	site, err := routing.NewSite(routing.Config{
+		Protocol:      routing.Postgres,
+		Hubs:          []string{l.WANPGAddr()},
+		Replica:       l.ReplicaPGAddr(),
+		User:          lab.AuthUser,
+		Password:      l.AuthPassword(),
+		Database:      lab.AppDatabase,
+		ProbeInterval: 100 * time.Millisecond,
+		ProbeTimeout:  300 * time.Millisecond,
+		Policy:        policy,
+		Logger:        logger,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	siteDone := make(chan struct{})
+	go func() { defer close(siteDone); _ = site.Run(ctx) }()
+	cfg := Config{
+		Site:             "spoke-test",
+		ReplicaAddr:      l.ReplicaPGAddr(),
+		AuthUser:         lab.AuthUser,
+		AuthPassword:     l.AuthPassword(),
+		AuthQuery:        lab.AuthQuery,
+		AuthDatabase:     lab.AppDatabase,
+		LazyTransactions: true,
+		Consistency:      policy.Consistency,
+		WaitTimeout:      policy.WaitTimeout,
+		OnTimeoutHub:     policy.OnTimeoutHub,
+	}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	m := metrics.NewPG(reg)
+	m.Front = metrics.NewFront(reg).Protocol(metrics.Postgres)
+	srv := New(cfg, site, m, logger)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveDone := make(chan error, 1)
+	go func() { serveDone <- srv.Serve(ctx, ln) }()
+	f := &front{addr: ln.Addr().String(), site: site, srv: srv, m: m, reg: reg, lab: l}
+	t.Cleanup(func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer scancel()
+		if err := srv.Shutdown(sctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+		cancel()
+		if err := <-serveDone; !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Serve returned %v", err)
+		}
+		<-siteDone
+	})
+	f.waitHub(t, true)
+	return f
+}
+
+func (f *front) waitHub(t *testing.T, up bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		s := f.site.Snapshot()
+		if s.Hub.Up == up && (!up || s.Replica.Up) {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("site did not see hub up=%v: %+v", up, f.site.Snapshot())
+}
+
+// cut disables the WAN PostgreSQL link and waits until the Site sees it
+// down; the link is restored at cleanup.
+func (f *front) cut(t *testing.T) {
+	t.Helper()
+	if err := f.lab.SetLink(lab.LinkPG, false); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := f.lab.ResetWAN(); err != nil {
+			t.Errorf("reset WAN: %v", err)
+		}
+		f.waitHub(t, true)
+	})
+	f.waitHub(t, false)
+}
+
+func (f *front) dsn(user, password string) string {
+	u := url.URL{Scheme: "postgres", User: url.UserPassword(user, password), Host: f.addr, Path: "/" + lab.AppDatabase, RawQuery: "sslmode=disable"}
+	return u.String()
+}
+
+func (f *front) connect(t *testing.T, mutate func(*pgx.ConnConfig)) *pgx.Conn {
+	t.Helper()
+	cc, err := pgx.ParseConfig(f.dsn(lab.AppUser, lab.AppPassword))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mutate != nil {
+		mutate(cc)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		t.Fatalf("connect through proxy: %v", err)
+	}
+	t.Cleanup(func() { c.Close(context.Background()) })
+	return c
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func wantCode(t *testing.T, err error, code string) *pgconn.PgError {
+	t.Helper()
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		t.Fatalf("want SQLSTATE %s, got %v", code, err)
+	}
+	if pe.Code != code {
+		t.Fatalf("want SQLSTATE %s, got %s: %s", code, pe.Code, pe.Message)
+	}
+	return pe
+}
+
+func TestLabPG(t *testing.T) {
+	l := lab.ForTest(t, lab.Options{})
+	f := startFront(t, l, nil)
+
+	t.Run("auth", func(t *testing.T) {
+		ctx := ctxT(t)
+		c, err := pgx.Connect(ctx, f.dsn(lab.AppUser, "wrong"))
+		if err == nil {
+			c.Close(ctx)
+			t.Fatal("wrong password accepted")
+		}
+		pe := wantCode(t, err, "28P01")
+		if pe.Message != `password authentication failed for user "app"` {
+			t.Errorf("message %q", pe.Message)
+		}
+		_, err = pgx.Connect(ctx, f.dsn("nosuchrole", "x"))
+		wantCode(t, err, "28P01")
+		_, err = pgx.Connect(ctx, f.dsn(lab.AppUser, lab.AppPassword)+"&database=nosuchdb")
+		if err == nil {
+			t.Fatal("unknown database accepted")
+		}
+	})
+
+	t.Run("read write read-your-write", func(t *testing.T) {
+		ctx := ctxT(t)
+		for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeDescribeExec} {
+			c := f.connect(t, func(cc *pgx.ConnConfig) { cc.DefaultQueryExecMode = mode })
+			var standby bool
+			if err := c.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&standby); err != nil {
+				t.Fatal(err)
+			}
+			if !standby {
+				t.Errorf("mode %v: read did not run on the standby", mode)
+			}
+			if got := c.PgConn().ParameterStatus("in_hot_standby"); got != "off" {
+				t.Errorf("in_hot_standby = %q while the hub is up", got)
+			}
+			var pid uint32
+			if err := c.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+				t.Fatal(err)
+			}
+			if pid != c.PgConn().PID() {
+				t.Errorf("pg_backend_pid() %d, BackendKeyData PID %d", pid, c.PgConn().PID())
+			}
+			body := fmt.Sprintf("note %v %d", mode, time.Now().UnixNano())
+			if _, err := c.Exec(ctx, "INSERT INTO notes (account_id, body) VALUES ($1, $2)", 1, body); err != nil {
+				t.Fatalf("mode %v: insert: %v", mode, err)
+			}
+			var n int
+			var recov bool
+			if err := c.QueryRow(ctx, "SELECT count(*), pg_is_in_recovery() FROM notes WHERE body = $1", body).Scan(&n, &recov); err != nil {
+				t.Fatal(err)
+			}
+			if n != 1 || !recov {
+				t.Errorf("mode %v: read-your-write saw %d rows (standby %v)", mode, n, recov)
+			}
+		}
+	})
+
+	t.Run("lazy transaction", func(t *testing.T) {
+		ctx := ctxT(t)
+		c := f.connect(t, nil)
+		tx, err := c.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var recov bool
+		if err := tx.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&recov); err != nil || !recov {
+			t.Fatalf("first read of a transaction: standby=%v err=%v", recov, err)
+		}
+		if _, err := tx.Exec(ctx, "UPDATE accounts SET balance = balance + 1 WHERE name = 'alice'"); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&recov); err != nil || recov {
+			t.Fatalf("read after the first write: standby=%v err=%v", recov, err)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		// A read-only transaction never leaves the replica.
+		before := f.wanBytes()
+		tx, err = c.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n int
+		if err := tx.QueryRow(ctx, "SELECT count(*) FROM accounts").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if after := f.wanBytes(); after != before {
+			t.Errorf("read-only transaction sent %v WAN bytes", after-before)
+		}
+	})
+
+	t.Run("safety net", func(t *testing.T) {
+		ctx := ctxT(t)
+		c := f.connect(t, nil)
+		// A function that writes looks like a read to the classifier: the
+		// standby refuses it with 25006 and the proxy re-runs it on the hub.
+		if _, err := c.Exec(ctx, `CREATE OR REPLACE FUNCTION add_note(b text) RETURNS bigint LANGUAGE sql AS
+			$$ INSERT INTO notes (account_id, body) VALUES (1, b) RETURNING id $$`); err != nil {
+			t.Fatal(err)
+		}
+		before := counterValue(t, f.m.SafetyNetReruns)
+		var id int64
+		if err := c.QueryRow(ctx, "SELECT add_note('via safety net')").Scan(&id); err != nil {
+			t.Fatalf("write hidden in a function: %v", err)
+		}
+		if got := counterValue(t, f.m.SafetyNetReruns) - before; got != 1 {
+			t.Errorf("safety net re-runs: %v, want 1", got)
+		}
+		var body string
+		if err := c.QueryRow(ctx, "SELECT body FROM notes WHERE id = $1", id).Scan(&body); err != nil || body != "via safety net" {
+			t.Fatalf("row written through the safety net: %q %v", body, err)
+		}
+		// Inside a transaction still on the replica, the statement moves it.
+		tx, err := c.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.QueryRow(ctx, "SELECT add_note('in a transaction')").Scan(&id); err != nil {
+			t.Fatalf("hidden write in a transaction: %v", err)
+		}
+		var recov bool
+		if err := tx.QueryRow(ctx, "SELECT pg_is_in_recovery() FROM notes WHERE id = $1", id).Scan(&recov); err != nil || recov {
+			t.Fatalf("transaction did not move to the hub: standby=%v err=%v", recov, err)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.QueryRow(ctx, "WITH x AS (SELECT 1) SELECT pg_is_in_recovery() FROM accounts FOR UPDATE LIMIT 1").Scan(&recov); err != nil || recov {
+			t.Fatalf("locking read: standby=%v err=%v", recov, err)
+		}
+	})
+
+	t.Run("hub down", func(t *testing.T) {
+		ctx := ctxT(t)
+		c := f.connect(t, nil)
+		f.cut(t)
+		_, err := c.Exec(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'refused')")
+		pe := wantCode(t, err, "25006")
+		t.Logf("refusal: %s", pe.Message)
+		var n int
+		if err := c.QueryRow(ctx, "SELECT count(*) FROM accounts").Scan(&n); err != nil || n < 3 {
+			t.Fatalf("read during outage: n=%d err=%v", n, err)
+		}
+		// A read-write transaction opens locally; its write is refused.
+		tx, err := c.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.QueryRow(ctx, "SELECT count(*) FROM accounts").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		_, err = tx.Exec(ctx, "UPDATE accounts SET balance = 0")
+		wantCode(t, err, "25006")
+		if err := tx.Rollback(ctx); err != nil {
+			t.Fatal(err)
+		}
+		// New sessions log in during the outage.
+		c2 := f.connect(t, nil)
+		if err := c2.QueryRow(ctx, "SELECT count(*) FROM accounts").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if got := c2.PgConn().ParameterStatus("in_hot_standby"); got != "on" {
+			t.Errorf("in_hot_standby = %q while the hub is down", got)
+		}
+	})
+}
+
+func (f *front) wanBytes() float64 {
+	return counterValue(nil, f.m.Front.WANBytesToHub) + counterValue(nil, f.m.Front.WANBytesFromHub)
+}

@@ -1,0 +1,554 @@
+package pgfront
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/spokeproxy/spokeproxy/metrics"
+	"github.com/spokeproxy/spokeproxy/routing"
+)
+
+// Site is what the front needs from the routing core; *routing.Site
+// satisfies it. Tests of the relay may pass a small fake.
+type Site interface {
+	Snapshot() routing.Snapshot
+	Decide(r routing.Request) routing.Decision
+	HubUnavailable() error
+	ReportHubFailure(endpoint string, err error)
+	ReportReplicaFailure(err error)
+	WaitFor(ctx context.Context, pos routing.Position) error
+	Changes() <-chan struct{}
+	DialHub(ctx context.Context, endpoint string) (net.Conn, error)
+}
+
+// Config is the PostgreSQL front's runtime configuration. The proxy
+// package maps its file config onto it; zero values take the defaults
+// named on each field.
+type Config struct {
+	// Site names this spoke in error messages ("site spoke-berlin is read-only").
+	Site string
+	// ReplicaAddr is the local hot standby, host:port. Required.
+	ReplicaAddr string
+	// TLS, when set, is offered to clients that send SSLRequest; without it
+	// the proxy answers 'N'.
+	TLS *tls.Config
+
+	// AuthUser and AuthPassword log in to the replica to run AuthQuery, which
+	// takes the role name as $1 and returns (usename, passwd). AuthDatabase
+	// is the database it runs in (default "postgres").
+	AuthUser     string
+	AuthPassword string
+	AuthQuery    string
+	AuthDatabase string
+
+	// LazyTransactions starts explicit transactions on the replica and moves
+	// them to the hub at their first write (config transactions: lazy, the
+	// default in proxy); false sends every read-write transaction to the
+	// hub from BEGIN (transactions: hub).
+	LazyTransactions bool
+	// HubFunctions are extra functions whose callers must run on the hub.
+	HubFunctions []string
+
+	// Consistency is the read-your-writes mode; WaitTimeout bounds a read's
+	// wait for the session position (default 2s); OnTimeoutHub reads from
+	// the hub after the wait, else the read fails.
+	Consistency  routing.Consistency
+	WaitTimeout  time.Duration
+	OnTimeoutHub bool
+
+	// MaxConnections bounds client connections (default 1000; beyond it
+	// 53300). MaxMessageSize bounds one client message (default 64 MiB;
+	// beyond it 08P01 and close). StartupTimeout bounds TLS, startup and
+	// authentication (default 10s).
+	MaxConnections int
+	MaxMessageSize int
+	StartupTimeout time.Duration
+	// BackendTimeout bounds dialing and logging in to a backend (default 10s).
+	BackendTimeout time.Duration
+	// ClassifierCacheEntries bounds the classification cache (default 10000).
+	ClassifierCacheEntries int
+}
+
+func (c Config) withDefaults() Config {
+	if c.AuthDatabase == "" {
+		c.AuthDatabase = "postgres"
+	}
+	if c.AuthQuery == "" {
+		c.AuthQuery = "SELECT usename, passwd FROM pg_shadow WHERE usename = $1"
+	}
+	if c.WaitTimeout <= 0 {
+		c.WaitTimeout = 2 * time.Second
+	}
+	if c.MaxConnections <= 0 {
+		c.MaxConnections = 1000
+	}
+	if c.MaxMessageSize <= 0 {
+		c.MaxMessageSize = 64 << 20
+	}
+	if c.StartupTimeout <= 0 {
+		c.StartupTimeout = 10 * time.Second
+	}
+	if c.BackendTimeout <= 0 {
+		c.BackendTimeout = 10 * time.Second
+	}
+	if c.ClassifierCacheEntries <= 0 {
+		c.ClassifierCacheEntries = 10000
+	}
+	if c.Site == "" {
+		c.Site = "this spoke"
+	}
+	return c
+}
+
+// Server is the PostgreSQL front. Create it with New, run it with Serve,
+// stop it with Shutdown.
+type Server struct {
+	cfg        Config
+	site       Site
+	m          *metrics.PG
+	front      *metrics.FrontProtocol
+	log        *slog.Logger
+	classifier *Classifier
+	auth       *authLookup
+
+	nconns atomic.Int64 // client connections counted against MaxConnections
+
+	mu        sync.Mutex // guards the fields below
+	listeners map[net.Listener]struct{}
+	conns     map[net.Conn]struct{}
+	sessions  map[cancelKey]*session // by the proxy-owned BackendKeyData
+	shutdown  bool
+
+	wg sync.WaitGroup // one per client connection goroutine
+}
+
+// cancelKey is a BackendKeyData pair.
+type cancelKey struct {
+	pid    uint32
+	secret uint32
+}
+
+// New returns a server. m may be nil (metrics recorded nowhere).
+func New(cfg Config, site Site, m *metrics.PG, logger *slog.Logger) *Server {
+	cfg = cfg.withDefaults()
+	if m == nil {
+		m = metrics.NewPG(prometheus.NewRegistry())
+	}
+	front := m.Front
+	if front == nil {
+		front = metrics.NewFront(prometheus.NewRegistry()).Protocol(metrics.Postgres)
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{
+		cfg:        cfg,
+		site:       site,
+		m:          m,
+		front:      front,
+		log:        logger,
+		classifier: NewClassifier(cfg.HubFunctions, cfg.ClassifierCacheEntries, 16<<20),
+		listeners:  make(map[net.Listener]struct{}),
+		conns:      make(map[net.Conn]struct{}),
+		sessions:   make(map[cancelKey]*session),
+	}
+	s.auth = newAuthLookup(cfg)
+	return s
+}
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("pgfront: server closed")
+
+// Serve accepts client connections on ln until ctx ends or Shutdown is
+// called. It closes ln on return.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+		ln.Close()
+	}()
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			down := s.shutdown
+			s.mu.Unlock()
+			if down {
+				return ErrServerClosed
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(5 * time.Millisecond)
+				continue
+			}
+			return err
+		}
+		if !s.track(conn) {
+			conn.Close()
+			return ErrServerClosed
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer s.untrack(conn)
+			s.handle(ctx, conn)
+		}()
+	}
+}
+
+func (s *Server) track(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shutdown {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(c net.Conn) {
+	c.Close()
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// Shutdown stops accepting, then waits for client sessions to end until
+// ctx is done, then closes the rest. It closes the auth pool.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.shutdown = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+		s.mu.Lock()
+		for c := range s.conns {
+			c.Close()
+		}
+		s.mu.Unlock()
+		<-done
+	}
+	s.auth.close()
+	return err
+}
+
+// startupPacketMax is PostgreSQL's MAX_STARTUP_PACKET_LENGTH.
+const startupPacketMax = 10000
+
+// Startup codes that are not protocol versions.
+const (
+	codeCancel = 80877102
+	codeSSL    = 80877103
+	codeGSSEnc = 80877104
+)
+
+// startupError is a startup packet the proxy rejects; it is sent to the
+// client as a FATAL ErrorResponse with Code.
+type startupError struct {
+	Code    string
+	Message string
+}
+
+func (e *startupError) Error() string { return "pgfront: " + e.Message }
+
+// readStartup reads one startup-phase packet (no type byte) and decodes it
+// to *pgproto3.StartupMessage, *pgproto3.SSLRequest,
+// *pgproto3.GSSEncRequest or *pgproto3.CancelRequest. A protocol version
+// other than 3.x is a *startupError with PostgreSQL's wording; 3.x with
+// x > 0 is returned as a StartupMessage with ProtocolVersion kept, so the
+// caller can negotiate down to 3.0.
+func readStartup(r io.Reader) (pgproto3.FrontendMessage, error) {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, err
+	}
+	n := int(int32(binary.BigEndian.Uint32(hdr[:])))
+	if n < 8 || n > startupPacketMax {
+		return nil, &startupError{Code: "08P01", Message: "invalid length of startup packet"}
+	}
+	body := make([]byte, n-4)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return nil, err
+	}
+	code := binary.BigEndian.Uint32(body)
+	switch code {
+	case codeSSL:
+		return &pgproto3.SSLRequest{}, nil
+	case codeGSSEnc:
+		return &pgproto3.GSSEncRequest{}, nil
+	case codeCancel:
+		var m pgproto3.CancelRequest
+		if err := m.Decode(body); err != nil {
+			return nil, &startupError{Code: "08P01", Message: "invalid cancel request"}
+		}
+		return &m, nil
+	}
+	major, minor := code>>16, code&0xffff
+	if major != 3 {
+		return nil, &startupError{Code: "0A000", Message: fmt.Sprintf("unsupported frontend protocol %d.%d: server supports 3.0 to 3.0", major, minor)}
+	}
+	m, err := decodeStartupParams(body[4:])
+	if err != nil {
+		return nil, err
+	}
+	m.ProtocolVersion = code
+	return m, nil
+}
+
+// decodeStartupParams decodes the name/value pairs of a StartupMessage.
+// It is stricter than pgproto3's decoder about the terminator.
+func decodeStartupParams(b []byte) (*pgproto3.StartupMessage, error) {
+	m := &pgproto3.StartupMessage{Parameters: make(map[string]string)}
+	bad := &startupError{Code: "08P01", Message: "invalid startup packet layout: expected terminator as last byte"}
+	for {
+		if len(b) == 0 {
+			return nil, bad
+		}
+		if b[0] == 0 {
+			if len(b) != 1 {
+				return nil, bad
+			}
+			break
+		}
+		k, rest, ok := cutNul(b)
+		if !ok {
+			return nil, bad
+		}
+		v, rest, ok := cutNul(rest)
+		if !ok {
+			return nil, bad
+		}
+		m.Parameters[k] = v
+		b = rest
+	}
+	return m, nil
+}
+
+func cutNul(b []byte) (string, []byte, bool) {
+	for i, c := range b {
+		if c == 0 {
+			return string(b[:i]), b[i+1:], true
+		}
+	}
+	return "", nil, false
+}
+
+// handle runs one client connection from its first byte to its close.
+func (s *Server) handle(ctx context.Context, conn net.Conn) {
+	over := s.nconns.Add(1) > int64(s.cfg.MaxConnections)
+	defer s.nconns.Add(-1)
+	s.front.ClientConnections.Inc()
+	defer s.front.ClientConnections.Dec()
+
+	log := s.log.With("client", conn.RemoteAddr().String())
+	_ = conn.SetDeadline(time.Now().Add(s.cfg.StartupTimeout))
+
+	var startup *pgproto3.StartupMessage
+	tlsDone := false
+	for startup == nil {
+		msg, err := readStartup(conn)
+		if err != nil {
+			var se *startupError
+			if errors.As(err, &se) {
+				s.m.ProtocolErrors.Inc()
+				writeFatal(conn, se.Code, se.Message)
+			}
+			log.Debug("startup failed", "err", err)
+			return
+		}
+		switch m := msg.(type) {
+		case *pgproto3.SSLRequest:
+			if tlsDone || s.cfg.TLS == nil {
+				if _, err := conn.Write([]byte{'N'}); err != nil {
+					return
+				}
+				continue
+			}
+			if _, err := conn.Write([]byte{'S'}); err != nil {
+				return
+			}
+			tc := tls.Server(conn, s.cfg.TLS)
+			if err := tc.HandshakeContext(ctx); err != nil {
+				log.Debug("client TLS handshake failed", "err", err)
+				return
+			}
+			conn = tc
+			tlsDone = true
+		case *pgproto3.GSSEncRequest:
+			if _, err := conn.Write([]byte{'N'}); err != nil {
+				return
+			}
+		case *pgproto3.CancelRequest:
+			s.cancel(ctx, cancelKey{pid: m.ProcessID, secret: binary.BigEndian.Uint32(m.SecretKey)})
+			return
+		case *pgproto3.StartupMessage:
+			startup = m
+		}
+	}
+	if over {
+		writeFatal(conn, "53300", "sorry, too many clients already")
+		return
+	}
+	be := pgproto3.NewBackend(conn, conn)
+	be.SetMaxBodyLen(s.cfg.MaxMessageSize)
+	if startup.ProtocolVersion != pgproto3.ProtocolVersion30 {
+		// A 3.x client with x > 0: tell it we speak 3.0 (what PostgreSQL 15 does).
+		var unrecognized []string
+		for k := range startup.Parameters {
+			if len(k) > 4 && k[:4] == "_pq_" {
+				unrecognized = append(unrecognized, k)
+			}
+		}
+		be.Send(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: unrecognized})
+	}
+	if _, ok := startup.Parameters["replication"]; ok && startup.Parameters["replication"] != "false" && startup.Parameters["replication"] != "0" {
+		sendFatal(be, "08P01", "spokeproxy does not relay replication connections")
+		return
+	}
+	user := startup.Parameters["user"]
+	if user == "" {
+		sendFatal(be, "28000", "no PostgreSQL user name specified in startup packet")
+		return
+	}
+	log = log.With("user", user, "database", startup.Parameters["database"])
+
+	creds, err := s.authenticate(ctx, be, user)
+	if err != nil {
+		var ae *authError
+		if errors.As(err, &ae) {
+			s.m.AuthFailures.Inc()
+			log.Info("client authentication failed", "reason", ae.reason)
+			sendFatal(be, "28P01", fmt.Sprintf("password authentication failed for user %q", user))
+		} else {
+			log.Warn("client authentication could not complete", "err", err)
+			sendError(be, errorResponseFor(err, "FATAL"))
+		}
+		return
+	}
+	sess := newSession(s, conn, be, startup.Parameters, creds, log)
+	defer sess.close()
+	if err := sess.start(ctx); err != nil {
+		log.Info("session start failed", "err", err)
+		sendError(be, errorResponseFor(err, "FATAL"))
+		return
+	}
+	_ = conn.SetDeadline(time.Time{})
+	s.register(sess)
+	defer s.unregister(sess)
+	if err := sess.run(ctx); err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+		log.Debug("session ended", "err", err)
+	}
+}
+
+func (s *Server) register(sess *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		var b [4]byte
+		_, _ = rand.Read(b[:])
+		sess.key.secret = binary.BigEndian.Uint32(b[:])
+		if _, dup := s.sessions[sess.key]; !dup {
+			s.sessions[sess.key] = sess
+			return
+		}
+	}
+}
+
+func (s *Server) unregister(sess *session) {
+	s.mu.Lock()
+	if s.sessions[sess.key] == sess {
+		delete(s.sessions, sess.key)
+	}
+	s.mu.Unlock()
+}
+
+// cancel forwards a CancelRequest to the backend that is running the
+// session's current request. Unknown keys are ignored, as PostgreSQL does.
+func (s *Server) cancel(ctx context.Context, key cancelKey) {
+	s.mu.Lock()
+	sess := s.sessions[key]
+	s.mu.Unlock()
+	if sess == nil {
+		return
+	}
+	b := sess.activeBackend()
+	if b == nil {
+		return
+	}
+	s.m.Cancels.Inc()
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.BackendTimeout)
+	defer cancel()
+	var conn net.Conn
+	var err error
+	if b.hub {
+		conn, err = s.site.DialHub(ctx, b.endpoint)
+	} else {
+		var d net.Dialer
+		conn, err = d.DialContext(ctx, "tcp", b.endpoint)
+	}
+	if err != nil {
+		s.log.Debug("cancel: dial failed", "err", err)
+		return
+	}
+	defer conn.Close()
+	var secret [4]byte
+	binary.BigEndian.PutUint32(secret[:], b.secretKey)
+	buf, _ := (&pgproto3.CancelRequest{ProcessID: b.pid, SecretKey: secret[:]}).Encode(nil)
+	_, _ = conn.Write(buf)
+	// PostgreSQL closes the connection after a cancel; wait for that so the
+	// cancel is delivered before we return.
+	_ = conn.SetReadDeadline(time.Now().Add(time.Second))
+	_, _ = conn.Read(make([]byte, 1))
+}
+
+// writeFatal writes a FATAL ErrorResponse before a pgproto3.Backend exists.
+func writeFatal(w io.Writer, code, msg string) {
+	buf, err := (&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: code, Message: msg}).Encode(nil)
+	if err == nil {
+		_, _ = w.Write(buf)
+	}
+}
+
+func sendFatal(be *pgproto3.Backend, code, msg string) {
+	sendError(be, &pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: code, Message: msg})
+}
+
+func sendError(be *pgproto3.Backend, e *pgproto3.ErrorResponse) {
+	be.Send(e)
+	_ = be.Flush()
+}

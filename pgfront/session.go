@@ -1,0 +1,991 @@
+package pgfront
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/spokeproxy/spokeproxy/metrics"
+	"github.com/spokeproxy/spokeproxy/routing"
+)
+
+// rawFront is an already-encoded frontend message.
+type rawFront []byte
+
+func (rawFront) Frontend()                           {}
+func (r rawFront) Decode([]byte) error               { return errors.New("pgfront: rawFront is encode-only") }
+func (r rawFront) Encode(dst []byte) ([]byte, error) { return append(dst, r...), nil }
+
+// rawBack is an already-encoded backend message.
+type rawBack []byte
+
+func (rawBack) Backend()                            {}
+func (r rawBack) Decode([]byte) error               { return errors.New("pgfront: rawBack is encode-only") }
+func (r rawBack) Encode(dst []byte) ([]byte, error) { return append(dst, r...), nil }
+
+// preparedStmt is a protocol-level prepared statement the client made; it
+// is prepared on each backend only when a batch there uses it.
+type preparedStmt struct {
+	parse []byte // the client's Parse, encoded
+	class Classification
+}
+
+// batchMsg is one client message of an extended-protocol batch.
+type batchMsg struct {
+	raw  []byte
+	typ  byte   // 'P', 'B', 'D', 'E', 'C', 'S'
+	stmt string // statement the message names (Parse, Bind, Describe/Close of a statement)
+	// usesStmt: a Bind or a Describe of a statement, which needs the
+	// statement prepared on the backend it runs on.
+	usesStmt bool
+	// closesStmt: a Close of a statement (as opposed to a portal).
+	closesStmt bool
+}
+
+// unit is one routing unit: a simple Query or an extended batch up to Sync.
+type unit struct {
+	simple bool
+	query  string     // simple
+	msgs   []batchMsg // extended, the last one is Sync
+	class  Classification
+	fn     bool // a FunctionCall (always the hub)
+	raw    []byte
+}
+
+// session is one authenticated client connection. All its fields are
+// owned by the session goroutine except active, guarded by activeMu and
+// read by the cancel path.
+type session struct {
+	srv    *Server
+	conn   net.Conn
+	be     *pgproto3.Backend
+	params map[string]string
+	creds  *credentials
+	log    *slog.Logger
+	key    cancelKey
+
+	replica *backendConn
+	hub     *backendConn
+
+	activeMu sync.Mutex
+	active   *backendConn // backend running the client's current request
+
+	txOn     *backendConn // backend holding the open transaction; nil when idle
+	txLost   bool         // the hub transaction was cut: statements fail until ROLLBACK/COMMIT
+	txBegin  string       // the client's BEGIN, replayed on the hub when a lazy transaction moves
+	txLocals []string     // SET LOCAL/SET TRANSACTION run in the replica transaction, replayed on move
+	pinned   bool
+	sets     []string    // session SET/RESET statements, replayed when a hub connection attaches
+	pos      routing.LSN // read-your-writes position; 0 = none
+
+	stmts map[string]*preparedStmt // by name; "" is the unnamed statement
+
+	changes  <-chan struct{}
+	hubShown bool // in_hot_standby last told: off (true) or on (false)
+}
+
+func newSession(srv *Server, conn net.Conn, be *pgproto3.Backend, params map[string]string, creds *credentials, log *slog.Logger) *session {
+	p := make(map[string]string, len(params))
+	for k, v := range params {
+		p[k] = v
+	}
+	if p["database"] == "" {
+		p["database"] = p["user"]
+	}
+	return &session{srv: srv, conn: conn, be: be, params: p, creds: creds, log: log, stmts: make(map[string]*preparedStmt)}
+}
+
+func (s *session) close() {
+	s.replica.close()
+	if s.replica != nil {
+		s.srv.front.ReplicaConnections.Dec()
+	}
+	s.dropHub()
+}
+
+func (s *session) dropHub() {
+	if s.hub != nil {
+		s.hub.close()
+		s.hub = nil
+		s.srv.front.HubConnections.Dec()
+	}
+}
+
+func (s *session) setActive(b *backendConn) {
+	s.activeMu.Lock()
+	s.active = b
+	s.activeMu.Unlock()
+}
+
+func (s *session) activeBackend() *backendConn {
+	s.activeMu.Lock()
+	defer s.activeMu.Unlock()
+	return s.active
+}
+
+// start opens the replica connection as the client's role and finishes
+// the client's login: AuthenticationOk, ParameterStatus, the proxy-owned
+// BackendKeyData (with the replica backend's real PID), ReadyForQuery.
+func (s *session) start(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.srv.cfg.BackendTimeout)
+	defer cancel()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", s.srv.cfg.ReplicaAddr)
+	if err != nil {
+		s.srv.site.ReportReplicaFailure(err)
+		return &replicaError{op: "connect", err: err}
+	}
+	b, err := login(ctx, c, false, s.srv.cfg.ReplicaAddr, s.params, s.creds)
+	if err != nil {
+		c.Close()
+		var be *backendError
+		if errors.As(err, &be) {
+			return err
+		}
+		return &replicaError{op: "log in", err: err}
+	}
+	s.replica = b
+	s.srv.front.ReplicaConnections.Inc()
+	s.key.pid = b.pid
+	s.srv.register(s)
+
+	s.be.Send(&pgproto3.AuthenticationOk{})
+	s.changes = s.srv.site.Changes()
+	s.hubShown = s.srv.site.HubUnavailable() == nil
+	for k, v := range b.params {
+		if k == "in_hot_standby" {
+			v = s.hotStandbyValue()
+		}
+		s.be.Send(&pgproto3.ParameterStatus{Name: k, Value: v})
+	}
+	var secret [4]byte
+	secret[0], secret[1], secret[2], secret[3] = byte(s.key.secret>>24), byte(s.key.secret>>16), byte(s.key.secret>>8), byte(s.key.secret)
+	s.be.Send(&pgproto3.BackendKeyData{ProcessID: s.key.pid, SecretKey: secret[:]})
+	s.be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
+	return s.be.Flush()
+}
+
+func (s *session) hotStandbyValue() string {
+	if s.hubShown {
+		return "off"
+	}
+	return "on"
+}
+
+// noteSiteChange sends a fresh in_hot_standby when the hub's reachability
+// changed since the client was last told.
+func (s *session) noteSiteChange() {
+	select {
+	case <-s.changes:
+	default:
+		return
+	}
+	s.changes = s.srv.site.Changes()
+	up := s.srv.site.HubUnavailable() == nil
+	if up != s.hubShown {
+		s.hubShown = up
+		s.be.Send(&pgproto3.ParameterStatus{Name: "in_hot_standby", Value: s.hotStandbyValue()})
+	}
+}
+
+// run serves the client until it terminates or the connection breaks.
+func (s *session) run(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() { s.conn.Close() })
+	defer stop()
+	var batch []batchMsg
+	for {
+		msg, err := s.be.Receive()
+		if err != nil {
+			var tooBig *pgproto3.ExceededMaxBodyLenErr
+			if errors.As(err, &tooBig) {
+				s.srv.m.ProtocolErrors.Inc()
+				sendFatal(s.be, "08P01", fmt.Sprintf("message of %d bytes exceeds the maximum of %d", tooBig.ActualBodyLen, tooBig.MaxExpectedBodyLen))
+			} else if !errors.Is(err, net.ErrClosed) && !isEOF(err) {
+				s.srv.m.ProtocolErrors.Inc()
+				sendFatal(s.be, "08P01", "invalid frontend message: "+err.Error())
+			}
+			return err
+		}
+		switch m := msg.(type) {
+		case *pgproto3.Query:
+			if len(batch) > 0 {
+				// A simple Query ends an unsynced batch as PostgreSQL does
+				// implicitly; run what we have first.
+				batch = append(batch, batchMsg{raw: mustEncode(&pgproto3.Sync{}), typ: 'S'})
+				if err := s.runUnit(ctx, s.extendedUnit(batch)); err != nil {
+					return err
+				}
+				batch = nil
+			}
+			u := &unit{simple: true, query: m.String, class: s.srv.classifier.Classify(m.String)}
+			if err := s.runUnit(ctx, u); err != nil {
+				return err
+			}
+		case *pgproto3.Parse:
+			st := &preparedStmt{parse: mustEncode(m), class: s.srv.classifier.Classify(m.Query)}
+			s.stmts[m.Name] = st
+			batch = append(batch, batchMsg{raw: st.parse, typ: 'P', stmt: m.Name})
+		case *pgproto3.Bind:
+			batch = append(batch, batchMsg{raw: mustEncode(m), typ: 'B', stmt: m.PreparedStatement, usesStmt: true})
+		case *pgproto3.Describe:
+			bm := batchMsg{raw: mustEncode(m), typ: 'D'}
+			if m.ObjectType == 'S' {
+				bm.stmt, bm.usesStmt = m.Name, true
+			}
+			batch = append(batch, bm)
+		case *pgproto3.Execute:
+			batch = append(batch, batchMsg{raw: mustEncode(m), typ: 'E'})
+		case *pgproto3.Close:
+			bm := batchMsg{raw: mustEncode(m), typ: 'C'}
+			if m.ObjectType == 'S' {
+				bm.stmt, bm.closesStmt = m.Name, true
+			}
+			batch = append(batch, bm)
+		case *pgproto3.Flush:
+			// Responses are sent at Sync; a client that waits on Flush
+			// alone is not supported (see doc.go).
+		case *pgproto3.Sync:
+			batch = append(batch, batchMsg{raw: mustEncode(m), typ: 'S'})
+			if err := s.runUnit(ctx, s.extendedUnit(batch)); err != nil {
+				return err
+			}
+			batch = nil
+		case *pgproto3.FunctionCall:
+			if err := s.runUnit(ctx, &unit{fn: true, raw: mustEncode(m), class: Classification{Stmts: []Statement{{Kind: StmtWrite}}}}); err != nil {
+				return err
+			}
+		case *pgproto3.Terminate:
+			return nil
+		case *pgproto3.CopyData, *pgproto3.CopyDone, *pgproto3.CopyFail:
+			// Outside COPY PostgreSQL ignores these too.
+		default:
+			s.srv.m.ProtocolErrors.Inc()
+			sendFatal(s.be, "08P01", fmt.Sprintf("unexpected message %T", msg))
+			return fmt.Errorf("pgfront: unexpected %T", msg)
+		}
+	}
+}
+
+func isEOF(err error) bool {
+	return err != nil && (errors.Is(err, net.ErrClosed) || strings.Contains(err.Error(), "EOF"))
+}
+
+func mustEncode(m pgproto3.Message) []byte {
+	b, err := m.Encode(nil)
+	if err != nil {
+		panic(fmt.Sprintf("pgfront: encoding %T: %v", m, err)) // only for messages we decoded ourselves
+	}
+	return b
+}
+
+// extendedUnit classifies a batch by the statements it executes (Bind)
+// or, for a batch that only prepares, by nothing (it may run anywhere).
+func (s *session) extendedUnit(msgs []batchMsg) *unit {
+	u := &unit{msgs: msgs}
+	for _, m := range msgs {
+		if m.typ == 'B' {
+			if st := s.stmts[m.stmt]; st != nil {
+				u.class.Stmts = append(u.class.Stmts, st.class.Stmts...)
+			} else {
+				u.class.Stmts = append(u.class.Stmts, Statement{Kind: StmtWrite})
+			}
+		}
+	}
+	if len(u.class.Stmts) == 0 {
+		u.class.Stmts = []Statement{{Kind: StmtEmpty}}
+	}
+	return u
+}
+
+// plan is where a unit runs and what goes with it.
+type plan struct {
+	to         *backendConn
+	toSecond   *backendConn // session SET/RESET: also applied here, responses dropped
+	route      string       // metric label
+	capture    bool         // pipeline the position query behind the unit
+	safetyNet  bool         // hold responses; on 25006 before any row, re-run on the hub
+	rewrite    string       // simple query text to send instead of the client's
+	refuse     error
+	moveToHub  bool // the replica transaction moves to the hub before this unit
+	waitForPos bool
+	discard    bool // drop every answer (proxy-internal statements)
+}
+
+func (s *session) runUnit(ctx context.Context, u *unit) error {
+	start := time.Now()
+	p, err := s.plan(ctx, u)
+	if err != nil {
+		return err
+	}
+	kind := "read"
+	if k := u.class.Strongest(); k > StmtRead && k != StmtCopyOut {
+		kind = "write"
+	}
+	if p.refuse != nil {
+		s.srv.front.WritesRefused.Inc()
+		s.srv.front.Request(metrics.RouteRefuse, kind)
+		return s.refuse(ctx, u, p.refuse)
+	}
+	if s.txLost {
+		return s.answerLost(u)
+	}
+	if p.waitForPos {
+		ok, werr := s.waitPos(ctx)
+		if werr != nil {
+			s.srv.front.Request(metrics.RouteRefuse, kind)
+			return s.refuse(ctx, u, werr)
+		}
+		if !ok {
+			if hb, herr := s.hubConn(ctx); herr == nil {
+				p.to, p.route, p.safetyNet, p.rewrite = hb, metrics.RouteHub, false, ""
+			}
+		}
+	}
+	if p.moveToHub {
+		s.moveTxnToHub(p.to)
+	}
+	res, err := s.exchange(ctx, p.to, u, p)
+	if err != nil {
+		return s.backendFailed(p.to, u, err)
+	}
+	if res.rerun {
+		s.srv.m.SafetyNetReruns.Inc()
+		hb, err := s.hubConn(ctx)
+		if err != nil {
+			s.srv.front.WritesRefused.Inc()
+			return s.refuse(ctx, u, err)
+		}
+		if s.txOn == s.replica {
+			s.moveTxnToHub(hb)
+		}
+		p2 := plan{to: hb, route: metrics.RouteHub, capture: s.txOn == nil && s.srv.cfg.Consistency != routing.ConsistencyNone}
+		p = p2
+		res, err = s.exchange(ctx, hb, u, p2)
+		if err != nil {
+			return s.backendFailed(hb, u, err)
+		}
+	}
+	s.srv.front.Request(p.route, kind)
+	s.srv.front.RequestDuration(p.route).Observe(time.Since(start).Seconds())
+	return s.finish(ctx, p, u, res)
+}
+
+// plan decides where a unit runs (DESIGN.md section 4).
+func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
+	k := u.class.Strongest()
+	single, isSingle := u.class.Single()
+	toHub := func() (plan, error) {
+		hb, err := s.hubConn(ctx)
+		if err != nil {
+			if routing.IsHubUnavailable(err) {
+				return plan{refuse: err}, nil
+			}
+			return plan{refuse: err}, nil
+		}
+		return plan{to: hb, route: metrics.RouteHub}, nil
+	}
+	if s.txLost {
+		return plan{}, nil
+	}
+	if u.fn || s.pinned || (s.txOn != nil && s.txOn == s.hub) {
+		p, err := toHub()
+		if k == StmtPin && !s.pinned {
+			s.pin()
+		}
+		return p, err
+	}
+	inTxn := s.txOn != nil
+	if inTxn { // a transaction on the replica
+		switch {
+		case k == StmtSetLocal && isSingle && single.Isolation >= IsolationRepeatableRead && single.Access != AccessReadOnly:
+			fallthrough
+		case k == StmtWrite || k == StmtCopyIn || k == StmtPin:
+			p, err := toHub()
+			if err != nil || p.refuse != nil {
+				return p, err
+			}
+			p.moveToHub = true
+			if k == StmtPin {
+				s.pin()
+			}
+			return p, nil
+		}
+		if k == StmtSetLocal && u.simple {
+			s.txLocals = append(s.txLocals, u.query)
+		}
+		return plan{to: s.replica, route: metrics.RouteLocal, safetyNet: k == StmtRead}, nil
+	}
+	// Autocommit (idle session). A batch that opens a transaction and
+	// then only reads (JDBC with autocommit off sends BEGIN with the first
+	// statement) is treated as its BEGIN.
+	if first := u.class.Stmts[0]; first.Kind == StmtBegin && !isSingle {
+		rest := Classification{Stmts: u.class.Stmts[1:]}.Strongest()
+		if rest <= StmtSavepoint && rest != StmtBegin {
+			single, isSingle, k = first, true, StmtBegin
+		}
+	}
+	switch {
+	case k == StmtBegin && isSingle:
+		hubFirst := single.Isolation == IsolationSerializable ||
+			(single.Isolation == IsolationRepeatableRead && single.Access != AccessReadOnly) ||
+			(!s.srv.cfg.LazyTransactions && single.Access != AccessReadOnly)
+		if hubFirst {
+			p, err := toHub()
+			if p.refuse != nil && single.Isolation != IsolationSerializable {
+				// Hub down: a read-write transaction still opens locally so
+				// its reads go on; its first write gets 25006.
+				break
+			}
+			return p, err
+		}
+		p := plan{to: s.replica, route: metrics.RouteLocal, waitForPos: true}
+		s.txBegin = u.query
+		if single.Access == AccessReadWrite && u.simple {
+			// A standby refuses BEGIN READ WRITE (0A000): open it plainly.
+			p.rewrite = "BEGIN"
+			switch single.Isolation {
+			case IsolationReadCommitted:
+				p.rewrite += " ISOLATION LEVEL READ COMMITTED"
+			case IsolationReadUncommitted:
+				p.rewrite += " ISOLATION LEVEL READ UNCOMMITTED"
+			case IsolationRepeatableRead:
+				p.rewrite += " ISOLATION LEVEL REPEATABLE READ"
+			}
+		}
+		return p, nil
+	case k <= StmtCopyOut:
+		return s.planRead(ctx)
+	case k == StmtSession:
+		p := plan{to: s.replica, route: metrics.RouteLocal}
+		if s.hub != nil {
+			p.toSecond = s.hub
+		}
+		if u.simple {
+			s.sets = append(s.sets, u.query)
+		}
+		return p, nil
+	case k <= StmtRollback && k != StmtBegin:
+		// SET LOCAL, SAVEPOINT, COMMIT, ROLLBACK outside a transaction:
+		// the replica answers with PostgreSQL's own warning or error.
+		return plan{to: s.replica, route: metrics.RouteLocal}, nil
+	}
+	p, err := toHub()
+	if err != nil || p.refuse != nil {
+		return p, err
+	}
+	if k == StmtPin {
+		s.pin()
+	} else {
+		p.capture = s.srv.cfg.Consistency != routing.ConsistencyNone
+	}
+	return p, nil
+}
+
+func (s *session) pin() {
+	if !s.pinned {
+		s.pinned = true
+		s.srv.m.SessionsPinned.Inc()
+	}
+}
+
+// planRead routes an autocommit read: the replica once it has the
+// session's position, else (per config) the hub or an error.
+func (s *session) planRead(ctx context.Context) (plan, error) {
+	d := s.srv.site.Decide(routing.Request{Kind: routing.KindRead})
+	if d.Route == routing.RouteHub {
+		hb, err := s.hubConn(ctx)
+		if err == nil {
+			return plan{to: hb, route: metrics.RouteHub}, nil
+		}
+	}
+	return plan{to: s.replica, route: metrics.RouteLocal, safetyNet: true, waitForPos: true}, nil
+}
+
+// waitPos waits for the replica to apply the session's position. It
+// reports false when the read should go to the hub instead.
+func (s *session) waitPos(ctx context.Context) (bool, error) {
+	if s.pos == 0 || s.srv.cfg.Consistency != routing.ConsistencySession {
+		return true, nil
+	}
+	start := time.Now()
+	wctx, cancel := context.WithTimeout(ctx, s.srv.cfg.WaitTimeout)
+	err := s.srv.site.WaitFor(wctx, s.pos)
+	cancel()
+	s.srv.front.CausalWait.Observe(time.Since(start).Seconds())
+	if err == nil {
+		s.pos = 0
+		return true, nil
+	}
+	if s.srv.cfg.OnTimeoutHub {
+		return false, nil
+	}
+	return false, err
+}
+
+// hubConn returns the session's hub connection, dialling and logging in
+// through the routing core when there is none. It fails with a
+// *routing.HubUnavailableError while the hub is unusable.
+func (s *session) hubConn(ctx context.Context) (*backendConn, error) {
+	if err := s.srv.site.HubUnavailable(); err != nil {
+		if s.hub != nil && s.txOn == s.hub {
+			// The hub transaction cannot finish: it is lost (08006) and
+			// the client must end it.
+			hub := s.hub.endpoint
+			s.dropHub()
+			s.txOn, s.txLost = nil, true
+			return nil, &hubLostError{hub: hub, err: err}
+		}
+		s.dropHub()
+		return nil, err
+	}
+	if s.hub != nil {
+		return s.hub, nil
+	}
+	endpoint := s.srv.site.Snapshot().Hub.Endpoint
+	dctx, cancel := context.WithTimeout(ctx, s.srv.cfg.BackendTimeout)
+	defer cancel()
+	c, err := s.srv.site.DialHub(dctx, endpoint)
+	if err != nil {
+		s.srv.site.ReportHubFailure(endpoint, err)
+		return nil, s.srv.site.HubUnavailable()
+	}
+	c = &countingConn{Conn: c, in: s.srv.front.WANBytesFromHub, out: s.srv.front.WANBytesToHub}
+	b, err := login(dctx, c, true, endpoint, s.params, s.creds)
+	if err != nil {
+		c.Close()
+		var be *backendError
+		if errors.As(err, &be) {
+			return nil, err
+		}
+		s.srv.site.ReportHubFailure(endpoint, err)
+		if hu := s.srv.site.HubUnavailable(); hu != nil {
+			return nil, hu
+		}
+		return nil, err
+	}
+	s.hub = b
+	s.srv.front.HubConnections.Inc()
+	s.hub.pendingSQL = append(s.hub.pendingSQL, s.sets...)
+	return b, nil
+}
+
+// moveTxnToHub ends the replica transaction (it only read) and queues the
+// client's BEGIN and SET LOCALs on the hub ahead of the unit that moves it.
+func (s *session) moveTxnToHub(hb *backendConn) {
+	s.replica.pendingSQL = append(s.replica.pendingSQL, "ROLLBACK")
+	begin := s.txBegin
+	if begin == "" {
+		begin = "BEGIN"
+	}
+	hb.pendingSQL = append(hb.pendingSQL, begin)
+	hb.pendingSQL = append(hb.pendingSQL, s.txLocals...)
+	s.txOn = hb
+}
+
+// exResult is what one exchange with a backend produced.
+type exResult struct {
+	status byte        // the unit's ReadyForQuery status, not yet sent to the client
+	rerun  bool        // the standby refused a read with 25006 before anything reached the client
+	lsn    routing.LSN // the hub position captured behind the unit, 0 if none
+	// suffixLost: the unit completed, then the connection broke while the
+	// position query was in flight.
+	suffixLost error
+}
+
+// clientIOError: the client connection failed; the session ends.
+type clientIOError struct{ err error }
+
+func (e *clientIOError) Error() string { return "pgfront: client connection: " + e.err.Error() }
+func (e *clientIOError) Unwrap() error { return e.err }
+
+// backendIOError: the backend connection failed before the unit's
+// ReadyForQuery arrived.
+type backendIOError struct {
+	err error
+}
+
+func (e *backendIOError) Error() string { return "pgfront: backend connection: " + e.err.Error() }
+func (e *backendIOError) Unwrap() error { return e.err }
+
+// positionQuery is pipelined behind a hub write to learn its WAL position
+// without a round trip of its own.
+const positionQuery = "SELECT pg_catalog.pg_current_wal_lsn()::text"
+
+// exchange sends a unit to b (after any queued proxy statements, and
+// followed by the position query when p.capture), relays the unit's
+// responses to the client except its final ReadyForQuery, and returns
+// what happened. Under p.safetyNet responses are held until the first
+// row or completion, so a 25006 can still be re-run elsewhere unseen.
+func (s *session) exchange(ctx context.Context, b *backendConn, u *unit, p plan) (exResult, error) {
+	var res exResult
+	s.setActive(b)
+	defer s.setActive(nil)
+	stop := context.AfterFunc(ctx, func() { _ = b.conn.SetDeadline(time.Now()) })
+	defer stop()
+
+	fe := b.fe
+	prefix := 0
+	if len(b.pendingClose) > 0 {
+		for _, name := range b.pendingClose {
+			fe.Send(&pgproto3.Close{ObjectType: 'S', Name: name})
+		}
+		fe.Send(&pgproto3.Sync{})
+		prefix++
+		b.pendingClose = nil
+	}
+	for _, q := range b.pendingSQL {
+		fe.Send(&pgproto3.Query{String: q})
+		prefix++
+	}
+	b.pendingSQL = nil
+
+	var injected []bool // per Parse of the unit: true when the proxy added it
+	switch {
+	case u.fn:
+		fe.Send(rawFront(u.raw))
+	case u.simple:
+		q := u.query
+		if p.rewrite != "" {
+			q = p.rewrite
+		}
+		fe.Send(&pgproto3.Query{String: q})
+		b.prepared[""] = false // a simple Query drops the unnamed statement
+	default:
+		other := s.other(b)
+		parsedHere := make(map[string]bool)
+		for _, m := range u.msgs {
+			switch {
+			case m.typ == 'P':
+				parsedHere[m.stmt] = true
+				injected = append(injected, false)
+				b.prepared[m.stmt] = true
+				if m.stmt == "" && other != nil {
+					other.prepared[""] = false
+				}
+			case m.usesStmt && !parsedHere[m.stmt] && !b.prepared[m.stmt]:
+				if st := s.stmts[m.stmt]; st != nil {
+					fe.Send(rawFront(st.parse))
+					injected = append(injected, true)
+					b.prepared[m.stmt] = true
+					parsedHere[m.stmt] = true
+				}
+			case m.closesStmt:
+				b.prepared[m.stmt] = false
+				if other != nil && other.prepared[m.stmt] {
+					other.prepared[m.stmt] = false
+					other.pendingClose = append(other.pendingClose, m.stmt)
+				}
+				delete(s.stmts, m.stmt)
+			}
+			fe.Send(rawFront(m.raw))
+		}
+	}
+	if p.capture {
+		fe.Send(&pgproto3.Query{String: positionQuery})
+		b.prepared[""] = false
+	}
+	if err := fe.Flush(); err != nil {
+		return res, &backendIOError{err: err}
+	}
+
+	total := prefix + 1
+	if p.capture {
+		total++
+	}
+	holding := p.safetyNet
+	var held []byte
+	parses := 0
+	for phase := 0; phase < total; {
+		msg, err := fe.Receive()
+		if err != nil {
+			if phase > prefix {
+				res.suffixLost = err
+				return res, nil
+			}
+			return res, &backendIOError{err: err}
+		}
+		if phase < prefix {
+			switch m := msg.(type) {
+			case *pgproto3.ReadyForQuery:
+				phase++
+			case *pgproto3.ErrorResponse:
+				s.log.Debug("proxy statement failed on backend", "target", b.target(), "code", m.Code, "message", m.Message)
+			}
+			continue
+		}
+		if phase > prefix { // the position query
+			switch m := msg.(type) {
+			case *pgproto3.DataRow:
+				if len(m.Values) > 0 && m.Values[0] != nil {
+					if lsn, err := routing.ParseLSN(string(m.Values[0])); err == nil {
+						res.lsn = lsn
+					}
+				}
+			case *pgproto3.ReadyForQuery:
+				phase++
+			}
+			continue
+		}
+		switch m := msg.(type) {
+		case *pgproto3.ReadyForQuery:
+			res.status = m.TxStatus
+			phase++
+			continue
+		case *pgproto3.ParseComplete:
+			if parses < len(injected) {
+				inj := injected[parses]
+				parses++
+				if inj {
+					continue
+				}
+			}
+		case *pgproto3.ErrorResponse:
+			if holding && m.Code == "25006" && !b.hub {
+				res.rerun = true
+				held = nil
+				holding = false
+			}
+		case *pgproto3.ParameterStatus:
+			b.params[m.Name] = m.Value
+			if m.Name == "in_hot_standby" {
+				continue
+			}
+		case *pgproto3.DataRow, *pgproto3.CommandComplete, *pgproto3.PortalSuspended,
+			*pgproto3.EmptyQueryResponse, *pgproto3.CopyOutResponse, *pgproto3.CopyInResponse:
+			if holding {
+				holding = false
+				if len(held) > 0 {
+					s.be.Send(rawBack(held))
+					held = nil
+				}
+			}
+		}
+		if res.rerun || p.discard {
+			continue // drop the rest of the refused attempt, or everything
+		}
+		if holding {
+			if held, err = msg.Encode(held); err != nil {
+				return res, err
+			}
+			continue
+		}
+		s.be.Send(msg)
+		if _, ok := msg.(*pgproto3.CopyInResponse); ok {
+			if err := s.be.Flush(); err != nil {
+				return res, &clientIOError{err: err}
+			}
+			if err := s.copyIn(b); err != nil {
+				return res, err
+			}
+			continue
+		}
+		if fe.ReadBufferLen() == 0 {
+			if err := s.be.Flush(); err != nil {
+				return res, &clientIOError{err: err}
+			}
+		}
+	}
+	if len(held) > 0 {
+		s.be.Send(rawBack(held))
+	}
+	return res, nil
+}
+
+// copyIn streams the client's CopyData to b until CopyDone or CopyFail.
+func (s *session) copyIn(b *backendConn) error {
+	pending := 0
+	for {
+		msg, err := s.be.Receive()
+		if err != nil {
+			return &clientIOError{err: err}
+		}
+		switch m := msg.(type) {
+		case *pgproto3.CopyData:
+			b.fe.Send(m)
+			pending += len(m.Data)
+			if pending >= 64<<10 {
+				pending = 0
+				if err := b.fe.Flush(); err != nil {
+					return &backendIOError{err: err}
+				}
+			}
+		case *pgproto3.CopyDone, *pgproto3.CopyFail:
+			b.fe.Send(m)
+			if err := b.fe.Flush(); err != nil {
+				return &backendIOError{err: err}
+			}
+			return nil
+		case *pgproto3.Flush, *pgproto3.Sync:
+		default:
+			s.srv.m.ProtocolErrors.Inc()
+			return &clientIOError{err: fmt.Errorf("unexpected %T during COPY FROM STDIN", msg)}
+		}
+	}
+}
+
+func (s *session) other(b *backendConn) *backendConn {
+	if b == s.replica {
+		return s.hub
+	}
+	return s.replica
+}
+
+// finish updates the session after a unit and sends its ReadyForQuery.
+func (s *session) finish(ctx context.Context, p plan, u *unit, res exResult) error {
+	b := p.to
+	switch res.status {
+	case 'I':
+		s.txOn, s.txBegin, s.txLocals = nil, "", nil
+	case 'T', 'E':
+		s.txOn = b
+	}
+	if b.hub && res.lsn != 0 {
+		if res.lsn > s.pos {
+			s.pos = res.lsn
+		}
+		if s.srv.cfg.Consistency == routing.ConsistencySite {
+			start := time.Now()
+			wctx, cancel := context.WithTimeout(ctx, s.srv.cfg.WaitTimeout)
+			_ = s.srv.site.WaitFor(wctx, res.lsn)
+			cancel()
+			s.srv.front.CausalWait.Observe(time.Since(start).Seconds())
+		}
+	}
+	if res.suffixLost != nil && b.hub {
+		s.srv.site.ReportHubFailure(b.endpoint, res.suffixLost)
+		s.dropHub()
+		if s.txOn == b {
+			s.txOn, s.txLost = nil, true
+		}
+	}
+	if p.toSecond != nil && p.toSecond == s.hub && u.simple {
+		if err := s.silent(ctx, s.hub, u.query); err != nil {
+			s.srv.site.ReportHubFailure(s.hub.endpoint, err)
+			s.dropHub()
+		}
+	}
+	s.noteSiteChange()
+	s.be.Send(&pgproto3.ReadyForQuery{TxStatus: res.status})
+	if err := s.be.Flush(); err != nil {
+		return &clientIOError{err: err}
+	}
+	return nil
+}
+
+// silent runs a simple query on b and drops its answers.
+func (s *session) silent(ctx context.Context, b *backendConn, q string) error {
+	_, err := s.exchange(ctx, b, &unit{simple: true, query: q}, plan{to: b, discard: true, rewrite: q})
+	return err
+}
+
+// backendFailed handles a broken backend connection during a unit. A
+// lost replica ends the session (08006); a lost hub gets 08006, or 08007
+// when what was in flight may have committed, and the session goes on.
+func (s *session) backendFailed(b *backendConn, u *unit, err error) error {
+	var ce *clientIOError
+	if errors.As(err, &ce) {
+		return err
+	}
+	if b == nil || !b.hub {
+		s.srv.site.ReportReplicaFailure(err)
+		sendFatal(s.be, "08006", "connection to the local replica lost: "+err.Error())
+		return err
+	}
+	s.srv.site.ReportHubFailure(b.endpoint, err)
+	inTxn := s.txOn == b
+	s.dropHub()
+	k := u.class.Strongest()
+	single, isSingle := u.class.Single()
+	ends := isSingle && (single.Kind == StmtCommit || single.Kind == StmtRollback)
+	unknown := (!inTxn && (k >= StmtWrite || u.fn)) || (inTxn && isSingle && single.Kind == StmtCommit)
+	status := byte('I')
+	if inTxn && !ends {
+		s.txOn, s.txLost = nil, true
+		status = 'E'
+	} else {
+		s.txOn = nil
+	}
+	s.log.Warn("hub connection lost during a request", "hub", b.endpoint, "outcome_unknown", unknown, "err", err)
+	s.be.Send(errorResponseFor(&hubLostError{hub: b.endpoint, unknown: unknown, err: err}, "ERROR"))
+	s.be.Send(&pgproto3.ReadyForQuery{TxStatus: status})
+	if err := s.be.Flush(); err != nil {
+		return &clientIOError{err: err}
+	}
+	return nil
+}
+
+// answerLost answers for a hub transaction that was cut: everything fails
+// as in an aborted transaction until the client ends it.
+func (s *session) answerLost(u *unit) error {
+	if st, ok := u.class.Single(); ok && (st.Kind == StmtRollback || st.Kind == StmtCommit) && u.simple {
+		s.txLost = false
+		s.be.Send(&pgproto3.CommandComplete{CommandTag: []byte("ROLLBACK")})
+		s.be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
+	} else {
+		s.be.Send(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "25P02",
+			Message: "current transaction is aborted, commands ignored until end of transaction block"})
+		s.be.Send(&pgproto3.ReadyForQuery{TxStatus: 'E'})
+	}
+	if err := s.be.Flush(); err != nil {
+		return &clientIOError{err: err}
+	}
+	return nil
+}
+
+// refuse answers a unit the proxy will not run. Inside a transaction on
+// the replica the refusal is raised there, so the transaction is aborted
+// exactly as a standby's own 25006 would abort it.
+func (s *session) refuse(ctx context.Context, u *unit, err error) error {
+	resp := errorResponseFor(err, "ERROR")
+	if s.txOn == s.replica && s.replica != nil {
+		q := "DO $spokeproxy$BEGIN RAISE EXCEPTION USING ERRCODE = '" + resp.Code + "', MESSAGE = " +
+			quoteLiteral(resp.Message) + "; END$spokeproxy$"
+		p := plan{to: s.replica, rewrite: q, route: metrics.RouteLocal}
+		res, xerr := s.exchange(ctx, s.replica, &unit{simple: true, query: q}, p)
+		if xerr != nil {
+			return s.backendFailed(s.replica, u, xerr)
+		}
+		return s.finish(ctx, p, u, res)
+	}
+	status := byte('I')
+	if s.txOn != nil || s.txLost {
+		status = 'E'
+	}
+	s.be.Send(resp)
+	s.noteSiteChange()
+	s.be.Send(&pgproto3.ReadyForQuery{TxStatus: status})
+	if err := s.be.Flush(); err != nil {
+		return &clientIOError{err: err}
+	}
+	return nil
+}
+
+func quoteLiteral(s string) string {
+	s = strings.ReplaceAll(s, "$spokeproxy$", "")
+	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
+}
+
+// countingConn counts the bytes of a hub connection for the WAN metric.
+type countingConn struct {
+	net.Conn
+	in, out interface{ Add(float64) }
+}
+
+func (c *countingConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	c.in.Add(float64(n))
+	return n, err
+}
+
+func (c *countingConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	c.out.Add(float64(n))
+	return n, err
+}
