@@ -420,6 +420,16 @@ func TestHubFailoverThenCloseLeavesNothing(t *testing.T) {
 	newHub.Close(ctx)
 	replica.Close(ctx)
 
+	// Every process of the lab: servers and their children (PostgreSQL's
+	// run in their own process groups).
+	var everyPID []int
+	for _, pid := range l.PIDs() {
+		everyPID = append(everyPID, pid)
+		everyPID = append(everyPID, descendants(pid)...)
+	}
+	if len(everyPID) < 15 {
+		t.Fatalf("lab processes %v: want the servers and PostgreSQL's children", everyPID)
+	}
 	start = time.Now()
 	if err := l.Close(); err != nil {
 		t.Fatalf("close: %v", err)
@@ -435,6 +445,9 @@ func TestHubFailoverThenCloseLeavesNothing(t *testing.T) {
 		if alive(pid) {
 			t.Errorf("process group %d still alive after Close", pid)
 		}
+	}
+	if anyAlive(everyPID) {
+		t.Errorf("some of the lab's processes %v are alive after Close", everyPID)
 	}
 	for _, a := range addrs {
 		if listening(a) {
@@ -711,4 +724,33 @@ func TestReplicationDelays(t *testing.T) {
 	}, func(i int) (bool, error) {
 		return entryExists(consumer, fmt.Sprintf("uid=delay%d-%d,ou=people,%s", tag, i, BaseDN))
 	})
+}
+
+// TestStopKillsStubbornServerAndChildren covers the kill path of stop: a
+// server that ignores its stop signal and has a child in another session
+// (as PostgreSQL's backends are) is killed with every descendant.
+func TestStopKillsStubbornServerAndChildren(t *testing.T) {
+	logPath := filepath.Join(t.TempDir(), "stubborn.log")
+	p, err := startProcess("stubborn", logPath, syscall.SIGTERM, nil, t.TempDir(), childEnv(),
+		"/bin/sh", "-c", "trap '' TERM; setsid sleep 300 & echo started; wait")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kids []int
+	for deadline := time.Now().Add(5 * time.Second); len(kids) == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the child never started")
+		}
+		kids = descendants(p.pid())
+	}
+	err = p.stop(200 * time.Millisecond)
+	if err == nil || !strings.Contains(err.Error(), "was killed") {
+		t.Fatalf("stop: %v, want it to report the kill", err)
+	}
+	if !p.exited() || anyAlive(kids) {
+		t.Fatalf("after stop: exited %v, children %v alive %v", p.exited(), kids, anyAlive(kids))
+	}
+	if err2 := p.stop(time.Second); err2 != err {
+		t.Fatalf("second stop: %v, want the first result %v", err2, err)
+	}
 }

@@ -137,7 +137,9 @@ func (p *process) failed(what string, cause error) error {
 }
 
 // stop asks the server to shut down with its own signal, waits up to grace,
-// then kills its whole process group and waits for it. Idempotent.
+// then kills it, its process group and every descendant (PostgreSQL's
+// children each run in their own process group, so the group alone does
+// not reach them) and waits for all of them. Idempotent.
 func (p *process) stop(grace time.Duration) error {
 	p.stopOnce.Do(func() {
 		if p.exited() {
@@ -146,21 +148,91 @@ func (p *process) stop(grace time.Duration) error {
 		_ = p.cmd.Process.Signal(p.stopSig)
 		select {
 		case <-p.done:
-			return
+			return // a postmaster exits only after all its children
 		case <-time.After(grace):
 		}
+		kids := descendants(p.pid())
 		_ = syscall.Kill(-p.pid(), syscall.SIGKILL)
+		for _, kid := range kids {
+			_ = syscall.Kill(kid, syscall.SIGKILL)
+		}
 		select {
 		case <-p.done:
 			p.stopErr = fmt.Errorf("lab: %s did not stop within %s and was killed", p.name, grace)
 		case <-time.After(10 * time.Second):
 			p.stopErr = fmt.Errorf("lab: %s (pid %d) survived SIGKILL", p.name, p.pid())
+			return
 		}
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if !anyAlive(kids) {
+				return
+			}
+		}
+		p.stopErr = errors.Join(p.stopErr, fmt.Errorf("lab: children of %s survived SIGKILL", p.name))
 	})
-	// Helpers left in the group (PostgreSQL backends after a killed
-	// postmaster) must not outlive the lab either.
-	_ = syscall.Kill(-p.pid(), syscall.SIGKILL)
 	return p.stopErr
+}
+
+// descendants lists every process below pid, read from /proc.
+func descendants(pid int) []int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	children := map[int][]int{}
+	for _, e := range entries {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if ppid, _, ok := procStat(child); ok {
+			children[ppid] = append(children[ppid], child)
+		}
+	}
+	var out []int
+	queue := []int{pid}
+	for len(queue) > 0 {
+		next := queue[0]
+		queue = queue[1:]
+		for _, c := range children[next] {
+			out = append(out, c)
+			queue = append(queue, c)
+		}
+	}
+	return out
+}
+
+// procStat reads a process's parent and state from /proc/PID/stat.
+func procStat(pid int) (ppid int, state byte, ok bool) {
+	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0, 0, false
+	}
+	// "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 || i+2 >= len(data) {
+		return 0, 0, false
+	}
+	fields := strings.Fields(string(data[i+2:]))
+	if len(fields) < 2 {
+		return 0, 0, false
+	}
+	ppid, err = strconv.Atoi(fields[1])
+	if err != nil {
+		return 0, 0, false
+	}
+	return ppid, fields[0][0], true
+}
+
+// anyAlive reports whether any of pids still runs (a zombie waiting for a
+// reaper that is not us counts as gone).
+func anyAlive(pids []int) bool {
+	for _, pid := range pids {
+		if _, state, ok := procStat(pid); ok && state != 'Z' && state != 'X' {
+			return true
+		}
+	}
+	return false
 }
 
 // runTool runs a command to completion with its output appended to logPath;
