@@ -21,7 +21,11 @@ func verifierFor(t *testing.T, password string) (string, []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mac := func(key []byte, msg string) []byte { h := hmac.New(sha256.New, key); h.Write([]byte(msg)); return h.Sum(nil) }
+	mac := func(key []byte, msg string) []byte {
+		h := hmac.New(sha256.New, key)
+		h.Write([]byte(msg))
+		return h.Sum(nil)
+	}
 	clientKey := mac(salted, "Client Key")
 	stored := sha256.Sum256(clientKey)
 	serverKey := mac(salted, "Server Key")
