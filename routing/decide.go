@@ -102,6 +102,28 @@ const (
 	ConsistencyNone                       // no waiting
 )
 
+func (c Consistency) String() string {
+	switch c {
+	case ConsistencySession:
+		return "session"
+	case ConsistencySite:
+		return "site"
+	case ConsistencyNone:
+		return "none"
+	}
+	return fmt.Sprintf("consistency(%d)", int(c))
+}
+
+// ParseConsistency reads the config value of consistency.mode.
+func ParseConsistency(s string) (Consistency, error) {
+	for _, c := range []Consistency{ConsistencySession, ConsistencySite, ConsistencyNone} {
+		if s == c.String() {
+			return c, nil
+		}
+	}
+	return 0, fmt.Errorf("consistency mode %q: want session, site or none", s)
+}
+
 // Policy is the configured routing behaviour. Decide reads it; Site uses
 // WaitTimeout to bound waits it is not given a context for.
 type Policy struct {

@@ -18,8 +18,8 @@ import (
 // Telling a provider from a consumer: the hub list is configured as
 // providers, so a hub candidate that answers the probe is a provider that
 // answers (Writable); one that does not answer is down. When a monitor
-// identity is configured (BindDN), a hub candidate is also asked a write it
-// cannot perform: a Modify of the suffix carrying the Assertion control
+// identity is configured (BindDN), a hub candidate is also asked, once per
+// monitoring connection, a write it cannot perform: a Modify of the suffix carrying the Assertion control
 // (RFC 4528) with a filter no entry matches. A syncrepl consumer answers any
 // bound write with a referral (10) to its updateref, so a referral marks the
 // candidate as not writable; a provider answers assertionFailed (122) or
@@ -31,6 +31,10 @@ type ldapProber struct {
 	url    string
 	raw    net.Conn
 	conn   *ldap.Conn
+	// The role is asked once per connection: a server does not turn from
+	// consumer into provider without a restart, which drops the connection.
+	roleKnown  bool
+	isWritable bool
 }
 
 func newLDAPProber(s *Site, t Target, url string) Prober {
@@ -104,14 +108,15 @@ func (p *ldapProber) Probe(ctx context.Context) (ProbeResult, error) {
 		p.drop()
 		return ProbeResult{}, err
 	}
-	out := ProbeResult{Writable: true, Position: set}
-	if p.target == TargetHub && p.s.cfg.BindDN != "" {
-		out.Writable, err = p.writable()
+	if !p.roleKnown && p.target == TargetHub && p.s.cfg.BindDN != "" {
+		w, err := p.writable()
 		if err != nil {
 			p.drop()
 			return ProbeResult{}, err
 		}
+		p.isWritable, p.roleKnown = w, true
 	}
+	out := ProbeResult{Writable: p.isWritable || !p.roleKnown, Position: set}
 	p.raw.SetDeadline(time.Time{})
 	return out, nil
 }
@@ -139,6 +144,7 @@ func (p *ldapProber) drop() {
 	p.raw.Close()
 	p.conn.Close()
 	p.conn, p.raw = nil, nil
+	p.roleKnown = false
 }
 
 func (p *ldapProber) Close() error {

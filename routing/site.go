@@ -138,7 +138,7 @@ func (s *Site) Protocol() Protocol { return s.cfg.Protocol }
 func (s *Site) Policy() Policy { return s.cfg.Policy }
 
 // Run probes every endpoint until ctx ends, then closes the monitoring
-// connections. It returns nil after ctx ends.
+// connections. It returns nil after ctx ends. Call it once.
 func (s *Site) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	for _, ep := range append(append([]*endpoint(nil), s.hubs...), s.replica) {
@@ -207,7 +207,8 @@ func (s *Site) probeOnce(ctx context.Context, ep *endpoint) {
 	defer s.mu.Unlock()
 	ep.lastProbe, ep.lastDur = start, end.Sub(start)
 	old := ep.link.state
-	if ep.link.probe(err, end) {
+	epChanged := ep.link.probe(err, end)
+	if epChanged {
 		s.logEndpoint(ep, old, err)
 	}
 	if err == nil {
@@ -216,7 +217,7 @@ func (s *Site) probeOnce(ctx context.Context, ep *endpoint) {
 			ep.pos, ep.posAt = res.Position, start
 		}
 	}
-	s.recomputeLocked(end)
+	s.recomputeLocked(end, epChanged && ep.target == TargetReplica)
 	if err != nil {
 		return
 	}
@@ -238,8 +239,9 @@ func (s *Site) logEndpoint(ep *endpoint, old LinkState, err error) {
 }
 
 // recomputeLocked derives the protocol-level hub from the endpoints, and
-// signals, logs and counts a change.
-func (s *Site) recomputeLocked(now time.Time) {
+// signals, logs and counts a change; signal forces a Changes wake-up (the
+// replica's state changed).
+func (s *Site) recomputeLocked(now time.Time, signal bool) {
 	up, endpoint, reason := false, s.hubEndpoint, ReasonHubDown
 	var writable []string
 	anyKnown, anyUp := false, false
@@ -277,7 +279,7 @@ func (s *Site) recomputeLocked(now time.Time) {
 		}
 		s.log.Info("hub state changed", attrs...)
 	}
-	s.effectiveLocked(now, changed)
+	s.effectiveLocked(now, changed || signal)
 }
 
 // effectiveLocked updates the hub state as fronts and metrics see it (drill
@@ -477,7 +479,7 @@ func (s *Site) ReportHubFailure(endpoint string, err error) {
 	if ep.link.report(rerr, now) {
 		s.logEndpoint(ep, old, rerr)
 	}
-	s.recomputeLocked(now)
+	s.recomputeLocked(now, false)
 	s.mu.Unlock()
 	kick(ep)
 }

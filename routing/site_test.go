@@ -470,3 +470,53 @@ func TestNewSiteValidates(t *testing.T) {
 		t.Fatalf("NewSite of an empty config: %v", err)
 	}
 }
+
+// After a failed probe of an UP endpoint the next probe comes at once (so a
+// silent link is confirmed within about two probe timeouts); otherwise at
+// the interval.
+func TestSiteProbeCadence(t *testing.T) {
+	fs := newFakeSite(t, Postgres, "hub:5432")
+	ep := fs.ep("hub:5432")
+	fs.probe("hub:5432", ProbeResult{Writable: true}, nil)
+	if d := fs.nextProbe(ep); d != 250*time.Millisecond {
+		t.Fatalf("healthy: next probe in %v", d)
+	}
+	fs.probe("hub:5432", ProbeResult{}, errRefused)
+	if d := fs.nextProbe(ep); d != 20*time.Millisecond {
+		t.Fatalf("one failure while up: next probe in %v, want 20ms", d)
+	}
+	fs.probe("hub:5432", ProbeResult{}, errRefused)
+	if d := fs.nextProbe(ep); d != 250*time.Millisecond {
+		t.Fatalf("down: next probe in %v, want the interval (hysteresis in time)", d)
+	}
+}
+
+func TestSiteReplicaChangeSignals(t *testing.T) {
+	fs := newFakeSite(t, Postgres, "hub:5432")
+	ch := fs.Changes()
+	fs.probe("replica", ProbeResult{Position: LSN(1)}, nil)
+	select {
+	case <-ch:
+	default:
+		t.Fatal("replica coming up did not signal Changes")
+	}
+	ch = fs.Changes()
+	fs.probe("replica", ProbeResult{Position: LSN(2)}, nil)
+	select {
+	case <-ch:
+		t.Fatal("a position change alone signalled Changes")
+	default:
+	}
+}
+
+func TestParseConsistency(t *testing.T) {
+	for _, c := range []Consistency{ConsistencySession, ConsistencySite, ConsistencyNone} {
+		got, err := ParseConsistency(c.String())
+		if err != nil || got != c {
+			t.Errorf("ParseConsistency(%q) = %v, %v", c.String(), got, err)
+		}
+	}
+	if _, err := ParseConsistency("eventual"); err == nil || !strings.Contains(err.Error(), "eventual") {
+		t.Errorf("ParseConsistency(eventual) error = %v", err)
+	}
+}
