@@ -61,16 +61,17 @@ func errorResponseFor(err error, severity string) *pgproto3.ErrorResponse {
 		r := be.resp
 		return &r
 	}
-	var hu *routing.HubUnavailableError
-	if errors.As(err, &hu) {
-		return mk("25006", fmt.Sprintf("cannot execute write: hub %s is unavailable (%s); this site is read-only until it returns", hu.Hub, hu.Reason))
-	}
+	// hubLostError first: it may wrap a HubUnavailableError.
 	var hl *hubLostError
 	if errors.As(err, &hl) {
 		if hl.unknown {
 			return mk("08007", fmt.Sprintf("connection to hub %s lost while the request was in flight: the outcome is unknown (it may have committed)", hl.hub))
 		}
 		return mk("08006", fmt.Sprintf("connection to hub %s lost: the transaction on the hub is gone", hl.hub))
+	}
+	var hu *routing.HubUnavailableError
+	if errors.As(err, &hu) {
+		return mk("25006", fmt.Sprintf("cannot execute write: hub %s is unavailable (%s); this site is read-only until it returns", hu.Hub, hu.Reason))
 	}
 	var se *startupError
 	if errors.As(err, &se) {

@@ -32,7 +32,11 @@ type front struct {
 
 func startFront(t *testing.T, l *lab.Lab, mutate func(*Config)) *front {
 	t.Helper()
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	level := slog.LevelWarn
+	if os.Getenv("PGFRONT_TEST_DEBUG") != "" {
+		level = slog.LevelDebug
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	reg := prometheus.NewRegistry()
 	policy := routing.DefaultPolicy()
 	site, err := routing.NewSite(routing.Config{

@@ -328,6 +328,14 @@ func (s *session) runUnit(ctx context.Context, u *unit) error {
 	if k := u.class.Strongest(); k > StmtRead && k != StmtCopyOut {
 		kind = "write"
 	}
+	if s.log.Enabled(ctx, slog.LevelDebug) {
+		target := "none"
+		if p.to != nil {
+			target = p.to.target()
+		}
+		s.log.Debug("unit", "class", u.class.Strongest().String(), "simple", u.simple, "to", target,
+			"refuse", p.refuse != nil, "in_txn", s.txOn != nil, "txn_on_hub", s.txOn != nil && s.txOn == s.hub, "pinned", s.pinned)
+	}
 	if p.refuse != nil {
 		s.srv.front.WritesRefused.Inc()
 		s.srv.front.Request(metrics.RouteRefuse, kind)
@@ -398,6 +406,12 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 		p, err := toHub()
 		if k == StmtPin && !s.pinned {
 			s.pin()
+		}
+		if !s.pinned && s.srv.cfg.Consistency != routing.ConsistencyNone {
+			// The end of a hub transaction: learn its commit position.
+			for _, st := range u.class.Stmts {
+				p.capture = p.capture || st.Kind == StmtCommit || (s.txOn == nil && st.Kind >= StmtWrite)
+			}
 		}
 		return p, err
 	}
@@ -687,9 +701,23 @@ func (s *session) exchange(ctx context.Context, b *backendConn, u *unit, p plan)
 			fe.Send(rawFront(m.raw))
 		}
 	}
-	if p.capture {
-		fe.Send(&pgproto3.Query{String: positionQuery})
-		b.prepared[""] = false
+	// The position query follows the unit, except behind COPY FROM STDIN:
+	// there it must wait until CopyDone (a Query mid-COPY breaks it).
+	copyIn := false
+	for _, st := range u.class.Stmts {
+		copyIn = copyIn || st.Kind == StmtCopyIn
+	}
+	if copyIn && len(u.class.Stmts) > 1 {
+		p.capture = false
+	}
+	sendSuffix := func() {
+		if p.capture {
+			fe.Send(&pgproto3.Query{String: positionQuery})
+			b.prepared[""] = false
+		}
+	}
+	if !copyIn {
+		sendSuffix()
 	}
 	if err := fe.Flush(); err != nil {
 		return res, &backendIOError{err: err}
@@ -781,7 +809,7 @@ func (s *session) exchange(ctx context.Context, b *backendConn, u *unit, p plan)
 			if err := s.be.Flush(); err != nil {
 				return res, &clientIOError{err: err}
 			}
-			if err := s.copyIn(b); err != nil {
+			if err := s.copyIn(b, sendSuffix); err != nil {
 				return res, err
 			}
 			continue
@@ -798,8 +826,9 @@ func (s *session) exchange(ctx context.Context, b *backendConn, u *unit, p plan)
 	return res, nil
 }
 
-// copyIn streams the client's CopyData to b until CopyDone or CopyFail.
-func (s *session) copyIn(b *backendConn) error {
+// copyIn streams the client's CopyData to b until CopyDone or CopyFail,
+// then queues after (the position query) behind it.
+func (s *session) copyIn(b *backendConn, after func()) error {
 	pending := 0
 	for {
 		msg, err := s.be.Receive()
@@ -818,6 +847,7 @@ func (s *session) copyIn(b *backendConn) error {
 			}
 		case *pgproto3.CopyDone, *pgproto3.CopyFail:
 			b.fe.Send(m)
+			after()
 			if err := b.fe.Flush(); err != nil {
 				return &backendIOError{err: err}
 			}
