@@ -38,6 +38,7 @@ type link struct {
 	fails   int       // consecutive failures seen
 	oks     int       // consecutive successes seen
 	lastErr error     // latest failure, kept after recovery for /status
+	errText string    // lastErr.Error(), formatted once: snapshots are taken per request
 	errAt   time.Time
 }
 
@@ -50,7 +51,7 @@ func (l *link) probe(err error, now time.Time) bool {
 	if err != nil {
 		l.fails++
 		l.oks = 0
-		l.lastErr, l.errAt = err, now
+		l.lastErr, l.errText, l.errAt = err, err.Error(), now
 		if l.state == StateUnknown || (l.state == StateUp && l.fails >= l.downAfter) {
 			return l.set(StateDown, now)
 		}
@@ -68,7 +69,7 @@ func (l *link) probe(err error, now time.Time) bool {
 func (l *link) report(err error, now time.Time) bool {
 	l.fails++
 	l.oks = 0
-	l.lastErr, l.errAt = err, now
+	l.lastErr, l.errText, l.errAt = err, err.Error(), now
 	return l.set(StateDown, now)
 }
 

@@ -413,11 +413,9 @@ func (s *Site) snapshotLocked(now time.Time) Snapshot {
 			Since:    s.replica.link.since,
 		},
 	}
-	if err := s.replica.link.lastErr; err != nil {
-		snap.Replica.LastErr = err.Error()
-	}
-	if ep := s.hubByAddr(s.hubEndpoint); ep != nil && ep.link.lastErr != nil {
-		snap.Hub.LastErr = ep.link.lastErr.Error()
+	snap.Replica.LastErr = s.replica.link.errText
+	if ep := s.hubByAddr(s.hubEndpoint); ep != nil {
+		snap.Hub.LastErr = ep.link.errText
 	}
 	return snap
 }

@@ -520,3 +520,20 @@ func TestParseConsistency(t *testing.T) {
 		t.Errorf("ParseConsistency(eventual) error = %v", err)
 	}
 }
+
+// Fronts ask per request: the decision must not allocate.
+func TestSiteDecideDoesNotAllocate(t *testing.T) {
+	fs := newFakeSite(t, Postgres, "hub:5432")
+	fs.probe("hub:5432", ProbeResult{Writable: true, Position: LSN(100)}, nil)
+	fs.probe("replica", ProbeResult{Position: LSN(100)}, nil)
+	fs.ReportReplicaFailure(errRefused) // a last error to carry in the snapshot
+	fs.probe("replica", ProbeResult{Position: LSN(100)}, nil)
+	pos := Position(LSN(50))
+	allocs := testing.AllocsPerRun(100, func() {
+		fs.Decide(Request{Kind: KindRead, SessionPos: pos})
+		fs.HubUnavailable()
+	})
+	if allocs != 0 {
+		t.Errorf("Decide and HubUnavailable allocate %v times per call", allocs)
+	}
+}

@@ -102,9 +102,7 @@ func (s *Site) Status() Status {
 		if ep.pos != nil {
 			e.Position = ep.pos.String()
 		}
-		if ep.link.lastErr != nil {
-			e.LastError = ep.link.lastErr.Error()
-		}
+		e.LastError = ep.link.errText
 		st.Endpoints = append(st.Endpoints, e)
 	}
 	return st
