@@ -32,6 +32,11 @@ type front struct {
 
 func startFront(t *testing.T, l *lab.Lab, mutate func(*Config)) *front {
 	t.Helper()
+	return startFrontTB(t, l, mutate)
+}
+
+func startFrontTB(t testing.TB, l *lab.Lab, mutate func(*Config)) *front {
+	t.Helper()
 	level := slog.LevelWarn
 	if os.Getenv("PGFRONT_TEST_DEBUG") != "" {
 		level = slog.LevelDebug
@@ -98,7 +103,7 @@ func startFront(t *testing.T, l *lab.Lab, mutate func(*Config)) *front {
 	return f
 }
 
-func (f *front) waitHub(t *testing.T, up bool) {
+func (f *front) waitHub(t testing.TB, up bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
