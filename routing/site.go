@@ -474,12 +474,15 @@ func (s *Site) ReportHubFailure(endpoint string, err error) {
 	now := s.now()
 	old := ep.link.state
 	rerr := fmt.Errorf("data path to hub %s: %w", ep.addr, err)
-	if ep.link.report(rerr, now) {
+	changed := ep.link.report(rerr, now)
+	if changed {
 		s.logEndpoint(ep, old, rerr)
 	}
 	s.recomputeLocked(now, false)
 	s.mu.Unlock()
-	kick(ep)
+	if changed {
+		kick(ep) // only on the change: reports during an outage must not spin the prober
+	}
 }
 
 // ReportReplicaFailure records that the data path saw the replica
@@ -492,12 +495,15 @@ func (s *Site) ReportReplicaFailure(err error) {
 	now := s.now()
 	old := s.replica.link.state
 	rerr := fmt.Errorf("data path to replica %s: %w", s.replica.addr, err)
-	if s.replica.link.report(rerr, now) {
+	changed := s.replica.link.report(rerr, now)
+	if changed {
 		s.logEndpoint(s.replica, old, rerr)
 		s.effectiveLocked(now, true)
 	}
 	s.mu.Unlock()
-	kick(s.replica)
+	if changed {
+		kick(s.replica)
+	}
 }
 
 func kick(ep *endpoint) {
@@ -529,8 +535,11 @@ func (s *Site) WaitFor(ctx context.Context, pos Position) error {
 	}
 	w := &waiter{pos: pos, done: make(chan struct{})}
 	s.waiters[w] = struct{}{}
+	first := len(s.waiters) == 1
 	s.mu.Unlock()
-	kick(s.replica)
+	if first {
+		kick(s.replica) // later waiters ride on the fast cadence the first one started
+	}
 	select {
 	case <-w.done:
 		return nil

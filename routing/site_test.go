@@ -537,3 +537,17 @@ func TestSiteDecideDoesNotAllocate(t *testing.T) {
 		t.Errorf("Decide and HubUnavailable allocate %v times per call", allocs)
 	}
 }
+
+func TestSiteRepeatedReportsDoNotSpinProbes(t *testing.T) {
+	fs := newFakeSite(t, Postgres, "hub:5432")
+	fs.probe("hub:5432", ProbeResult{Writable: true}, nil)
+	ep := fs.ep("hub:5432")
+	fs.ReportHubFailure("hub:5432", errRefused)
+	<-ep.kick
+	fs.ReportHubFailure("hub:5432", errRefused)
+	select {
+	case <-ep.kick:
+		t.Fatal("a report while already down asked for another probe")
+	default:
+	}
+}
