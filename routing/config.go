@@ -33,7 +33,7 @@ type Config struct {
 	// PostgreSQL probe identity (the auth role), used on replica and hubs.
 	User     string
 	Password string
-	Database string // defaults to User
+	Database string // the database probes connect to; default "postgres"
 
 	// LDAP: the replicated suffix whose contextCSN is the position, and an
 	// optional identity for probes (anonymous when BindDN is empty).
@@ -88,7 +88,7 @@ func (c Config) withDefaults() Config {
 		c.TCPUserTimeout = 3 * time.Second
 	}
 	if c.Database == "" {
-		c.Database = c.User
+		c.Database = "postgres"
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
