@@ -262,7 +262,6 @@ func (c *Config) applyDefaults() {
 		defInt(&p.MaxConnections, 1000)
 		defSize(&p.MaxMessageSize, 64<<20)
 		defDur(&p.StartupTimeout, 10*time.Second)
-		defInt(&p.HubPoolSize, 4)
 	}
 	if l := c.LDAP; l != nil {
 		def(&l.Listen, "127.0.0.1:3389")
@@ -548,6 +547,11 @@ func (c *Config) validate() []string {
 		if pg.HubTLS.Mode == "verify-full" && pg.HubTLS.CAFile == "" {
 			bad("postgres.hub_tls.ca_file", "required with mode verify-full")
 		}
+		// Refuse rather than silently send cleartext: the PostgreSQL
+		// front's hub connections do not negotiate TLS yet.
+		if pg.HubTLS.Mode == "require" || pg.HubTLS.Mode == "verify-full" {
+			bad("postgres.hub_tls.mode", "%q is not supported yet: TLS to PostgreSQL hubs is not implemented; use a TLS tunnel for the WAN or mode disable", pg.HubTLS.Mode)
+		}
 		fileReadable("postgres.hub_tls.ca_file", pg.HubTLS.CAFile, false)
 		if pg.Auth.User == "" {
 			bad("postgres.auth.user", "required")
@@ -562,7 +566,6 @@ func (c *Config) validate() []string {
 			bad("postgres.max_message_size", "%s is too small (at least 1KiB)", pg.MaxMessageSize)
 		}
 		positiveDur("postgres.startup_timeout", pg.StartupTimeout)
-		positive("postgres.hub_pool_size", pg.HubPoolSize)
 	}
 	if l := c.LDAP; l != nil {
 		hostPort("ldap.listen", l.Listen, true)

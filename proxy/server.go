@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,7 +13,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/spokeproxy/spokeproxy/ldapfront"
 	"github.com/spokeproxy/spokeproxy/metrics"
+	"github.com/spokeproxy/spokeproxy/pgfront"
+	"github.com/spokeproxy/spokeproxy/routing"
 )
 
 // Options are what main builds and hands to the server.
@@ -35,12 +39,15 @@ type Server struct {
 	cfg     *Config
 	logger  *slog.Logger
 	reg     *prometheus.Registry
+	version string
 	started time.Time
 
-	mu     sync.Mutex // guards addrs, cancel, wg use after Start
+	parts []*protocolPart // built by New; immutable after
+
+	mu     sync.Mutex // guards addrs and cancel
 	addrs  Addrs
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	wg     sync.WaitGroup // serving goroutines: admin, fronts, probes
 	errs   chan error
 }
 
@@ -55,12 +62,19 @@ func New(cfg *Config, opts Options) (*Server, error) {
 	reg := opts.Registry
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics.NewBuildInfo(reg, opts.Version)
-	return &Server{
-		cfg:    cfg,
-		logger: opts.Logger.With("site", cfg.Site),
-		reg:    reg,
-		errs:   make(chan error, 4),
-	}, nil
+	s := &Server{
+		cfg:     cfg,
+		logger:  opts.Logger.With("site", cfg.Site),
+		reg:     reg,
+		version: opts.Version,
+		errs:    make(chan error, 4),
+	}
+	parts, err := s.buildParts()
+	if err != nil {
+		return nil, err
+	}
+	s.parts = parts
+	return s, nil
 }
 
 // Start binds every listener and starts serving. It returns once all
@@ -71,21 +85,74 @@ func (s *Server) Start(ctx context.Context) error {
 	if s.cancel != nil {
 		return errors.New("proxy: server already started")
 	}
-	adminLn, err := net.Listen("tcp", s.cfg.Admin.Listen)
-	if err != nil {
-		return fmt.Errorf("admin.listen %s: %w", s.cfg.Admin.Listen, err)
-	}
 	token := ""
 	if s.cfg.Admin.TokenFile != "" {
+		var err error
 		if token, err = ReadSecretFile(s.cfg.Admin.TokenFile); err != nil {
-			adminLn.Close()
 			return fmt.Errorf("admin.token_file: %w", err)
 		}
 	}
+	// Bind everything first, so a taken port fails Start before anything runs.
+	var bound []net.Listener
+	listen := func(key, addr string) (net.Listener, error) {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			for _, b := range bound {
+				b.Close()
+			}
+			return nil, fmt.Errorf("%s %s: %w", key, addr, err)
+		}
+		bound = append(bound, ln)
+		return ln, nil
+	}
+	adminLn, err := listen("admin.listen", s.cfg.Admin.Listen)
+	if err != nil {
+		return err
+	}
+	type serving struct {
+		part *protocolPart
+		lns  []net.Listener
+	}
+	var fronts []serving
+	for _, p := range s.parts {
+		ln, err := listen(p.name+".listen", p.listen)
+		if err != nil {
+			return err
+		}
+		sv := serving{part: p, lns: []net.Listener{ln}}
+		if p.tlsLn != "" {
+			tln, err := listen(p.name+".ldaps_listen", p.tlsLn)
+			if err != nil {
+				return err
+			}
+			sv.lns = append(sv.lns, tls.NewListener(tln, p.tlsConf))
+		}
+		fronts = append(fronts, sv)
+		switch p.name {
+		case metrics.Postgres:
+			s.addrs.Postgres = ln.Addr().String()
+		case metrics.LDAP:
+			s.addrs.LDAP = ln.Addr().String()
+		}
+	}
+
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancel = cancel
 	s.started = time.Now()
 	s.addrs.Admin = adminLn.Addr().String()
+	for _, sv := range fronts {
+		site := sv.part.site
+		s.run(func() error { return site.Run(runCtx) })
+		for _, ln := range sv.lns {
+			front := sv.part.front
+			s.run(func() error {
+				if err := front.Serve(runCtx, ln); err != nil && runCtx.Err() == nil && !isServerClosed(err) {
+					return err
+				}
+				return nil
+			})
+		}
+	}
 	admin := &Admin{
 		Gatherer: s.reg,
 		Status:   s.status,
@@ -94,7 +161,7 @@ func (s *Server) Start(ctx context.Context) error {
 		Logger:   s.logger,
 	}
 	s.run(func() error { return ServeAdmin(runCtx, adminLn, admin.Handler(), s.logger) })
-	s.logger.Info("serving", "admin", s.addrs.Admin)
+	s.logger.Info("serving", "admin", s.addrs.Admin, "pg", s.addrs.Postgres, "ldap", s.addrs.LDAP)
 	return nil
 }
 
@@ -131,25 +198,59 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if cancel == nil {
 		return nil
 	}
+	// Fronts first: they stop accepting and end their sessions cleanly
+	// (Notice of Disconnection, 57P01) while routing still answers them.
+	var errs []error
+	for _, p := range s.parts {
+		if err := p.front.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("%s front: %w", p.name, err))
+		}
+	}
 	cancel()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	select {
 	case <-done:
-		return nil
+		return errors.Join(errs...)
 	case <-ctx.Done():
 		return fmt.Errorf("proxy: shutdown: %w", ctx.Err())
 	}
 }
 
+func isServerClosed(err error) bool {
+	return errors.Is(err, pgfront.ErrServerClosed) || errors.Is(err, ldapfront.ErrServerClosed)
+}
+
 // Status is the body of /status.
 type Status struct {
 	Site    string    `json:"site"`
+	Version string    `json:"version"`
 	Started time.Time `json:"started"`
+	// Protocols holds each protocol's routing status by name ("pg", "ldap").
+	Protocols map[string]routing.Status `json:"protocols"`
 }
 
 func (s *Server) status() any {
-	return Status{Site: s.cfg.Site, Started: s.started}
+	st := Status{Site: s.cfg.Site, Version: s.version, Started: s.started, Protocols: map[string]routing.Status{}}
+	for _, p := range s.parts {
+		st.Protocols[p.name] = p.site.Status()
+	}
+	return st
 }
 
-func (s *Server) ready() error { return nil }
+// ready reports whether every protocol can serve reads: from its replica,
+// or from the hub when the policy sends reads there while the replica is
+// unavailable.
+func (s *Server) ready() error {
+	var errs []error
+	for _, p := range s.parts {
+		snap := p.site.Snapshot()
+		switch {
+		case snap.Replica.Up:
+		case snap.Hub.Up && !snap.Drill && s.cfg.Replica.WhenUnavailable == "hub":
+		default:
+			errs = append(errs, fmt.Errorf("%s: replica down and hub %s unusable", p.name, snap.Hub.Reason))
+		}
+	}
+	return errors.Join(errs...)
+}
