@@ -213,6 +213,24 @@ func TestLabPostgres(t *testing.T) {
 		} else {
 			t.Logf("error during cut: %v", err)
 		}
+		// /status and /metrics show it.
+		st := s.Status()
+		if st.Hub.Up || st.Hub.Reason != "hub unreachable" || st.Endpoints[0].State != routing.StateDown || st.Endpoints[0].LastError == "" || st.Endpoints[1].Target != routing.TargetReplica || st.Endpoints[1].State != routing.StateUp {
+			t.Errorf("status during cut: %+v", st)
+		}
+		if err := testutil.GatherAndCompare(s.reg, stringsReader(`
+# HELP spokeproxy_hub_up 1 if a writable hub is usable for this protocol (0 while down, split brain or drill).
+# TYPE spokeproxy_hub_up gauge
+spokeproxy_hub_up{protocol="pg"} 0
+# HELP spokeproxy_replica_up 1 if the local replica answers probes.
+# TYPE spokeproxy_replica_up gauge
+spokeproxy_replica_up{protocol="pg"} 1
+`), "spokeproxy_hub_up", "spokeproxy_replica_up"); err != nil {
+			t.Error(err)
+		}
+		if n := transitionCount(t, s.reg, "down"); n < 1 {
+			t.Errorf("link_transitions_total{to=down} = %v during a cut", n)
+		}
 		start = time.Now()
 		must(t, l.SetLink(lab.LinkPG, true))
 		checkTarget(t, "pg recovery after cut", waitState(t, s, start, 5*time.Second, "hub up after restore", hubUp), targetRecovery)
@@ -355,16 +373,15 @@ func TestLabPostgres(t *testing.T) {
 		if !s.Snapshot().Hub.Up {
 			t.Error("hub down because the replica stopped")
 		}
-	})
-
-	err = testutil.GatherAndCompare(s.reg, stringsReader(`
+		err := testutil.GatherAndCompare(s.reg, stringsReader(`
 # HELP spokeproxy_replica_up 1 if the local replica answers probes.
 # TYPE spokeproxy_replica_up gauge
 spokeproxy_replica_up{protocol="pg"} 0
 `), "spokeproxy_replica_up")
-	if err != nil {
-		t.Error(err)
-	}
+		if err != nil {
+			t.Error(err)
+		}
+	})
 }
 
 // stopPID stops a lab server by its process ID (the lab started it for this
