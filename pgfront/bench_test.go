@@ -46,7 +46,11 @@ func BenchmarkPGBenchSelect(b *testing.B) {
 	f := startFrontTB(b, l, nil)
 	pgbenchTPS(b, f.addr, "-i", "-s", "1", "-q")
 	time.Sleep(500 * time.Millisecond) // let the standby replay the init
-	for _, mode := range []string{"simple", "prepared"} {
+	modes := []string{"simple", "prepared"}
+	if m := os.Getenv("PGFRONT_BENCH_MODES"); m != "" {
+		modes = []string{m}
+	}
+	for _, mode := range modes {
 		var direct, proxied float64
 		for round := 0; round < 2; round++ {
 			direct += pgbenchTPS(b, l.ReplicaPGAddr(), "-S", "-n", "-M", mode, "-c", "8", "-j", "2", "-T", "5")

@@ -69,6 +69,9 @@ type Statement struct {
 	Kind      StmtKind
 	Isolation Isolation // StmtBegin, and StmtSetLocal for SET TRANSACTION
 	Access    Access    // StmtBegin, StmtSetLocal (SET TRANSACTION), StmtSession (SET SESSION CHARACTERISTICS, default_transaction_read_only)
+	// DropsPrepared: DEALLOCATE ALL or DISCARD ALL, which also drop the
+	// protocol-level prepared statements of the backend it runs on.
+	DropsPrepared bool
 }
 
 // Classification is the result for one query string. It is shared through
@@ -336,12 +339,14 @@ func (c *Classifier) statement(toks []token) Statement {
 		return Statement{Kind: StmtSavepoint}
 	case "set":
 		return setStatement(s)
-	case "reset", "discard", "unlisten":
+	case "discard":
+		return Statement{Kind: StmtSession, DropsPrepared: s.accept("all")}
+	case "reset", "unlisten":
 		return Statement{Kind: StmtSession}
 	case "deallocate":
 		_ = s.accept("prepare")
 		if s.accept("all") {
-			return Statement{Kind: StmtSession}
+			return Statement{Kind: StmtSession, DropsPrepared: true}
 		}
 		return Statement{Kind: StmtWrite}
 	case "listen":

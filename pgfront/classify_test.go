@@ -180,6 +180,9 @@ func TestClassifyTransactionModes(t *testing.T) {
 		{"SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", Statement{Kind: StmtSession, Access: AccessReadOnly}},
 		{"SET default_transaction_read_only = on", Statement{Kind: StmtSession, Access: AccessReadOnly}},
 		{"SET default_transaction_read_only TO off", Statement{Kind: StmtSession, Access: AccessReadWrite}},
+		{"DEALLOCATE ALL", Statement{Kind: StmtSession, DropsPrepared: true}},
+		{"discard all", Statement{Kind: StmtSession, DropsPrepared: true}},
+		{"DISCARD PLANS", Statement{Kind: StmtSession}},
 	}
 	for _, tc := range cases {
 		got, ok := c.Classify(tc.sql).Single()

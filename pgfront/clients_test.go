@@ -157,6 +157,56 @@ print("ok")
 	})
 }
 
+func TestLabPGUncertainty(t *testing.T) {
+	l := lab.ForTest(t, lab.Options{})
+	f := startFront(t, l, nil)
+	ctx := ctxT(t)
+	c := f.connect(t, nil)
+
+	// Prepared statements survive DEALLOCATE ALL consistently.
+	if _, err := c.Exec(ctx, "SELECT $1::int", 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(ctx, "DEALLOCATE ALL"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Prepare(ctx, "again", "SELECT $1::int + 1"); err != nil {
+		t.Fatal(err)
+	}
+	var two int
+	if err := c.QueryRow(ctx, "again", 1).Scan(&two); err != nil || two != 2 {
+		t.Fatalf("prepared after DEALLOCATE ALL: %d %v", two, err)
+	}
+
+	// A COMMIT whose answer is lost: 08007, never a plain failure.
+	tx, err := c.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'uncertain')"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Blackhole(lab.LinkPG); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := l.ClearToxics(lab.LinkPG); err != nil {
+			t.Errorf("clear toxics: %v", err)
+		}
+	})
+	start := time.Now()
+	err = tx.Commit(ctx)
+	wantCode(t, err, "08007")
+	t.Logf("lost COMMIT reported as 08007 after %v", time.Since(start).Round(time.Millisecond))
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("lost COMMIT took %v to report", took)
+	}
+	var n int
+	if err := c.QueryRow(ctx, "SELECT count(*) FROM accounts").Scan(&n); err != nil || n < 3 {
+		t.Fatalf("read after the lost COMMIT: %d %v", n, err)
+	}
+}
+
 func TestLabPGLimits(t *testing.T) {
 	l := lab.ForTest(t, lab.Options{})
 	f := startFront(t, l, func(c *Config) { c.MaxMessageSize = 4096; c.MaxConnections = 2 })

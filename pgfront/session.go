@@ -477,6 +477,19 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 	case k <= StmtCopyOut:
 		return s.planRead(ctx)
 	case k == StmtSession:
+		for _, st := range u.class.Stmts {
+			if st.DropsPrepared {
+				// Both backends drop every prepared statement, and so
+				// does the client's view.
+				s.stmts = make(map[string]*preparedStmt)
+				for _, b := range []*backendConn{s.replica, s.hub} {
+					if b != nil {
+						b.prepared = make(map[string]bool)
+						b.pendingClose = nil
+					}
+				}
+			}
+		}
 		p := plan{to: s.replica, route: metrics.RouteLocal}
 		if s.hub != nil {
 			p.toSecond = s.hub
@@ -643,6 +656,29 @@ func (s *session) exchange(ctx context.Context, b *backendConn, u *unit, p plan)
 	defer s.setActive(nil)
 	stop := context.AfterFunc(ctx, func() { _ = b.conn.SetDeadline(time.Now()) })
 	defer stop()
+
+	if b.hub {
+		// A blackholed link never fails a read by itself (the WAN proxy
+		// acknowledges what it swallows): stop waiting as soon as the
+		// routing core's probes see the hub down.
+		done := make(chan struct{})
+		defer close(done)
+		changes := s.srv.site.Changes()
+		go func() {
+			for {
+				select {
+				case <-done:
+					return
+				case <-changes:
+					if s.srv.site.HubUnavailable() != nil {
+						_ = b.conn.SetDeadline(time.Now())
+						return
+					}
+					changes = s.srv.site.Changes()
+				}
+			}
+		}()
+	}
 
 	fe := b.fe
 	prefix := 0
