@@ -1,15 +1,94 @@
 // Package pgfront is spokeproxy's PostgreSQL wire front: it accepts
 // PostgreSQL clients, authenticates them, and relays each routing unit (a
 // simple Query, or an extended-protocol batch up to Sync) to the local hot
-// standby or to the hub, as the routing core decides.
+// standby or to the hub, as the routing core decides. DESIGN.md section 4
+// is the contract.
 //
-// It owns:
+// # Types
 //
-//   - the SQL classifier (Classifier, lexer.go): a real lexer that knows
-//     comments, strings, quoted identifiers and dollar quotes, and a
-//     statement classifier whose only job is to say read, write, transaction
-//     control, session state or session-pinning. Unknown means write: a
-//     write sent to the hub is slow, a write sent to the standby fails.
+//   - Server (server.go): New(Config, Site, *metrics.PG, *slog.Logger),
+//     Serve(ctx, net.Listener), Shutdown(ctx). Owns the listeners, the
+//     connection limit and the proxy-owned cancel keys.
+//   - Site: the few methods of *routing.Site the front uses.
+//   - session (session.go): one client connection after login; owns its
+//     replica and hub backendConns and all transaction state. Everything
+//     but the active backend (read by the cancel path) is owned by the
+//     session goroutine.
+//   - Classifier (classify.go, lexer.go): a real lexer (nested comments,
+//     dollar quotes, E'' strings, quoted identifiers) and a statement
+//     classifier. Unknown means write: a write sent to the hub is slow, a
+//     write sent to the standby fails.
+//   - Secret, scramServer, scramClient (scram.go): SCRAM-SHA-256 without
+//     passwords.
 //
-// See DESIGN.md section 4 for the contract.
+// # Login
+//
+//	client                    spokeproxy                      replica (hub later)
+//	SSLRequest     ------->   'S' + TLS, or 'N'
+//	StartupMessage ------->   auth query on the replica  --->  (usename, passwd)
+//	               <-------   AuthenticationSASL
+//	SASLInitial    ------->   server-first (salt, iterations of the verifier)
+//	SASLResponse   ------->   check proof against StoredKey;
+//	                          ClientKey = proof XOR ClientSignature
+//	                          StartupMessage as the same role --->
+//	                          SCRAM client side with ClientKey <-->
+//	               <-------   SASLFinal, AuthenticationOk, ParameterStatus
+//	                          (in_hot_standby=off while the hub is up),
+//	                          BackendKeyData (replica PID, proxy secret),
+//	                          ReadyForQuery
+//
+// The client's proof yields its ClientKey, and ClientKey is all the
+// client side of SCRAM needs when salt and iteration count are fixed,
+// which they are for every server sharing the role's verifier (the hub
+// and its physical standbys). The proxy never sees or stores a password.
+// md5: PostgreSQL's md5 response is md5(secret || salt) where secret is
+// the stored md5(password || user), so holding the secret suffices both
+// to check a client and to answer a backend's md5 challenge; the proxy
+// does both for roles whose secret is md5. A backend that asks for SCRAM
+// from an md5 role (pg_hba scram-sha-256) fails the login with a message
+// telling the operator to reset the password as SCRAM. Wrong password and
+// unknown role both get PostgreSQL's 28P01 "password authentication
+// failed for user" (unknown roles run the exchange against a mock
+// verifier so nothing leaks before the proof).
+//
+// # Routing
+//
+//	unit arrives ---- pinned / hub transaction ------------------> hub
+//	    |------------ replica transaction: reads, SET LOCAL, ----> replica
+//	    |             savepoints, COMMIT
+//	    |------------ replica transaction: first write ----------> ROLLBACK queued on the replica,
+//	    |                                                         BEGIN + SET LOCALs + unit pipelined to the hub
+//	    |------------ idle: read (after WaitFor(session pos)) ----> replica (25006 before any row: re-run on hub)
+//	    |------------ idle: write ------------------------------> hub, "SELECT pg_current_wal_lsn()" pipelined
+//	    |                                                         behind it, result consumed: the session position
+//	    '------------ idle: SET/RESET --------------------------> replica, and the hub if attached
+//	                                                              (replayed when it attaches)
+//
+// While the hub is unavailable a write gets 25006 at once, naming the hub;
+// inside a transaction on the replica the refusal is raised there (a DO
+// block raising 25006), so the transaction is aborted exactly as a
+// standby's own refusal would abort it. A hub transaction cut mid-way gets
+// 08006 and the session answers 25P02 until ROLLBACK; a COMMIT or
+// autocommit write whose answer is lost gets 08007. A hub exchange stops
+// waiting as soon as the routing core's probes see the hub down (a
+// blackholed link is acknowledged by the WAN and never fails a read).
+//
+// Named prepared statements are prepared on a backend only when a batch
+// there uses them (the client's Parse is kept and injected before the
+// Bind, its ParseComplete dropped); Close of a statement prepared on the
+// other backend is queued there.
+//
+// # Not done yet
+//
+//   - Flush without Sync: responses are sent at Sync; a client that sends
+//     Flush and waits (libpq pipeline PQsendFlushRequest) would hang.
+//   - Asynchronous NotificationResponse while the client is idle:
+//     notifications reach the client only with the answer to its next
+//     request (LISTEN pins the session to the hub).
+//   - Reads while the replica is down: a session needs its replica
+//     connection (it is opened at login and its loss ends the session).
+//   - TLS to the hub and a warm hub connection pool: hub connections are
+//     plain TCP dialled through Site.DialHub and logged in on first need.
+//   - Multi-statement simple queries that mix SET with other statements
+//     apply the SET on the backend that ran them only.
 package pgfront
