@@ -15,7 +15,7 @@
 //     but the active backend (read by the cancel path) is owned by the
 //     session goroutine.
 //   - Classifier (classify.go, lexer.go): a real lexer (nested comments,
-//     dollar quotes, E'' strings, quoted identifiers) and a statement
+//     dollar quotes, E'...' strings, quoted identifiers) and a statement
 //     classifier. Unknown means write: a write sent to the hub is slow, a
 //     write sent to the standby fails.
 //   - Secret, scramServer, scramClient (scram.go): SCRAM-SHA-256 without

@@ -36,8 +36,8 @@ type token struct {
 //
 // It follows PostgreSQL's scan.l for the cases that matter to
 // classification: nested /* */ comments, -- comments, standard strings with
-// ” doubling (standard_conforming_strings=on, the default since 9.1),
-// E” strings with backslash escapes, B”/X”/N”/U&” prefixes, U&"" and ""
+// doubled quotes (standard_conforming_strings=on, the default since 9.1),
+// E'...' strings with backslash escapes, the B, X, N and U& prefixes, U&"..." and "..."
 // identifiers, dollar quoting with optional tags, $n parameters, and
 // identifiers that may contain $.
 func lex(sql string) []token {
@@ -172,7 +172,7 @@ func skipBlockComment(sql string, i int) int {
 
 // skipString returns the index after the closing quote of a string whose
 // body starts at i. A doubled quote is an escaped quote; with backslash set
-// (E” strings) a backslash escapes the next byte.
+// (E'...' strings) a backslash escapes the next byte.
 func skipString(sql string, i int, backslash bool) int {
 	n := len(sql)
 	for i < n {
