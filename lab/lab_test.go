@@ -411,6 +411,11 @@ func TestHubFailoverThenCloseLeavesNothing(t *testing.T) {
 		}
 	}
 
+	// A second lab in a live lab's directory is refused, not clobbered.
+	if _, err := Start(ctx, Options{Dir: dir}); err == nil || !strings.Contains(err.Error(), "still runs") {
+		t.Fatalf("second lab in a live lab's directory: %v, want a refusal", err)
+	}
+
 	start := time.Now()
 	if err := l.Failover(ctx); err != nil {
 		t.Fatalf("failover: %v", err)
@@ -507,17 +512,18 @@ func TestStartFailureReportsLogAndCleansUp(t *testing.T) {
 		t.Fatalf("%d processes still use %s after the failed Start", n, dir)
 	}
 
-	// The same directory serves a new lab: the failed one's leftovers go.
-	l, err = Start(ctx, Options{Dir: dir})
-	if err != nil {
-		t.Fatalf("Start in a reused directory: %v", err)
-	}
-	defer l.Close()
-	if err := l.WaitReplicaCaughtUp(ctx, 5*time.Second); err != nil {
+	// The directory can serve a new lab: the failed one's entries are
+	// cleared (and nothing else).
+	mine := filepath.Join(dir, "keep.txt")
+	if err := os.WriteFile(mine, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Start(ctx, Options{Dir: dir}); err == nil || !strings.Contains(err.Error(), "still runs") {
-		t.Fatalf("second lab in a live lab's directory: %v, want a refusal", err)
+	if err := clearDir(dir); err != nil {
+		t.Fatalf("clear a failed lab's directory: %v", err)
+	}
+	left, _ := os.ReadDir(dir)
+	if len(left) != 1 || left[0].Name() != "keep.txt" {
+		t.Fatalf("after clearDir %s holds %v, want only keep.txt", dir, left)
 	}
 }
 
