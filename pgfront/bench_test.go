@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/spokeproxy/spokeproxy/lab"
 )
 
@@ -59,4 +61,78 @@ func BenchmarkPGBenchSelect(b *testing.B) {
 		b.Logf("pgbench -S -M %s -c 8: direct %.0f tps, through spokeproxy %.0f tps, ratio %.2f", mode, direct/2, proxied/2, proxied/direct)
 		b.ReportMetric(proxied/direct, mode+"-ratio")
 	}
+}
+
+// BenchmarkPGWANWrite measures, with the lab's WAN at 25 ms each way, an
+// autocommit INSERT through the proxy in a warm session against the same
+// on a warm direct hub connection (read-your-writes tracking must cost no
+// WAN round trip), and a new session's first write both ways:
+// go test ./pgfront -run XXX -bench PGWANWrite -benchtime 1x
+func BenchmarkPGWANWrite(b *testing.B) {
+	l := lab.ForTest(b, lab.Options{})
+	f := startFrontTB(b, l, nil)
+	if err := l.AddLatency(lab.LinkPG, 25*time.Millisecond); err != nil {
+		b.Fatal(err)
+	}
+	f.waitHub(b, true)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const insert = "INSERT INTO notes (account_id, body) VALUES (1, 'bench')"
+	connect := func(dsn string) *pgx.Conn {
+		c, err := pgx.Connect(ctx, dsn)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return c
+	}
+	proxied := connect(f.dsn(lab.AppUser, lab.AppPassword))
+	defer proxied.Close(ctx)
+	direct := connect(l.WANAppDSN())
+	defer direct.Close(ctx)
+	timeOne := func(c *pgx.Conn) time.Duration {
+		start := time.Now()
+		if _, err := c.Exec(ctx, insert); err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(start)
+	}
+	timeOne(proxied) // attach the hub connection
+	timeOne(direct)
+	var dp, dd []time.Duration
+	for i := 0; i < 15; i++ {
+		dp = append(dp, timeOne(proxied))
+		dd = append(dd, timeOne(direct))
+	}
+	mp, md := median(dp), median(dd)
+	b.Logf("warm autocommit INSERT over a 25 ms WAN: through spokeproxy %v, direct to the hub %v, ratio %.3f",
+		mp.Round(100*time.Microsecond), md.Round(100*time.Microsecond), float64(mp)/float64(md))
+	b.ReportMetric(float64(mp)/float64(md), "warm-insert-ratio")
+
+	var fp, fd []time.Duration
+	for i := 0; i < 5; i++ {
+		start := time.Now()
+		c := connect(f.dsn(lab.AppUser, lab.AppPassword))
+		timeOne(c)
+		fp = append(fp, time.Since(start))
+		c.Close(ctx)
+		start = time.Now()
+		c = connect(l.WANAppDSN())
+		timeOne(c)
+		fd = append(fd, time.Since(start))
+		c.Close(ctx)
+	}
+	b.Logf("new session, connect + first INSERT: through spokeproxy %v, direct to the hub %v",
+		median(fp).Round(time.Millisecond), median(fd).Round(time.Millisecond))
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := append([]time.Duration(nil), ds...)
+	for i := range s {
+		for j := i + 1; j < len(s); j++ {
+			if s[j] < s[i] {
+				s[i], s[j] = s[j], s[i]
+			}
+		}
+	}
+	return s[len(s)/2]
 }
