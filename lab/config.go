@@ -140,6 +140,7 @@ func (l *Lab) Summary() string {
 	fmt.Fprintf(&b, "Cut the WAN link (and restore it with \"enabled\":true):\n")
 	fmt.Fprintf(&b, "  curl -s -X POST %s/proxies/%s -d '{\"enabled\":false}'\n", info.WAN.API, LinkPG)
 	fmt.Fprintf(&b, "  toxiproxy-cli -h %s toggle %s\n", info.WAN.API, LinkLDAP)
+	fmt.Fprintf(&b, "  (no toxiproxy-cli? go run github.com/Shopify/toxiproxy/v2/cmd/cli@v2.12.0 -h %s list)\n", info.WAN.API)
 	fmt.Fprintf(&b, "Add 50 ms to every reply from the hub:\n  curl -s -X POST %s/proxies/%s/toxics -d '{\"type\":\"latency\",\"stream\":\"downstream\",\"attributes\":{\"latency\":50}}'\n", info.WAN.API, LinkPG)
 	fmt.Fprintf(&b, "Blackhole (packets vanish, no RST):\n  curl -s -X POST %s/proxies/%s/toxics -d '{\"type\":\"timeout\",\"attributes\":{\"timeout\":0}}'\n", info.WAN.API, LinkPG)
 	fmt.Fprintf(&b, "Reset the WAN (all links up, no toxics):\n  curl -s -X POST %s/reset\n", info.WAN.API)

@@ -772,3 +772,22 @@ func TestStopKillsStubbornServerAndChildren(t *testing.T) {
 		t.Fatalf("second stop: %v, want the first result %v", err2, err)
 	}
 }
+
+func TestSummaryTellsWhatToTry(t *testing.T) {
+	s := shared.Summary()
+	info := shared.Info()
+	for _, want := range []string{
+		"psql '" + info.PG.Replica + "'",
+		"ldapsearch -x -H " + info.LDAP.Replica,
+		"curl -s -X POST " + info.WAN.API + "/proxies/" + LinkPG + " -d '{\"enabled\":false}'",
+		"toxiproxy-cli -h " + info.WAN.API,
+		info.PG.Hub, info.LDAP.Hub, shared.Dir(),
+	} {
+		if !strings.Contains(s, want) {
+			t.Errorf("summary lacks %q:\n%s", want, s)
+		}
+	}
+	if strings.Contains(s, shared.AuthPassword()) {
+		t.Error("summary shows the auth role's password")
+	}
+}
