@@ -1,0 +1,112 @@
+package ldapfront
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/go-ldap/ldap/v3"
+)
+
+// testCert returns a server certificate for 127.0.0.1 and a pool trusting it.
+func testCert(t *testing.T) (tls.Certificate, *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "spokeproxy test"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IsCA:         true, BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(leaf)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
+}
+
+func TestStartTLSTerminatedByTheProxy(t *testing.T) {
+	cert, pool := testCert(t)
+	r := startRig(t, nil, nil, func(c *Config) { c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}} })
+	c, err := ldap.DialURL("ldap://" + r.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.StartTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}); err != nil {
+		t.Fatalf("StartTLS: %v", err)
+	}
+	if err := c.Bind("uid=alice,dc=example,dc=org", "pw"); err != nil {
+		t.Fatalf("bind over TLS: %v", err)
+	}
+	res, err := c.Search(ldap.NewSearchRequest("dc=example,dc=org", ldap.ScopeBaseObject, 0, 0, 0, false, "(objectClass=*)", nil, nil))
+	if err != nil || len(res.Entries) != 1 {
+		t.Fatalf("search over TLS: %v %v", res, err)
+	}
+	// The replica saw the bind in clear on its own connection: TLS ends at the proxy.
+	if got := r.replica.requests(OpBindRequest); len(got) != 1 || got[0].Bind.DN != "uid=alice,dc=example,dc=org" {
+		t.Fatalf("replica binds: %+v", got)
+	}
+	if err := c.StartTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}); err == nil {
+		t.Fatal("a second StartTLS succeeded")
+	}
+}
+
+func TestStartTLSNotConfigured(t *testing.T) {
+	r := startRig(t, nil, nil, nil)
+	c, err := ldap.DialURL("ldap://" + r.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	err = c.StartTLS(&tls.Config{InsecureSkipVerify: true})
+	if !ldap.IsErrorWithCode(err, ldap.LDAPResultProtocolError) {
+		t.Fatalf("StartTLS without TLS configured: %v", err)
+	}
+}
+
+func TestLDAPSListener(t *testing.T) {
+	cert, pool := testCert(t)
+	r := startRig(t, nil, nil, nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- r.srv.Serve(context.Background(), tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}}))
+	}()
+	c, err := ldap.DialURL("ldaps://"+ln.Addr().String(), ldap.DialWithTLSConfig(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Bind("uid=alice,dc=example,dc=org", "pw"); err != nil {
+		t.Fatalf("bind over LDAPS: %v", err)
+	}
+	c.Close()
+	r.stop()
+	if err := <-done; err != ErrServerClosed {
+		t.Fatalf("Serve(LDAPS) after Shutdown: %v", err)
+	}
+}
