@@ -1,0 +1,117 @@
+package pgfront
+
+import (
+	"context"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/spokeproxy/spokeproxy/lab"
+	"github.com/spokeproxy/spokeproxy/routing"
+)
+
+func TestLabPGModes(t *testing.T) {
+	l := lab.ForTest(t, lab.Options{})
+
+	t.Run("consistency site", func(t *testing.T) {
+		f := startFront(t, l, func(c *Config) { c.Consistency = routing.ConsistencySite })
+		ctx := ctxT(t)
+		c := f.connect(t, nil)
+		replica, err := pgx.Connect(ctx, l.ReplicaAppDSN())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer replica.Close(ctx)
+		// Slow replication down so that, without the held acknowledgement,
+		// a direct read on the standby would miss the row.
+		if err := l.AddLatency(lab.LinkPG, 20*time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = l.ClearToxics(lab.LinkPG) })
+		for i := 0; i < 3; i++ {
+			var id int64
+			if err := c.QueryRow(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'site mode') RETURNING id").Scan(&id); err != nil {
+				t.Fatal(err)
+			}
+			var n int
+			if err := replica.QueryRow(ctx, "SELECT count(*) FROM notes WHERE id = $1", id).Scan(&n); err != nil || n != 1 {
+				t.Fatalf("site mode: another client at the site does not see row %d right after the ack (n=%d err=%v)", id, n, err)
+			}
+		}
+	})
+
+	t.Run("transactions hub", func(t *testing.T) {
+		f := startFront(t, l, func(c *Config) { c.LazyTransactions = false })
+		ctx := ctxT(t)
+		c := f.connect(t, nil)
+		tx, err := c.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var recov bool
+		if err := tx.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&recov); err != nil || recov {
+			t.Fatalf("transactions: hub: first read on the standby=%v err=%v", recov, err)
+		}
+		_ = tx.Rollback(ctx)
+		tx, err = c.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&recov); err != nil || !recov {
+			t.Fatalf("READ ONLY transaction left the standby: %v %v", recov, err)
+		}
+		_ = tx.Rollback(ctx)
+		// SERIALIZABLE runs on the hub in any mode.
+		tx, err = c.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.Serializable})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&recov); err != nil || recov {
+			t.Fatalf("SERIALIZABLE on the standby=%v err=%v", recov, err)
+		}
+		_ = tx.Rollback(ctx)
+	})
+
+	t.Run("pinning and no leaks", func(t *testing.T) {
+		f := startFront(t, l, nil)
+		ctx := ctxT(t)
+		c := f.connect(t, nil)
+		if _, err := c.Exec(ctx, "CREATE TEMP TABLE scratch (a int)"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Exec(ctx, "INSERT INTO scratch VALUES (1)"); err != nil {
+			t.Fatal(err)
+		}
+		var n int
+		if err := c.QueryRow(ctx, "SELECT count(*) FROM scratch").Scan(&n); err != nil || n != 1 {
+			t.Fatalf("temp table read after pinning: %d %v", n, err)
+		}
+		if got := counterValue(t, f.m.SessionsPinned); got != 1 {
+			t.Errorf("sessions pinned metric %v", got)
+		}
+		if got := counterValue(t, f.m.Front.WritesRefused); got != 0 {
+			t.Errorf("writes refused %v", got)
+		}
+		c.Close(ctx)
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := f.srv.Shutdown(sctx); err != nil {
+			t.Fatalf("Shutdown had to force sessions closed: %v", err)
+		}
+		deadline := time.Now().Add(2 * time.Second)
+		for {
+			buf := make([]byte, 1<<20)
+			stacks := string(buf[:runtime.Stack(buf, true)])
+			if !strings.Contains(stacks, "pgfront.(*session)") && !strings.Contains(stacks, "pgfront.(*Server).handle") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("session goroutines outlive their connections:\n%s", stacks)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+}
