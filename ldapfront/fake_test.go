@@ -80,9 +80,24 @@ type fakeLDAP struct {
 	ln     net.Listener
 	handle func(c *fakeConn, p *PDU)
 
-	mu   sync.Mutex
-	seen []*PDU // every request received, in order
-	wg   sync.WaitGroup
+	mu    sync.Mutex
+	seen  []*PDU // every request received, in order
+	conns []net.Conn
+	wg    sync.WaitGroup
+	once  sync.Once
+}
+
+// stop closes the listener and every connection, as a crashed server would.
+func (f *fakeLDAP) stop() {
+	f.once.Do(func() {
+		f.ln.Close()
+		f.mu.Lock()
+		for _, c := range f.conns {
+			c.Close()
+		}
+		f.mu.Unlock()
+		f.wg.Wait()
+	})
 }
 
 type fakeConn struct {
@@ -106,8 +121,6 @@ func startFake(t *testing.T, handle func(c *fakeConn, p *PDU)) *fakeLDAP {
 	if f.handle == nil {
 		f.handle = defaultHandler
 	}
-	var conns []net.Conn
-	var cmu sync.Mutex
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
@@ -116,9 +129,9 @@ func startFake(t *testing.T, handle func(c *fakeConn, p *PDU)) *fakeLDAP {
 			if err != nil {
 				return
 			}
-			cmu.Lock()
-			conns = append(conns, c)
-			cmu.Unlock()
+			f.mu.Lock()
+			f.conns = append(f.conns, c)
+			f.mu.Unlock()
 			f.wg.Add(1)
 			go func() {
 				defer f.wg.Done()
@@ -141,15 +154,7 @@ func startFake(t *testing.T, handle func(c *fakeConn, p *PDU)) *fakeLDAP {
 			}()
 		}
 	}()
-	t.Cleanup(func() {
-		ln.Close()
-		cmu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		cmu.Unlock()
-		f.wg.Wait()
-	})
+	t.Cleanup(f.stop)
 	return f
 }
 

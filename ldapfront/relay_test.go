@@ -461,3 +461,40 @@ func TestIdleTimeoutClosesOnlyIdleConnections(t *testing.T) {
 		t.Fatal(code)
 	}
 }
+
+func TestReplicaDownReadsGoToTheHub(t *testing.T) {
+	r := startRig(t, nil, nil, nil)
+	c := r.client(t)
+	c.send(simpleBind(1, "uid=alice,dc=example,dc=org", "pw"))
+	c.result(1)
+	r.replica.stop()
+	waitUntil(t, "replica failure report", func() bool {
+		r.site.mu.Lock()
+		defer r.site.mu.Unlock()
+		return r.site.replicaReports > 0
+	})
+	c.send(searchReq(2, "dc=example,dc=org"))
+	if code, _ := c.result(2); code != 0 {
+		t.Fatalf("read with the replica down: %d", code)
+	}
+	if got := r.hub.requests(OpSearchRequest); len(got) != 1 || got[0].MessageID != 2 {
+		t.Fatalf("hub searches: %+v", got)
+	}
+	if b := r.hub.requests(OpBindRequest); len(b) != 1 || b[0].Bind.DN != "uid=alice,dc=example,dc=org" {
+		t.Fatalf("the hub connection was not bound as the client: %+v", b)
+	}
+	// Both down: 52.
+	r.site.mu.Lock()
+	r.site.hubUp = false
+	r.site.mu.Unlock()
+	c.send(searchReq(3, "dc=example,dc=org"))
+	if code, diag := c.result(3); code != ResultUnavailable {
+		t.Fatalf("read with replica and hub down: %d %q", code, diag)
+	}
+	// A new client can still connect (and is told why it cannot read).
+	c2 := r.client(t)
+	c2.send(simpleBind(1, "uid=alice,dc=example,dc=org", "pw"))
+	if code, _ := c2.result(1); code != ResultUnavailable {
+		t.Fatalf("bind with replica and hub down: %d", code)
+	}
+}
