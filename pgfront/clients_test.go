@@ -243,3 +243,19 @@ func TestLabPGLimits(t *testing.T) {
 		t.Fatalf("after garbage: %v", err)
 	}
 }
+
+func TestLabPGJDBC(t *testing.T) {
+	l := lab.ForTest(t, lab.Options{})
+	f := startFront(t, l, nil)
+	src, err := filepath.Abs("../testdata/pg/JdbcCheck.java")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	url := "jdbc:postgresql://" + f.addr + "/" + lab.AppDatabase + "?sslmode=disable"
+	out, err := exec.CommandContext(ctx, "java", "-cp", "/usr/share/java/postgresql.jar", src, url).CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "ok" {
+		t.Fatalf("pgjdbc: %v\n%s", err, out)
+	}
+}
