@@ -42,6 +42,18 @@
 // contextCSN. Failover, StopHubPrimary,
 // PromoteHubStandby and RepointSpoke script a hub failover.
 //
+// Layout of the lab directory (a reused directory is cleared of these
+// names, and only these, before a start; a live lab there is refused):
+//
+//	pg/hub, pg/spoke, pg/hub2   data directories (owned by postgres as root)
+//	pg/run                      Unix sockets (a short temp dir if the path is long)
+//	pg/pgpass                   the replication role's password (0600)
+//	ldap/hub, ldap/spoke        slapd.conf (0600) and the mdb database
+//	pg-*.log, ldap-*.log        each server's output, tools included
+//	toxiproxy.log               the WAN's log
+//	pg-auth.password            the auth role's password (0600)
+//	lab.json                    written by the caller with WriteInfo
+//
 // Readiness is always judged by a real request (a query, a search), never
 // by sleeping. Every server's output goes to a log file in the lab
 // directory; a start failure is a *StartError carrying that log's tail,

@@ -1,13 +1,11 @@
 package lab
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/url"
 	"os"
@@ -31,35 +29,21 @@ import (
 var shared *Lab
 
 func TestMain(m *testing.M) {
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	var progress bytes.Buffer
-	l, err := Start(ctx, Options{Logger: slog.New(slog.NewTextHandler(&progress, nil))})
-	cancel()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "FAIL: lab: cannot start the test topology: %v\n%s", err, progress.String())
-		os.Exit(1)
-	}
-	fmt.Printf("lab: shared topology up in %s\n", l.StartupTime().Round(time.Millisecond))
-	if l.StartupTime() > 5*time.Second {
-		fmt.Print(progress.String()) // where a slow start spent its time
-	}
-	shared = l
-	// Issue 2's target is 30 s; typically 2-3 s here, but two labs and
-	// compilers sharing 2 cores have taken 36 s, so the test allows twice
-	// the target.
-	if l.StartupTime() > 60*time.Second {
-		fmt.Fprintf(os.Stderr, "FAIL: lab: startup took %s, the target is under 30 s (60 s allowed on a loaded machine)\n", l.StartupTime())
-		l.Close()
-		os.Exit(1)
-	}
-	code := m.Run()
-	if err := l.Close(); err != nil {
-		fmt.Fprintf(os.Stderr, "FAIL: lab: close: %v\n", err)
-		code = 1
-	}
-	if _, err := os.Stat(l.Dir()); !errors.Is(err, os.ErrNotExist) {
-		fmt.Fprintf(os.Stderr, "FAIL: lab: temporary directory %s left behind: %v\n", l.Dir(), err)
-		code = 1
+	code := RunMain(m, Options{}, func(l *Lab) error {
+		shared = l
+		// Issue 2's target is 30 s; typically 2-3 s here, but two labs and
+		// compilers sharing 2 cores have taken 36 s, so the test allows
+		// twice the target.
+		if l.StartupTime() > 60*time.Second {
+			return fmt.Errorf("startup took %s, the target is under 30 s (60 s allowed on a loaded machine)", l.StartupTime())
+		}
+		return nil
+	})
+	if shared != nil {
+		if _, err := os.Stat(shared.Dir()); !errors.Is(err, os.ErrNotExist) {
+			fmt.Fprintf(os.Stderr, "FAIL: lab: temporary directory %s left behind: %v\n", shared.Dir(), err)
+			code = 1
+		}
 	}
 	os.Exit(code)
 }

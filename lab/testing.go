@@ -1,7 +1,10 @@
 package lab
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
@@ -44,4 +47,39 @@ func ForTest(t testing.TB, opts Options) *Lab {
 		}
 	})
 	return l
+}
+
+// RunMain shares one lab among all tests of a package: call it from
+// TestMain as os.Exit(lab.RunMain(m, opts, func(l *lab.Lab) error { shared = l; return nil })).
+// It starts the lab (printing where a slow start spent its time), hands it
+// to use (an error from use fails the run), runs the tests and stops the
+// lab. A lab that cannot start fails the run loudly with the reason.
+func RunMain(m *testing.M, opts Options, use func(*Lab) error) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	var progress bytes.Buffer
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(&progress, nil))
+	}
+	l, err := Start(ctx, opts)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "FAIL: lab: cannot start the test topology: %v\n%s", err, progress.String())
+		return 1
+	}
+	fmt.Printf("lab: shared topology up in %s (dir %s)\n", l.StartupTime().Round(time.Millisecond), l.Dir())
+	if l.StartupTime() > 5*time.Second {
+		fmt.Print(progress.String())
+	}
+	code := 0
+	if err := use(l); err != nil {
+		fmt.Fprintf(os.Stderr, "FAIL: lab: %v\n", err)
+		code = 1
+	} else {
+		code = m.Run()
+	}
+	if err := l.Close(); err != nil {
+		fmt.Fprintf(os.Stderr, "FAIL: lab: close: %v\n", err)
+		code = 1
+	}
+	return code
 }
