@@ -275,9 +275,11 @@ type rawClient struct {
 	br *bufio.Reader
 }
 
-func (r *rig) client(t *testing.T) *rawClient {
+func (r *rig) client(t *testing.T) *rawClient { t.Helper(); return dialRaw(t, r.addr) }
+
+func dialRaw(t *testing.T, addr string) *rawClient {
 	t.Helper()
-	c, err := net.Dial("tcp", r.addr)
+	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}

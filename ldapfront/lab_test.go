@@ -42,7 +42,7 @@ func startFront(t *testing.T, l *lab.Lab, mutate func(*Config)) *front {
 		Replica:       l.ReplicaLDAPURL(),
 		BaseDN:        lab.BaseDN,
 		ProbeInterval: 100 * time.Millisecond,
-		ProbeTimeout:  300 * time.Millisecond,
+		ProbeTimeout:  time.Second,
 		Policy:        policy,
 		Logger:        logger,
 	})

@@ -1,0 +1,159 @@
+package ldapfront
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	toxiclient "github.com/Shopify/toxiproxy/v2/client"
+	"github.com/go-ldap/ldap/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/spokeproxy/spokeproxy/lab"
+	"github.com/spokeproxy/spokeproxy/routing"
+)
+
+// TestLabConsistencyOverASlowWAN checks read-your-writes (session) and held
+// acknowledgements (site) with 25 ms each way on the WAN, and a write in
+// flight when the link is cut.
+func TestLabConsistencyOverASlowWAN(t *testing.T) {
+	l := lab.ForTest(t, lab.Options{})
+	session := startFront(t, l, nil)
+	site := startFront(t, l, func(c *Config) { c.Consistency = routing.ConsistencySite })
+	if err := l.AddLatency(lab.LinkLDAP, 25*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.ResetWAN() })
+
+	t.Run("session reads its own writes", func(t *testing.T) {
+		c := session.dial(t, lab.UserDN, lab.UserPassword)
+		for i := range 10 {
+			desc := uniqueName(fmt.Sprintf("s%d", i))
+			m := ldap.NewModifyRequest(lab.UserDN, nil)
+			m.Replace("description", []string{desc})
+			if err := c.Modify(m); err != nil {
+				t.Fatal(err)
+			}
+			if got := searchOne(t, c, lab.UserDN, "description").GetAttributeValue("description"); got != desc {
+				t.Fatalf("write %d: read %q, want %q", i, got, desc)
+			}
+		}
+		if got := metricValue(t, session.reg, "spokeproxy_ldap_operations_total", map[string]string{"op": "search", "route": "hub"}); got != 0 {
+			t.Fatalf("%v reads went to the hub; read-your-writes should wait for the replica", got)
+		}
+		if got := metricValue(t, session.reg, "spokeproxy_ldap_operations_total", map[string]string{"op": "search", "route": "local"}); got != 10 {
+			t.Fatalf("local reads = %v, want 10", got)
+		}
+		waits := metricValue(t, session.reg, "spokeproxy_causal_wait_seconds", nil)
+		t.Logf("%v of 10 reads waited for the replica", waits)
+		if testutil.ToFloat64(session.m.WANBytesFromHub) == 0 {
+			t.Fatal("no WAN bytes counted for the writes")
+		}
+	})
+
+	t.Run("site mode acknowledges once the replica has the write", func(t *testing.T) {
+		c := site.dial(t, lab.UserDN, lab.UserPassword)
+		direct, err := ldap.DialURL(l.ReplicaLDAPURL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer direct.Close()
+		for i := range 5 {
+			desc := uniqueName(fmt.Sprintf("site%d", i))
+			m := ldap.NewModifyRequest(lab.UserDN, nil)
+			m.Replace("description", []string{desc})
+			if err := c.Modify(m); err != nil {
+				t.Fatal(err)
+			}
+			// Any client at the site, even one reading the consumer directly,
+			// sees the write once it is acknowledged.
+			if got := searchOne(t, direct, lab.UserDN, "description").GetAttributeValue("description"); got != desc {
+				t.Fatalf("write %d acknowledged but the replica has %q, want %q", i, got, desc)
+			}
+		}
+	})
+
+	t.Run("write in flight when the link is cut", func(t *testing.T) {
+		rc := dialRaw(t, session.addr)
+		rc.send(simpleBind(1, lab.UserDN, lab.UserPassword))
+		if code, _ := rc.result(1); code != 0 {
+			t.Fatalf("bind: %d", code)
+		}
+		rc.send(modifyReq(2, lab.UserDN)) // opens the hub connection: 2 round trips
+		if code, _ := rc.result(2); code != 0 {
+			t.Fatalf("warm-up modify: %d", code)
+		}
+		// Slow the hub's answers down so that the cut surely comes first.
+		p, err := l.Toxiproxy().Proxy(lab.LinkLDAP)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.AddToxic("slow_answers", "latency", "downstream", 1, toxiclient.Attributes{"latency": 500}); err != nil {
+			t.Fatal(err)
+		}
+		rc.send(modifyReq(3, lab.UserDN))
+		time.Sleep(20 * time.Millisecond) // the request is on the wire, its response 500 ms away
+		cut := time.Now()
+		if err := l.SetLink(lab.LinkLDAP, false); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = l.ResetWAN(); session.waitHub(t, true) })
+		code, diag := rc.result(3)
+		took := time.Since(cut)
+		if code != ResultOther || !strings.Contains(diag, "outcome unknown") {
+			t.Fatalf("write in flight at the cut: %d %q", code, diag)
+		}
+		t.Logf("in-flight write answered 80 %v after the cut", took.Round(time.Millisecond))
+		if took > time.Second {
+			t.Errorf("the data path took %v to notice a reset link (target 100 ms)", took)
+		}
+		session.waitHub(t, false)
+		rc.send(modifyReq(4, lab.UserDN))
+		if code, _ := rc.result(4); code != ResultUnavailable {
+			t.Fatalf("write after the cut: %d", code)
+		}
+		rc.send(searchReq(5, lab.UserDN))
+		if code, _ := rc.result(5); code != 0 {
+			t.Fatalf("read after the cut: %d", code)
+		}
+	})
+}
+
+// metricValue sums the counter values, or histogram sample counts, of the
+// series of name whose labels include want.
+func metricValue(t *testing.T, reg *prometheus.Registry, name string, want map[string]string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				labels[lp.GetName()] = lp.GetValue()
+			}
+			for k, v := range want {
+				if labels[k] != v {
+					continue series
+				}
+			}
+			switch {
+			case m.GetCounter() != nil:
+				sum += m.GetCounter().GetValue()
+			case m.GetHistogram() != nil:
+				sum += float64(m.GetHistogram().GetSampleCount())
+			case m.GetGauge() != nil:
+				sum += m.GetGauge().GetValue()
+			}
+		}
+	}
+	return sum
+}
