@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/spokeproxy/spokeproxy/lab"
 )
@@ -111,6 +112,77 @@ print("ok")
 		out, err := cmd.CombinedOutput()
 		if err != nil || strings.TrimSpace(string(out)) != "ok" {
 			t.Fatalf("psycopg2: %v\n%s", err, out)
+		}
+		// A read-only psycopg2 session (it opens a transaction before every
+		// statement) sends zero bytes over the WAN, and keeps working with
+		// the link cut.
+		readOnly := `
+import psycopg2, sys
+c = psycopg2.connect(host=sys.argv[1], port=sys.argv[2], user="app", password="apppass", dbname="appdb")
+cur = c.cursor()
+for _ in range(3):
+    cur.execute("SELECT name FROM accounts ORDER BY id")
+    assert [r[0] for r in cur.fetchall()][:3] == ["alice", "bob", "carol"]
+    c.commit()
+c.close()
+print("ok")
+`
+		before := f.wanBytes()
+		if out, err := exec.Command("/usr/bin/python3", "-c", readOnly, host, port).CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "ok" {
+			t.Fatalf("psycopg2 read-only: %v\n%s", err, out)
+		}
+		if d := f.wanBytes() - before; d != 0 {
+			t.Errorf("read-only psycopg2 session sent %v bytes over the WAN", d)
+		}
+		f.cut(t)
+		if out, err := exec.Command("/usr/bin/python3", "-c", readOnly, host, port).CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "ok" {
+			t.Fatalf("psycopg2 read-only with the link cut: %v\n%s", err, out)
+		}
+	})
+
+	t.Run("pgx batch and CopyFrom", func(t *testing.T) {
+		ctx := ctxT(t)
+		c := f.connect(t, nil)
+		b := &pgx.Batch{}
+		b.Queue("SELECT count(*) FROM accounts")
+		b.Queue("INSERT INTO notes (account_id, body) VALUES (2, 'batch') RETURNING id")
+		b.Queue("SELECT pg_is_in_recovery()")
+		br := c.SendBatch(ctx, b)
+		var n int
+		var id int64
+		var recov bool
+		if err := br.QueryRow().Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if err := br.QueryRow().Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		if err := br.QueryRow().Scan(&recov); err != nil {
+			t.Fatal(err)
+		}
+		if err := br.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if n < 3 || id == 0 || recov {
+			t.Errorf("batch with a write: n=%d id=%d standby=%v (want the whole batch on the hub)", n, id, recov)
+		}
+		rows := [][]any{{int64(1), "copy a"}, {int64(2), "copy b"}, {int64(3), "copy c"}}
+		copied, err := c.CopyFrom(ctx, pgx.Identifier{"notes"}, []string{"account_id", "body"}, pgx.CopyFromRows(rows))
+		if err != nil || copied != 3 {
+			t.Fatalf("CopyFrom: %d %v", copied, err)
+		}
+		if err := c.QueryRow(ctx, "SELECT count(*) FROM notes WHERE body LIKE 'copy _'").Scan(&n); err != nil || n != 3 {
+			t.Fatalf("rows after CopyFrom (read-your-writes): %d %v", n, err)
+		}
+	})
+
+	t.Run("request metrics", func(t *testing.T) {
+		if got := testutil.ToFloat64(f.m.Front.WANBytesToHub); got == 0 {
+			t.Error("no WAN bytes counted")
+		}
+		n, err := testutil.GatherAndCount(f.reg, "spokeproxy_requests_total")
+		if err != nil || n < 3 {
+			t.Errorf("requests_total series: %d %v", n, err)
 		}
 	})
 

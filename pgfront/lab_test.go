@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -319,6 +320,15 @@ func TestLabPG(t *testing.T) {
 		_, err := c.Exec(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'refused')")
 		pe := wantCode(t, err, "25006")
 		t.Logf("refusal: %s", pe.Message)
+		if !strings.Contains(pe.Message, l.WANPGAddr()) || !strings.Contains(pe.Message, "read-only") {
+			t.Errorf("refusal does not name the hub and say read-only: %q", pe.Message)
+		}
+		if got := c.PgConn().ParameterStatus("in_hot_standby"); got != "on" {
+			t.Errorf("in_hot_standby not updated to on after the hub went down: %q", got)
+		}
+		if got := counterValue(t, f.m.Front.WritesRefused); got < 1 {
+			t.Errorf("writes refused metric %v", got)
+		}
 		var n int
 		if err := c.QueryRow(ctx, "SELECT count(*) FROM accounts").Scan(&n); err != nil || n < 3 {
 			t.Fatalf("read during outage: n=%d err=%v", n, err)
