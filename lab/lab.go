@@ -62,7 +62,6 @@ type Lab struct {
 	as         *runAs
 	bins       map[string]string
 	seedDir    string
-	started    time.Time
 	took       time.Duration
 
 	// Secrets generated per lab (hex, so they need no quoting anywhere).
@@ -124,7 +123,7 @@ func Start(ctx context.Context, opts Options) (*Lab, error) {
 	// several labs start at once (parallel test packages) one may lose a
 	// port to another. That start is retried with new ports.
 	for attempt := 1; ; attempt++ {
-		l := &Lab{log: logger, started: start, bins: bins, as: as, seedDir: seedDir}
+		l := &Lab{log: logger, bins: bins, as: as, seedDir: seedDir}
 		if err := l.makeDir(opts.Dir); err != nil {
 			return nil, err
 		}
