@@ -420,7 +420,7 @@ spokeproxy_replication_lag_seconds{protocol="pg"} 0
 		t.Fatalf("hub endpoint status: %v", hub)
 	}
 	rep := back["replica"].(map[string]any)
-	if rep["position"] != "0/64" || rep["up"] != true {
+	if rep["position"] != "0/64" || rep["up"] != true || rep["lag_bytes"] != 0.0 || rep["lag_known"] != true {
 		t.Fatalf("replica status: %v", rep)
 	}
 }

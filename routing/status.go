@@ -33,7 +33,7 @@ type Replica struct {
 	HubPos     string  `json:"hub_position,omitempty"`
 	LagSeconds float64 `json:"lag_seconds"`
 	LagKnown   bool    `json:"lag_known"`
-	LagBytes   int64   `json:"lag_bytes,omitempty"` // PostgreSQL; -1 if unknown
+	LagBytes   *int64  `json:"lag_bytes,omitempty"` // PostgreSQL, when known
 	Waiters    int     `json:"waiters"`             // reads waiting for a position now
 }
 
@@ -82,8 +82,8 @@ func (s *Site) Status() Status {
 	if s.hubPos != nil {
 		st.Replica.HubPos = s.hubPos.String()
 	}
-	if s.cfg.Protocol == Postgres {
-		st.Replica.LagBytes = s.lagBytesLocked()
+	if b := s.lagBytesLocked(); s.cfg.Protocol == Postgres && b >= 0 {
+		st.Replica.LagBytes = &b
 	}
 	for _, ep := range append(append([]*endpoint(nil), s.hubs...), s.replica) {
 		e := EndpointStatus{
