@@ -498,3 +498,26 @@ func TestReplicaDownReadsGoToTheHub(t *testing.T) {
 		t.Fatalf("bind with replica and hub down: %d", code)
 	}
 }
+
+func TestShutdownWithAClientThatDoesNotRead(t *testing.T) {
+	big := strings.Repeat("x", 4096)
+	flood := func(c *fakeConn, p *PDU) {
+		if p.Op == OpSearchRequest && p.packet.Children[1].Children[0].Data.String() == "ou=flood" {
+			for range 5000 { // 20 MB: far beyond the socket buffers
+				c.send(entryMsg(p.MessageID, "cn=x", "description", big))
+			}
+			c.send(encodeResult(p.MessageID, OpSearchResultDone, 0, "", "", ""))
+			return
+		}
+		defaultHandler(c, p)
+	}
+	r := startRig(t, flood, nil, nil)
+	c := r.client(t)
+	c.send(searchReq(1, "ou=flood"))
+	time.Sleep(200 * time.Millisecond) // let the relay fill the client's socket and block
+	start := time.Now()
+	r.stop() // fails the test if Shutdown misses its 5 s deadline
+	if took := time.Since(start); took > 3*time.Second {
+		t.Fatalf("Shutdown took %v with a stuck client", took)
+	}
+}

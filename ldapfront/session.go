@@ -87,7 +87,8 @@ type session struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	client net.Conn // replaced once by StartTLS, from the reader goroutine, under wmu
+	raw    net.Conn // the accepted connection: deadlines and Close, from any goroutine
+	client net.Conn // raw, or the TLS conn over it after StartTLS (replaced under wmu)
 	br     *bufio.Reader
 	isTLS  bool
 
@@ -115,6 +116,7 @@ func newSession(srv *Server, c net.Conn) *session {
 	s := &session{
 		srv:          srv,
 		log:          srv.log.With("client", c.RemoteAddr().String()),
+		raw:          c,
 		client:       c,
 		br:           bufio.NewReaderSize(c, 16<<10),
 		bw:           bufio.NewWriterSize(c, 32<<10),
@@ -207,9 +209,9 @@ func (s *session) close() {
 			}
 		}
 		s.mu.Unlock()
-		s.wmu.Lock()
-		_ = s.client.Close()
-		s.wmu.Unlock()
+		// Closing the accepted connection unblocks a writer stuck on a client
+		// that does not read, and the reader; TLS over it fails with it.
+		_ = s.raw.Close()
 		for _, b := range bs {
 			if b != nil {
 				_ = b.conn.Close()
@@ -220,8 +222,10 @@ func (s *session) close() {
 
 // disconnect sends a Notice of Disconnection and closes the session.
 func (s *session) disconnect(code int, msg string) {
+	// The deadline also unblocks a response write stuck on a client that does
+	// not read, so that wmu comes free.
+	_ = s.raw.SetWriteDeadline(time.Now().Add(time.Second))
 	s.wmu.Lock()
-	_ = s.client.SetWriteDeadline(time.Now().Add(time.Second))
 	_, _ = s.bw.Write(EncodeNoticeOfDisconnection(code, msg))
 	_ = s.bw.Flush()
 	s.wmu.Unlock()
@@ -234,12 +238,12 @@ func (s *session) toClient(raw []byte, flush bool) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	if _, err := s.bw.Write(raw); err != nil {
-		go s.close()
+		s.close()
 		return
 	}
 	if flush {
 		if err := s.bw.Flush(); err != nil {
-			go s.close()
+			s.close()
 		}
 	}
 	s.touch()
