@@ -3,6 +3,7 @@ package ldapfront
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
 	"sync"
@@ -113,6 +114,12 @@ func (c *fakeConn) send(raw []byte) {
 
 func startFake(t *testing.T, handle func(c *fakeConn, p *PDU)) *fakeLDAP {
 	t.Helper()
+	return startFakeTLS(t, handle, nil)
+}
+
+// startFakeTLS is startFake with StartTLS support when tc is set.
+func startFakeTLS(t *testing.T, handle func(c *fakeConn, p *PDU), tc *tls.Config) *fakeLDAP {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -148,6 +155,16 @@ func startFake(t *testing.T, handle func(c *fakeConn, p *PDU)) *fakeLDAP {
 					f.mu.Unlock()
 					if p.Op == OpUnbindRequest {
 						return
+					}
+					if tc != nil && p.Op == OpExtendedRequest && p.ExtOID == OIDStartTLS {
+						fc.send(encodeResult(p.MessageID, OpExtendedResponse, 0, "", "", OIDStartTLS))
+						tconn := tls.Server(c, tc)
+						if err := tconn.Handshake(); err != nil {
+							return
+						}
+						fc = &fakeConn{Conn: tconn}
+						br = bufio.NewReader(tconn)
+						continue
 					}
 					f.handle(fc, p)
 				}
@@ -236,7 +253,13 @@ type rig struct {
 
 func startRig(t *testing.T, replicaH, hubH func(*fakeConn, *PDU), mutate func(*Config)) *rig {
 	t.Helper()
-	r := &rig{replica: startFake(t, replicaH), hub: startFake(t, hubH)}
+	return startRigTLS(t, replicaH, hubH, nil, mutate)
+}
+
+// startRigTLS is startRig with a hub that offers StartTLS with hubTLS.
+func startRigTLS(t *testing.T, replicaH, hubH func(*fakeConn, *PDU), hubTLS *tls.Config, mutate func(*Config)) *rig {
+	t.Helper()
+	r := &rig{replica: startFake(t, replicaH), hub: startFakeTLS(t, hubH, hubTLS)}
 	r.site = &fakeSite{hubUp: true, replicaUp: true, hub: r.hub.url()}
 	cfg := Config{ReplicaURL: r.replica.url(), BaseDN: "dc=example,dc=org"}
 	if mutate != nil {

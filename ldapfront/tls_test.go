@@ -110,3 +110,48 @@ func TestLDAPSListener(t *testing.T) {
 		t.Fatalf("Serve(LDAPS) after Shutdown: %v", err)
 	}
 }
+
+func TestStartTLSToTheHub(t *testing.T) {
+	cert, pool := testCert(t)
+	r := startRigTLS(t, nil, nil, &tls.Config{Certificates: []tls.Certificate{cert}}, func(c *Config) {
+		c.HubStartTLS = true
+		c.HubTLS = &tls.Config{RootCAs: pool}
+	})
+	c := r.client(t)
+	c.send(simpleBind(1, "uid=alice,dc=example,dc=org", "pw"))
+	c.result(1)
+	c.send(modifyReq(2, "cn=x"))
+	if code, diag := c.result(2); code != 0 {
+		t.Fatalf("write over StartTLS to the hub: %d %q", code, diag)
+	}
+	// The fake hub only sees decrypted requests after its handshake: the bind
+	// and the write arrived, so both ran inside TLS (StartTLS is answered by
+	// the fake itself and not recorded as a request to handle).
+	if b := r.hub.requests(OpBindRequest); len(b) != 1 {
+		t.Fatalf("hub binds: %d", len(b))
+	}
+	ext := r.hub.requests(OpExtendedRequest)
+	if len(ext) != 1 || ext[0].ExtOID != OIDStartTLS {
+		t.Fatalf("hub extended requests: %+v", ext)
+	}
+	r.hub.mu.Lock()
+	first := r.hub.seen[0]
+	r.hub.mu.Unlock()
+	if first.ExtOID != OIDStartTLS {
+		t.Fatal("StartTLS was not the first request on the hub connection")
+	}
+
+	// A hub whose certificate is not trusted: the write is refused, not sent in clear.
+	r2 := startRigTLS(t, nil, nil, &tls.Config{Certificates: []tls.Certificate{cert}}, func(c *Config) {
+		c.HubStartTLS = true
+		c.HubTLS = &tls.Config{RootCAs: x509.NewCertPool()}
+	})
+	c2 := r2.client(t)
+	c2.send(modifyReq(1, "cn=x"))
+	if code, _ := c2.result(1); code != ResultUnavailable {
+		t.Fatalf("write with an untrusted hub certificate: %d", code)
+	}
+	if len(r2.hub.requests(OpModifyRequest)) != 0 {
+		t.Fatal("the write reached an untrusted hub")
+	}
+}
