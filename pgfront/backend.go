@@ -1,6 +1,7 @@
 package pgfront
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 // only pid, secretKey, endpoint and hub are read by the cancel path.
 type backendConn struct {
 	conn      net.Conn
+	br        *bufio.Reader // under fe: lets the idle notification watcher peek without consuming
 	fe        *pgproto3.Frontend
 	hub       bool
 	endpoint  string
@@ -63,9 +65,11 @@ func login(ctx context.Context, conn net.Conn, hub bool, endpoint string, params
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
 	defer stop()
 
+	br := bufio.NewReaderSize(conn, 8<<10)
 	b := &backendConn{
 		conn:     conn,
-		fe:       pgproto3.NewFrontend(conn, conn),
+		br:       br,
+		fe:       pgproto3.NewFrontend(br, conn),
 		hub:      hub,
 		endpoint: endpoint,
 		params:   make(map[string]string),

@@ -72,6 +72,8 @@ type Statement struct {
 	// DropsPrepared: DEALLOCATE ALL or DISCARD ALL, which also drop the
 	// protocol-level prepared statements of the backend it runs on.
 	DropsPrepared bool
+	// Listen: a LISTEN (StmtPin), whose notifications the front relays.
+	Listen bool
 }
 
 // Classification is the result for one query string. It is shared through
@@ -350,7 +352,7 @@ func (c *Classifier) statement(toks []token) Statement {
 		}
 		return Statement{Kind: StmtWrite}
 	case "listen":
-		return Statement{Kind: StmtPin}
+		return Statement{Kind: StmtPin, Listen: true}
 	case "prepare":
 		if s.accept("transaction") {
 			return Statement{Kind: StmtWrite}

@@ -176,6 +176,38 @@ print("ok")
 		}
 	})
 
+	t.Run("LISTEN and WaitForNotification", func(t *testing.T) {
+		ctx := ctxT(t)
+		c := f.connect(t, nil)
+		if _, err := c.Exec(ctx, "LISTEN spoke_events"); err != nil {
+			t.Fatal(err)
+		}
+		hub, err := pgx.Connect(ctx, l.HubAppDSN())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer hub.Close(ctx)
+		for i, payload := range []string{"first", "second"} {
+			if _, err := hub.Exec(ctx, "SELECT pg_notify('spoke_events', $1)", payload); err != nil {
+				t.Fatal(err)
+			}
+			wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			n, err := c.WaitForNotification(wctx)
+			cancel()
+			if err != nil {
+				t.Fatalf("notification %d not relayed while idle: %v", i, err)
+			}
+			if n.Channel != "spoke_events" || n.Payload != payload {
+				t.Fatalf("notification %+v, want %q", n, payload)
+			}
+			// The session still answers queries between notifications.
+			var one int
+			if err := c.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil || one != 1 {
+				t.Fatalf("query after a notification: %v", err)
+			}
+		}
+	})
+
 	t.Run("request metrics", func(t *testing.T) {
 		if got := testutil.ToFloat64(f.m.Front.WANBytesToHub); got == 0 {
 			t.Error("no WAN bytes counted")

@@ -73,6 +73,10 @@
 // waiting as soon as the routing core's probes see the hub down (a
 // blackholed link is acknowledged by the WAN and never fails a read).
 //
+// LISTEN pins the session to the hub; while such a session is idle a
+// watcher relays the hub's NotificationResponses (it only peeks while
+// waiting, so stopping it never splits a message).
+//
 // Named prepared statements are prepared on a backend only when a batch
 // there uses them (the client's Parse is kept and injected before the
 // Bind, its ParseComplete dropped); Close of a statement prepared on the
@@ -82,9 +86,6 @@
 //
 //   - Flush without Sync: responses are sent at Sync; a client that sends
 //     Flush and waits (libpq pipeline PQsendFlushRequest) would hang.
-//   - Asynchronous NotificationResponse while the client is idle:
-//     notifications reach the client only with the answer to its next
-//     request (LISTEN pins the session to the hub).
 //   - Reads while the replica is down: a session needs its replica
 //     connection (it is opened at login and its loss ends the session).
 //   - TLS to the hub and a warm hub connection pool: hub connections are

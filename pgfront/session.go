@@ -82,6 +82,7 @@ type session struct {
 	txBegin  string       // the client's BEGIN, replayed on the hub when a lazy transaction moves
 	txLocals []string     // SET LOCAL/SET TRANSACTION run in the replica transaction, replayed on move
 	pinned   bool
+	listens  bool        // LISTEN ran on the hub: relay notifications while idle
 	sets     []string    // session SET/RESET statements, replayed when a hub connection attaches
 	pos      routing.LSN // read-your-writes position; 0 = none
 
@@ -201,7 +202,14 @@ func (s *session) run(ctx context.Context) error {
 	defer stop()
 	var batch []batchMsg
 	for {
+		var stopWatch func()
+		if s.listens && s.hub != nil && s.txOn == nil && len(batch) == 0 {
+			stopWatch = s.watchNotifications(s.hub)
+		}
 		msg, err := s.be.Receive()
+		if stopWatch != nil {
+			stopWatch()
+		}
 		if err != nil {
 			var tooBig *pgproto3.ExceededMaxBodyLenErr
 			if errors.As(err, &tooBig) {
@@ -407,6 +415,7 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 		if k == StmtPin && !s.pinned {
 			s.pin()
 		}
+		s.noteListen(u)
 		if !s.pinned && s.srv.cfg.Consistency != routing.ConsistencyNone {
 			// The end of a hub transaction: learn its commit position.
 			for _, st := range u.class.Stmts {
@@ -428,6 +437,7 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 			p.moveToHub = true
 			if k == StmtPin {
 				s.pin()
+				s.noteListen(u)
 			}
 			return p, nil
 		}
@@ -509,10 +519,66 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 	}
 	if k == StmtPin {
 		s.pin()
+		s.noteListen(u)
 	} else {
 		p.capture = s.srv.cfg.Consistency != routing.ConsistencyNone
 	}
 	return p, nil
+}
+
+// watchNotifications relays NotificationResponses (and other
+// asynchronous messages) that the hub sends while the client is idle. It
+// owns b's reader until the returned stop function returns. The watcher
+// only blocks in Peek, which a read deadline interrupts without losing
+// data; it reads a message only under mu, which stop takes before setting
+// the deadline, so a message is never cut in half.
+func (s *session) watchNotifications(b *backendConn) (stop func()) {
+	var mu sync.Mutex
+	stopped := false
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			if b.fe.ReadBufferLen() == 0 {
+				if _, err := b.br.Peek(1); err != nil {
+					return
+				}
+			}
+			mu.Lock()
+			if stopped {
+				mu.Unlock()
+				return
+			}
+			msg, err := b.fe.Receive()
+			if err != nil {
+				mu.Unlock()
+				return
+			}
+			switch m := msg.(type) {
+			case *pgproto3.NotificationResponse, *pgproto3.NoticeResponse:
+				s.be.Send(m)
+				_ = s.be.Flush()
+			case *pgproto3.ParameterStatus:
+				b.params[m.Name] = m.Value
+			}
+			mu.Unlock()
+		}
+	}()
+	return func() {
+		mu.Lock()
+		stopped = true
+		_ = b.conn.SetReadDeadline(time.Now())
+		mu.Unlock()
+		<-done
+		_ = b.conn.SetReadDeadline(time.Time{})
+	}
+}
+
+// noteListen marks the session as listening when the unit holds a LISTEN.
+func (s *session) noteListen(u *unit) {
+	for _, st := range u.class.Stmts {
+		s.listens = s.listens || st.Listen
+	}
 }
 
 func (s *session) pin() {
