@@ -31,7 +31,7 @@ type front struct {
 	lab  *lab.Lab
 }
 
-func startFront(t *testing.T, l *lab.Lab, mutate func(*Config)) *front {
+func startFront(t testing.TB, l *lab.Lab, mutate func(*Config)) *front {
 	t.Helper()
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	reg := prometheus.NewRegistry()
@@ -82,7 +82,7 @@ func startFront(t *testing.T, l *lab.Lab, mutate func(*Config)) *front {
 }
 
 // waitHub waits until the Site sees the hub up (or down).
-func (f *front) waitHub(t *testing.T, up bool) {
+func (f *front) waitHub(t testing.TB, up bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
@@ -111,7 +111,7 @@ func (f *front) cut(t *testing.T) {
 	f.waitHub(t, false)
 }
 
-func (f *front) dial(t *testing.T, dn, pw string) *ldap.Conn {
+func (f *front) dial(t testing.TB, dn, pw string) *ldap.Conn {
 	t.Helper()
 	c, err := ldap.DialURL(f.url)
 	if err != nil {
@@ -133,7 +133,7 @@ func uniqueName(prefix string) string {
 	return fmt.Sprintf("%s-%d-%d", prefix, time.Now().UnixNano()%1e9, uniq.Add(1))
 }
 
-func searchOne(t *testing.T, c *ldap.Conn, dn string, attrs ...string) *ldap.Entry {
+func searchOne(t testing.TB, c *ldap.Conn, dn string, attrs ...string) *ldap.Entry {
 	t.Helper()
 	res, err := c.Search(ldap.NewSearchRequest(dn, ldap.ScopeBaseObject, ldap.NeverDerefAliases, 0, 0, false, "(objectClass=*)", attrs, nil))
 	if err != nil {
