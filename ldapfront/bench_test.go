@@ -47,7 +47,7 @@ func BenchmarkLabFront(b *testing.B) {
 			dLat = append(dLat, bindSearch(b, directURL))
 		}
 		pm, dm := median(pLat), median(dLat)
-		b.ReportMetric(float64((pm-dm).Microseconds()), "bind+search-added-µs")
+		b.ReportMetric(float64((pm - dm).Microseconds()), "bind+search-added-µs")
 
 		// Modify over a 25 ms WAN: through the proxy vs direct to the provider.
 		if err := l.AddLatency(lab.LinkLDAP, 25*time.Millisecond); err != nil {
