@@ -44,6 +44,21 @@ func (b *backendConn) target() string {
 	return "replica"
 }
 
+// alive reports whether an idle backend connection is still open: an
+// idle backend sends nothing, so anything readable (the FATAL of a
+// shutdown, or EOF) means it is gone. It must only be called between
+// requests, by the goroutine that owns b.
+func (b *backendConn) alive() bool {
+	if b.fe.ReadBufferLen() > 0 {
+		return false
+	}
+	_ = b.conn.SetReadDeadline(time.Now())
+	_, err := b.br.Peek(1)
+	_ = b.conn.SetReadDeadline(time.Time{})
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
 func (b *backendConn) close() {
 	if b == nil {
 		return

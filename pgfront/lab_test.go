@@ -36,8 +36,13 @@ func startFront(t *testing.T, l *lab.Lab, mutate func(*Config)) *front {
 	return startFrontTB(t, l, mutate)
 }
 
-func startFrontTB(t testing.TB, l *lab.Lab, mutate func(*Config)) *front {
+// startFrontTB starts a front; hubs default to the lab's WAN link to
+// the hub primary.
+func startFrontTB(t testing.TB, l *lab.Lab, mutate func(*Config), hubs ...string) *front {
 	t.Helper()
+	if len(hubs) == 0 {
+		hubs = []string{l.WANPGAddr()}
+	}
 	level := slog.LevelWarn
 	if os.Getenv("PGFRONT_TEST_DEBUG") != "" {
 		level = slog.LevelDebug
@@ -47,7 +52,7 @@ func startFrontTB(t testing.TB, l *lab.Lab, mutate func(*Config)) *front {
 	policy := routing.DefaultPolicy()
 	site, err := routing.NewSite(routing.Config{
 		Protocol:      routing.Postgres,
-		Hubs:          []string{l.WANPGAddr()},
+		Hubs:          hubs,
 		Replica:       l.ReplicaPGAddr(),
 		User:          lab.AuthUser,
 		Password:      l.AuthPassword(),

@@ -638,10 +638,16 @@ func (s *session) hubConn(ctx context.Context) (*backendConn, error) {
 		s.dropHub()
 		return nil, err
 	}
+	endpoint := s.srv.site.Snapshot().Hub.Endpoint
+	if s.hub != nil && s.txOn != s.hub && (s.hub.endpoint != endpoint || !s.hub.alive()) {
+		// Between requests the hub connection died (the hub restarted or
+		// failed over): a fresh one costs a login, while a request sent on
+		// the dead one would end as "outcome unknown".
+		s.dropHub()
+	}
 	if s.hub != nil {
 		return s.hub, nil
 	}
-	endpoint := s.srv.site.Snapshot().Hub.Endpoint
 	dctx, cancel := context.WithTimeout(ctx, s.srv.cfg.BackendTimeout)
 	defer cancel()
 	c, err := s.srv.site.DialHub(dctx, endpoint)
