@@ -109,6 +109,14 @@ func (c Config) validate() error {
 	if len(c.Hubs) == 0 {
 		errs = append(errs, errors.New("routing: no hub candidates"))
 	}
+	seen := map[string]bool{}
+	for _, h := range c.Hubs {
+		a, _ := hostPort(h)
+		if seen[a] {
+			errs = append(errs, fmt.Errorf("routing: hub %s listed twice", h))
+		}
+		seen[a] = true
+	}
 	if c.Replica == "" {
 		errs = append(errs, errors.New("routing: no replica"))
 	}

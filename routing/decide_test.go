@@ -118,3 +118,55 @@ func TestReasonAndRouteText(t *testing.T) {
 		t.Error("fallback texts wrong")
 	}
 }
+
+// FuzzDecide checks the contract's invariants over arbitrary states: a
+// write never runs locally and never reaches an unusable hub; nothing is
+// sent to an unusable hub; a read is only served locally by a replica that
+// is up and, unless the policy says none, has the session's position.
+func FuzzDecide(f *testing.F) {
+	f.Add(uint16(0), uint64(100), uint64(50), int64(0))
+	f.Add(uint16(0xffff), uint64(1), uint64(2), int64(time.Hour))
+	f.Fuzz(func(t *testing.T, bits uint16, replicaPos, sessionPos uint64, lag int64) {
+		bit := func(i uint) bool { return bits&(1<<i) != 0 }
+		s := Snapshot{
+			Hub:     HubView{Up: bit(0), Endpoint: "hub", Reason: Reason(int(bits>>8) % (int(ReasonStarting) + 1))},
+			Replica: ReplicaView{Up: bit(1), Lag: time.Duration(lag), LagKnown: bit(2)},
+			Drill:   bit(3),
+		}
+		if bit(4) {
+			s.Replica.Position = LSN(replicaPos)
+		}
+		r := Request{Kind: KindRead, PinnedHub: bit(6), WaitExpired: bit(7)}
+		if bit(5) {
+			r.Kind = KindWrite
+		}
+		if bit(12) {
+			r.SessionPos = LSN(sessionPos)
+		}
+		p := Policy{Consistency: Consistency(int(bits>>13) % 3), OnTimeoutHub: bit(8), ReplicaUnavailableHub: bit(9), MaxLag: time.Minute}
+		d := Decide(s, r, p)
+		hubOK := s.Hub.Up && !s.Drill
+		if d.Route == RouteHub && !hubOK {
+			t.Fatalf("routed to an unusable hub: %+v for %+v %+v", d, s, r)
+		}
+		if (r.Kind == KindWrite || r.PinnedHub) && d.Route != RouteHub && d.Route != RouteRefuse {
+			t.Fatalf("write or pinned request not on the hub: %+v", d)
+		}
+		if (r.Kind == KindWrite || r.PinnedHub) && hubOK != (d.Route == RouteHub) {
+			t.Fatalf("write with hub usable=%v got %+v", hubOK, d)
+		}
+		if d.Route == RouteLocal || d.Route == RouteWaitLocal {
+			if !s.Replica.Up {
+				t.Fatalf("local route with the replica down: %+v", d)
+			}
+		}
+		if d.Route == RouteLocal && p.Consistency != ConsistencyNone && r.SessionPos != nil {
+			if s.Replica.Position == nil || !s.Replica.Position.Covers(r.SessionPos) {
+				t.Fatalf("local read before the session's position: %+v %+v %+v", d, s.Replica, r)
+			}
+		}
+		if d.Route == RouteRefuse && d.Reason == ReasonNone {
+			t.Fatalf("refusal without a reason: %+v", d)
+		}
+	})
+}

@@ -469,6 +469,10 @@ func TestNewSiteValidates(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "protocol") || !strings.Contains(err.Error(), "no hub") || !strings.Contains(err.Error(), "no replica") {
 		t.Fatalf("NewSite of an empty config: %v", err)
 	}
+	_, err = NewSite(Config{Protocol: LDAP, Hubs: []string{"ldap://h:389", "ldap://h"}, Replica: "ldap://r", BaseDN: "dc=x"})
+	if err == nil || !strings.Contains(err.Error(), "listed twice") {
+		t.Fatalf("NewSite with a hub listed twice: %v", err)
+	}
 }
 
 // After a failed probe of an UP endpoint the next probe comes at once (so a
