@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -427,6 +428,7 @@ spokeproxy_replication_lag_seconds{protocol="pg"} 0
 
 // Run drives the probes on its own and stops with its context.
 func TestSiteRun(t *testing.T) {
+	before := runtime.NumGoroutine()
 	fs := newFakeSite(t, Postgres, "hub:5432")
 	fs.cfg.ProbeInterval = 10 * time.Millisecond
 	fs.probers["hub:5432"].set(ProbeResult{Writable: true, Position: LSN(10)}, nil)
@@ -461,6 +463,13 @@ func TestSiteRun(t *testing.T) {
 			t.Errorf("%s: closed %v after %d probes", addr, p.closed, p.probes)
 		}
 		p.mu.Unlock()
+	}
+	// No probe goroutine outlives Run (the helpers above have returned too).
+	for i := 0; runtime.NumGoroutine() > before; i++ {
+		if i > 1000 {
+			t.Fatalf("%d goroutines after Run returned, %d before", runtime.NumGoroutine(), before)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 
