@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/spokeproxy/spokeproxy/lab"
+	"github.com/spokeproxy/spokeproxy/routing"
 )
 
 // runTool runs a command-line client and returns its output and exit code.
@@ -59,7 +60,10 @@ func wantRefused(t *testing.T, hubURL string, stdin string, name string, args ..
 // with the link up and cut.
 func TestLabLDAPUtils(t *testing.T) {
 	l := lab.ForTest(t, lab.Options{})
-	f := startFront(t, l, nil)
+	// Every tool run is its own connection, so a later command reading what an
+	// earlier one wrote needs the site guarantee (the write acknowledged once
+	// the local replica has it), not the per-session one.
+	f := startFront(t, l, func(c *Config) { c.Consistency = routing.ConsistencySite })
 	H := []string{"-x", "-H", f.url}
 	admin := append(append([]string{}, H...), "-D", lab.AdminDN, "-w", l.AdminPassword())
 	alice := append(append([]string{}, H...), "-D", lab.UserDN, "-w", lab.UserPassword)
