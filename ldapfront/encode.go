@@ -88,12 +88,16 @@ func existingControls(pkt *ber.Packet) []*ber.Packet {
 
 // WithControls returns the request's bytes with cs appended to its controls.
 // The request must have been read by ReadPDU.
-func (p *PDU) WithControls(cs ...Control) []byte {
-	all := existingControls(p.packet)
+func (p *PDU) WithControls(cs ...Control) ([]byte, error) {
+	pkt, err := p.decoded()
+	if err != nil {
+		return nil, err
+	}
+	all := existingControls(pkt)
 	for _, c := range cs {
 		all = append(all, encodeControl(c))
 	}
-	return rebuild(p.packet, all)
+	return rebuild(pkt, all), nil
 }
 
 // postReadControl asks for entryCSN in the post-read entry (RFC 4527):

@@ -193,7 +193,7 @@ func (f *fakeLDAP) requests(op Op) []*PDU {
 func defaultHandler(c *fakeConn, p *PDU) {
 	switch p.Op {
 	case OpSearchRequest:
-		if p.packet.Children[1].Children[0].Data.String() == "" { // root DSE
+		if searchBase(p) == "" { // root DSE
 			c.send(entryMsg(p.MessageID, "", "supportedControl", OIDSyncRequest))
 		} else {
 			c.send(entryMsg(p.MessageID, "cn=x", "cn", "x"))
@@ -371,4 +371,13 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// searchBase returns a SearchRequest's baseObject.
+func searchBase(p *PDU) string {
+	pkt, err := p.decoded()
+	if err != nil || len(pkt.Children[1].Children) == 0 {
+		return "<malformed>"
+	}
+	return pkt.Children[1].Children[0].Data.String()
 }

@@ -11,7 +11,7 @@ import (
 // FuzzReadPDU checks that no input panics the framer or the decoder, that an
 // accepted message's Raw is exactly the bytes consumed, and that re-encoding an
 // accepted message (as the relay does when it adds a control) decodes to the same
-// routing view.
+// routing view, whether the light or the full decoder read it.
 func FuzzReadPDU(f *testing.F) {
 	for _, s := range [][]byte{
 		simpleBind(1, "uid=alice,ou=people,dc=example,dc=org", "pw"),
@@ -45,7 +45,11 @@ func FuzzReadPDU(f *testing.F) {
 		if _, err := peekResponse(p.Raw); err != nil {
 			t.Fatalf("peekResponse rejects an accepted message: %v", err)
 		}
-		again, err := DecodePDU(rebuild(p.packet, existingControls(p.packet)))
+		pkt, err := p.decoded()
+		if err != nil {
+			return // a light-decoded op whose body is not BER: relayed unchanged, the server answers
+		}
+		again, err := DecodePDU(rebuild(pkt, existingControls(pkt)))
 		if err != nil {
 			t.Fatalf("re-encoded message does not decode: %v", err)
 		}

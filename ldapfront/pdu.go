@@ -261,8 +261,19 @@ func ReadPDU(r *bufio.Reader, max int64) (*PDU, error) {
 	return DecodePDU(raw)
 }
 
-// DecodePDU decodes one complete LDAPMessage held in raw.
+// DecodePDU decodes one complete LDAPMessage held in raw. Search, Compare,
+// Add, Modify and ModifyDN requests, the bulk of the traffic, are decoded only
+// down to their controls (the servers validate their bodies); every other
+// message is decoded whole.
 func DecodePDU(raw []byte) (*PDU, error) {
+	if p, ok, err := decodeLight(raw); ok || err != nil {
+		return p, err
+	}
+	// LDAP's tags are all in the low-tag-number form; the header walk rejects
+	// the high-tag form ber would accept for the same number.
+	if _, err := peekResponse(raw); err != nil {
+		return nil, err
+	}
 	pkt, err := ber.DecodePacketErr(raw)
 	if err != nil {
 		return nil, malformed("bad BER", err)
@@ -416,6 +427,77 @@ func (p *PDU) decodeOp(op *ber.Packet) error {
 		}
 	}
 	return nil
+}
+
+// lightOps are the requests DecodePDU does not decode beyond their controls.
+func lightOp(tag byte) bool {
+	switch Op(tag & 0x1f) {
+	case OpSearchRequest, OpCompareRequest, OpAddRequest, OpModifyRequest, OpModifyDNRequest:
+		return tag&0xe0 == 0x60 // application, constructed
+	}
+	return false
+}
+
+// decodeLight walks the TLV headers of a message whose op is one of lightOp:
+// messageID, the op's extent, and the controls, decoded with ber. ok is false
+// for other ops, which the caller decodes whole.
+func decodeLight(raw []byte) (p *PDU, ok bool, err error) {
+	_, cs, ce, err := tlv(raw, 0)
+	if err != nil || ce != len(raw) {
+		return nil, false, nil // let the full decoder report it
+	}
+	tag, is, ie, err := tlv(raw, cs)
+	if err != nil || tag != 0x02 || ie == is || ie-is > 5 || ie >= ce || !lightOp(raw[ie]) {
+		return nil, false, nil
+	}
+	id, err := ber.ParseInt64(raw[is:ie])
+	if err != nil || id < 0 || id > math.MaxInt32 {
+		return nil, true, malformed("messageID out of range", err)
+	}
+	_, _, oe, err := tlv(raw, ie)
+	if err != nil || oe > ce {
+		return nil, true, malformed("protocolOp length", err)
+	}
+	p = &PDU{Raw: raw, MessageID: id, Op: Op(raw[ie] & 0x1f)}
+	if oe == ce {
+		return p, true, nil
+	}
+	if raw[oe] != 0xa0 {
+		return nil, true, malformed("third element is not controls [0]", nil)
+	}
+	_, _, ctlEnd, err := tlv(raw, oe)
+	if err != nil || ctlEnd != ce {
+		return nil, true, malformed("controls length", err)
+	}
+	cp, err := ber.DecodePacketErr(raw[oe:ce])
+	if err != nil {
+		return nil, true, malformed("bad BER in controls", err)
+	}
+	for _, c := range cp.Children {
+		ctl, err := decodeControl(c)
+		if err != nil {
+			return nil, true, err
+		}
+		p.Controls = append(p.Controls, ctl)
+	}
+	return p, true, nil
+}
+
+// decoded returns the whole decoded message, decoding it now if DecodePDU
+// took the light path.
+func (p *PDU) decoded() (*ber.Packet, error) {
+	if p.packet != nil {
+		return p.packet, nil
+	}
+	pkt, err := ber.DecodePacketErr(p.Raw)
+	if err != nil {
+		return nil, malformed("bad BER", err)
+	}
+	if len(pkt.Children) < 2 {
+		return nil, malformed("message has too few elements", nil)
+	}
+	p.packet = pkt
+	return pkt, nil
 }
 
 // decodeCancelValue decodes cancelRequestValue ::= SEQUENCE { cancelID MessageID } (RFC 3909).

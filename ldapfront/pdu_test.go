@@ -122,6 +122,8 @@ func TestReadPDUDecodes(t *testing.T) {
 			PDU{MessageID: 2147483647, Op: OpDelRequest, Controls: []Control{crit, val}}},
 		{"unbind", unbind(9), PDU{MessageID: 9, Op: OpUnbindRequest}},
 		{"search", searchReq(10, "dc=example,dc=org"), PDU{MessageID: 10, Op: OpSearchRequest}},
+		{"search with controls (light path)", searchReq(11, "dc=x", crit, val), PDU{MessageID: 11, Op: OpSearchRequest, Controls: []Control{crit, val}}},
+		{"modify with controls (light path)", modifyReq(12, "cn=x", val), PDU{MessageID: 12, Op: OpModifyRequest, Controls: []Control{val}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -218,6 +220,10 @@ func TestReadPDUMalformed(t *testing.T) {
 		{"cancel without value", extended(1, OIDCancel, nil)},
 		{"cancel bad value", extended(1, OIDCancel, []byte{0x04, 0x00})},
 		{"bind bad choice", bindWithChoice(0x81)},
+		{"search then junk", append([]byte{0x30, byte(len(searchReq(1, "x")) - 2 + 2)}, append(searchReq(1, "x")[2:], 0x04, 0x00)...)},
+		{"search with bad controls", append([]byte{0x30, byte(len(searchReq(1, "x")) - 2 + 4)}, append(searchReq(1, "x")[2:], 0xa0, 0x02, 0x04, 0x00)...)},
+		{"search id too large", []byte{0x30, 0x09, 0x02, 0x05, 0x01, 0x00, 0x00, 0x00, 0x00, 0x63, 0x00}},
+		{"search op beyond message", []byte{0x30, 0x05, 0x02, 0x01, 0x01, 0x63, 0x05}},
 		{"abandon constructed", []byte{0x30, 0x07, 0x02, 0x01, 0x01, 0x70, 0x02, 0x02, 0x00}},
 	}
 	for _, tt := range tests {
@@ -318,7 +324,11 @@ func TestWithControlAndPostReadSplit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := read1(t, req.WithControls(postReadControl()), 1<<20)
+	withPR, err := req.WithControls(postReadControl())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := read1(t, withPR, 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -376,7 +386,11 @@ func TestProxiedAuthzControl(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := read1(t, req.WithControls(proxiedAuthzControl("uid=bob,dc=example,dc=org")), 1<<20)
+	withPA, err := req.WithControls(proxiedAuthzControl("uid=bob,dc=example,dc=org"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := read1(t, withPA, 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -77,7 +77,7 @@ func TestRoutingByOp(t *testing.T) {
 
 func TestSyncSearchFollowsReplicaRootDSE(t *testing.T) {
 	noSync := func(c *fakeConn, p *PDU) {
-		if p.Op == OpSearchRequest && p.packet.Children[1].Children[0].Data.String() == "" {
+		if p.Op == OpSearchRequest && searchBase(p) == "" {
 			c.send(entryMsg(p.MessageID, "", "supportedControl", "1.2.840.113556.1.4.319"))
 			c.send(encodeResult(p.MessageID, OpSearchResultDone, 0, "", "", ""))
 			return
@@ -443,7 +443,7 @@ func TestMaxConnections(t *testing.T) {
 
 func TestIdleTimeoutClosesOnlyIdleConnections(t *testing.T) {
 	hold := func(c *fakeConn, p *PDU) {
-		if p.Op == OpSearchRequest && p.packet.Children[1].Children[0].Data.String() == "ou=persist" {
+		if p.Op == OpSearchRequest && searchBase(p) == "ou=persist" {
 			c.send(entryMsg(p.MessageID, "cn=x", "cn", "x")) // a persistent search: entries, no end
 			return
 		}
@@ -502,7 +502,7 @@ func TestReplicaDownReadsGoToTheHub(t *testing.T) {
 func TestShutdownWithAClientThatDoesNotRead(t *testing.T) {
 	big := strings.Repeat("x", 4096)
 	flood := func(c *fakeConn, p *PDU) {
-		if p.Op == OpSearchRequest && p.packet.Children[1].Children[0].Data.String() == "ou=flood" {
+		if p.Op == OpSearchRequest && searchBase(p) == "ou=flood" {
 			for range 5000 { // 20 MB: far beyond the socket buffers
 				c.send(entryMsg(p.MessageID, "cn=x", "description", big))
 			}

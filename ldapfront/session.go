@@ -449,7 +449,13 @@ func (s *session) forward(p *PDU) {
 		extra = append(extra, Control{OID: OIDProxiedAuthz, Critical: true, Value: []byte(ident.authzID), HasValue: true})
 	}
 	if len(extra) > 0 {
-		raw = p.WithControls(extra...)
+		var err error
+		if raw, err = p.WithControls(extra...); err != nil {
+			// The body is not valid BER: let the hub say so, unchanged.
+			s.log.Warn("cannot add controls to a request; relaying it unchanged", "err", err)
+			raw, o.postRead = p.Raw, false
+			o.needCSN = o.write && s.srv.cfg.Consistency != routing.ConsistencyNone
+		}
 	}
 	s.send(o, raw, p, kind, d)
 }
