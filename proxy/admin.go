@@ -5,6 +5,8 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -15,9 +17,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// Admin is the admin HTTP API: /metrics, /healthz, /readyz and /status.
-// Its hooks are documented function fields; a nil hook gives that
-// endpoint's neutral answer.
+// Admin is the admin HTTP API: /metrics, /healthz, /readyz, /status and
+// the drill controls (/drill). Its hooks are documented function fields; a
+// nil hook gives that endpoint's neutral answer (drills: 501).
 type Admin struct {
 	// Gatherer is what /metrics exposes; never the global registry.
 	Gatherer prometheus.Gatherer
@@ -26,6 +28,13 @@ type Admin struct {
 	// Ready returns nil when the site can serve reads; its error text is
 	// /readyz's answer otherwise.
 	Ready func() error
+	// StartDrill forces the hub down for protocol ("pg", "ldap" or "both")
+	// for d (Server.StartDrill); a *DrillError is the caller's mistake.
+	StartDrill func(protocol string, d time.Duration) ([]DrillState, error)
+	// StopDrill ends protocol's drill early (Server.StopDrill).
+	StopDrill func(protocol string) ([]DrillState, error)
+	// Drills reports every protocol's drill for GET /drill.
+	Drills func() []DrillState
 	// Token, when set, is the bearer token that state-changing endpoints
 	// (drills) require.
 	Token  string
@@ -60,7 +69,132 @@ func (a *Admin) Handler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, body)
 	})
+	mux.HandleFunc("GET /drill", func(w http.ResponseWriter, r *http.Request) {
+		if a.Drills == nil {
+			writeJSON(w, http.StatusNotImplemented, map[string]string{"error": "drills are not available"})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"drills": a.Drills()})
+	})
+	mux.HandleFunc("POST /drill", a.startDrill)
+	mux.HandleFunc("DELETE /drill", a.stopDrill)
+	mux.HandleFunc("POST /drill/stop", a.stopDrill)
 	return mux
+}
+
+// drillRequest is the body of POST /drill: JSON
+// {"protocol":"both","duration":"5m"}, or the same keys as form values or
+// query parameters. DELETE /drill and POST /drill/stop read only protocol.
+type drillRequest struct {
+	Protocol string `json:"protocol"`
+	Duration string `json:"duration"`
+}
+
+// maxAdminBody bounds what the admin API reads from a request body.
+const maxAdminBody = 64 << 10
+
+func readDrillRequest(r *http.Request) (drillRequest, error) {
+	var req drillRequest
+	r.Body = http.MaxBytesReader(nil, r.Body, maxAdminBody)
+	if ct, _, _ := strings.Cut(r.Header.Get("Content-Type"), ";"); strings.TrimSpace(ct) == "application/json" {
+		dec := json.NewDecoder(r.Body)
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil && !errors.Is(err, io.EOF) {
+			return req, &DrillError{Problem: "request body: " + err.Error()}
+		}
+		return req, nil
+	}
+	if err := r.ParseForm(); err != nil {
+		return req, &DrillError{Problem: "request form: " + err.Error()}
+	}
+	req.Protocol, req.Duration = r.Form.Get("protocol"), r.Form.Get("duration")
+	return req, nil
+}
+
+func (a *Admin) startDrill(w http.ResponseWriter, r *http.Request) {
+	if !a.checkToken(w, r) {
+		return
+	}
+	if a.StartDrill == nil {
+		writeJSON(w, http.StatusNotImplemented, map[string]string{"error": "drills are not available"})
+		return
+	}
+	req, err := readDrillRequest(r)
+	if err == nil && req.Duration == "" {
+		err = &DrillError{Problem: "duration is required (for example 5m), so that a drill always ends by itself"}
+	}
+	var d time.Duration
+	if err == nil {
+		if d, err = time.ParseDuration(req.Duration); err != nil {
+			err = &DrillError{Problem: fmt.Sprintf("duration %q: %v", req.Duration, err)}
+		}
+	}
+	var states []DrillState
+	if err == nil {
+		states, err = a.StartDrill(req.Protocol, d)
+	}
+	if err != nil {
+		a.drillFailed(w, err)
+		return
+	}
+	a.logger().Warn("drill started by the admin API: writes are refused until it ends",
+		"protocol", orBoth(req.Protocol), "duration", d.String(), "client", r.RemoteAddr)
+	writeJSON(w, http.StatusOK, map[string]any{"drills": states})
+}
+
+func (a *Admin) stopDrill(w http.ResponseWriter, r *http.Request) {
+	if !a.checkToken(w, r) {
+		return
+	}
+	if a.StopDrill == nil {
+		writeJSON(w, http.StatusNotImplemented, map[string]string{"error": "drills are not available"})
+		return
+	}
+	req, err := readDrillRequest(r)
+	var states []DrillState
+	if err == nil {
+		states, err = a.StopDrill(req.Protocol)
+	}
+	if err != nil {
+		a.drillFailed(w, err)
+		return
+	}
+	a.logger().Info("drill stopped by the admin API", "protocol", orBoth(req.Protocol), "client", r.RemoteAddr)
+	writeJSON(w, http.StatusOK, map[string]any{"drills": states})
+}
+
+func (a *Admin) drillFailed(w http.ResponseWriter, err error) {
+	code := http.StatusInternalServerError
+	if IsDrillError(err) {
+		code = http.StatusBadRequest
+	}
+	writeJSON(w, code, map[string]string{"error": err.Error()})
+}
+
+// checkToken answers 401 and returns false when the request lacks the
+// bearer token.
+func (a *Admin) checkToken(w http.ResponseWriter, r *http.Request) bool {
+	if a.authorized(r) {
+		return true
+	}
+	w.Header().Set("WWW-Authenticate", `Bearer realm="spokeproxy admin"`)
+	writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "a valid bearer token (admin.token_file) is required"})
+	a.logger().Warn("admin request without a valid token refused", "path", r.URL.Path, "client", r.RemoteAddr)
+	return false
+}
+
+func (a *Admin) logger() *slog.Logger {
+	if a.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return a.Logger
+}
+
+func orBoth(protocol string) string {
+	if protocol == "" {
+		return "both"
+	}
+	return protocol
 }
 
 // authorized checks the bearer token of a state-changing request.

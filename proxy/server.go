@@ -154,11 +154,14 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 	}
 	admin := &Admin{
-		Gatherer: s.reg,
-		Status:   s.status,
-		Ready:    s.ready,
-		Token:    token,
-		Logger:   s.logger,
+		Gatherer:   s.reg,
+		Status:     s.status,
+		Ready:      s.ready,
+		StartDrill: s.StartDrill,
+		StopDrill:  s.StopDrill,
+		Drills:     s.drillStates,
+		Token:      token,
+		Logger:     s.logger,
 	}
 	s.run(func() error { return ServeAdmin(runCtx, adminLn, admin.Handler(), s.logger) })
 	s.logger.Info("serving", "admin", s.addrs.Admin, "pg", s.addrs.Postgres, "ldap", s.addrs.LDAP)

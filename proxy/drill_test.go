@@ -1,0 +1,262 @@
+package proxy_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-ldap/ldap/v3"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/spokeproxy/spokeproxy/lab"
+	"github.com/spokeproxy/spokeproxy/proxy"
+)
+
+// unstartedServer builds a site whose backends do not exist; drills need
+// no running probes.
+func unstartedServer(t *testing.T, withLDAP bool) *proxy.Server {
+	t.Helper()
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "pw"), []byte("x\n"), 0o600)
+	src := `
+site: s
+admin: {listen: "127.0.0.1:0"}
+postgres:
+  listen: "127.0.0.1:0"
+  replica: {address: "127.0.0.1:1"}
+  hubs: [{address: "127.0.0.1:2"}]
+  auth: {password_file: pw}
+`
+	if withLDAP {
+		src += `
+ldap:
+  listen: "127.0.0.1:0"
+  base_dn: dc=example,dc=org
+  replica: {url: "ldap://127.0.0.1:3"}
+  hubs: [{url: "ldap://127.0.0.1:4"}]
+`
+	}
+	cfg, err := proxy.ParseConfig(filepath.Join(dir, "c.yaml"), []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := proxy.New(cfg, proxy.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv
+}
+
+func TestStartDrillValidates(t *testing.T) {
+	srv := unstartedServer(t, false)
+	for _, bad := range []struct {
+		protocol string
+		d        time.Duration
+		want     string
+	}{
+		{"pg", 0, "positive duration"},
+		{"pg", -time.Minute, "positive duration"},
+		{"pg", proxy.MaxDrill + time.Second, "longer than the maximum"},
+		{"ldap", time.Minute, `"ldap" is not configured`},
+		{"smtp", time.Minute, "want pg, ldap or both"},
+	} {
+		_, err := srv.StartDrill(bad.protocol, bad.d)
+		if !proxy.IsDrillError(err) || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("StartDrill(%q, %s) = %v, want a DrillError mentioning %q", bad.protocol, bad.d, err, bad.want)
+		}
+	}
+	states, err := srv.StartDrill("pg", time.Minute)
+	if err != nil || len(states) != 1 || !states[0].Active || time.Until(states[0].Until) < 50*time.Second {
+		t.Fatalf("StartDrill(pg, 1m) = %+v, %v", states, err)
+	}
+	states, err = srv.StopDrill("pg")
+	if err != nil || states[0].Active {
+		t.Fatalf("StopDrill(pg) = %+v, %v", states, err)
+	}
+}
+
+func TestStartDrillBothProtocols(t *testing.T) {
+	srv := unstartedServer(t, true)
+	states, err := srv.StartDrill("", time.Minute)
+	if err != nil || len(states) != 2 || !states[0].Active || !states[1].Active {
+		t.Fatalf("StartDrill(both) = %+v, %v", states, err)
+	}
+	states, _ = srv.StopDrill("ldap")
+	for _, s := range states {
+		if s.Active != (s.Protocol == "pg") {
+			t.Errorf("after stopping ldap's drill: %+v", states)
+		}
+	}
+}
+
+// TestDrillAgainstTheLab starts a drill through the admin API of a site in
+// front of the lab: writes are refused exactly as with a cut link (25006,
+// 52), reads go on, metrics and /status say so, and the drill ends by
+// itself. The live /metrics scrape must pass `promtool check metrics`.
+func TestDrillAgainstTheLab(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs PostgreSQL and slapd")
+	}
+	promtool := mustPromtool(t)
+	l := lab.ForTest(t, lab.Options{})
+	path := filepath.Join(l.Dir(), "spokeproxy.yaml")
+	if err := os.WriteFile(path, l.ProxyConfigYAML("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tokenFile := filepath.Join(l.Dir(), "admin.token")
+	if err := os.WriteFile(tokenFile, []byte("drill-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := proxy.LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Admin.TokenFile = tokenFile
+	reg := prometheus.NewRegistry()
+	srv, err := proxy.New(cfg, proxy.Options{Registry: reg, Version: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := srv.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		sctx, c := context.WithTimeout(context.Background(), 10*time.Second)
+		defer c()
+		srv.Shutdown(sctx)
+	})
+	addrs := srv.Addrs()
+	admin := "http://" + addrs.Admin
+	hubsUp := func() bool {
+		return gauge(t, reg, "spokeproxy_hub_up", "pg") == 1 && gauge(t, reg, "spokeproxy_hub_up", "ldap") == 1
+	}
+	waitFor(t, "both hubs up", hubsUp)
+
+	pg, err := pgx.Connect(ctx, "postgres://app:apppass@"+addrs.Postgres+"/appdb?sslmode=disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pg.Close(context.Background())
+	ld, err := ldap.DialURL("ldap://" + addrs.LDAP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ld.Close()
+	if err := ld.Bind(lab.UserDN, lab.UserPassword); err != nil {
+		t.Fatal(err)
+	}
+
+	post := func(token, body string) int {
+		req, _ := http.NewRequest("POST", admin+"/drill", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := post("", `{"protocol":"both","duration":"3s"}`); code != 401 {
+		t.Fatalf("drill without the token = %d, want 401", code)
+	}
+	if !hubsUp() {
+		t.Fatal("an unauthorized drill request changed the hub state")
+	}
+	refusedPG := counter(t, reg, "spokeproxy_writes_refused_total", "pg")
+	refusedLDAP := counter(t, reg, "spokeproxy_writes_refused_total", "ldap")
+	started := time.Now()
+	if code := post("drill-token", `{"protocol":"both","duration":"3s"}`); code != 200 {
+		t.Fatalf("POST /drill = %d", code)
+	}
+	for _, p := range []string{"pg", "ldap"} {
+		if g := gauge(t, reg, "spokeproxy_drill_active", p); g != 1 {
+			t.Errorf("spokeproxy_drill_active{protocol=%s} = %v during the drill", p, g)
+		}
+		if g := gauge(t, reg, "spokeproxy_hub_up", p); g != 0 {
+			t.Errorf("spokeproxy_hub_up{protocol=%s} = %v during the drill", p, g)
+		}
+	}
+	_, err = pg.Exec(ctx, "INSERT INTO notes(account_id, body) VALUES (1, 'drill')")
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "25006" || !strings.Contains(pgErr.Message, "read-only") {
+		t.Errorf("write during the drill: %v, want SQLSTATE 25006 saying read-only", err)
+	}
+	var n int
+	if err := pg.QueryRow(ctx, "SELECT count(*) FROM accounts").Scan(&n); err != nil || n == 0 {
+		t.Errorf("read during the drill: %d, %v", n, err)
+	}
+	modify := ldap.NewModifyRequest(lab.UserDN, nil)
+	modify.Replace("description", []string{"drill"})
+	if err := ld.Modify(modify); !ldap.IsErrorWithCode(err, ldap.LDAPResultUnavailable) {
+		t.Errorf("LDAP write during the drill: %v, want 52", err)
+	}
+	if _, err := ld.Search(ldap.NewSearchRequest(lab.UserDN, ldap.ScopeBaseObject, ldap.NeverDerefAliases, 0, 0, false,
+		"(objectClass=*)", []string{"cn"}, nil)); err != nil {
+		t.Errorf("LDAP read during the drill: %v", err)
+	}
+	if got := counter(t, reg, "spokeproxy_writes_refused_total", "pg"); got != refusedPG+1 {
+		t.Errorf("writes_refused_total{pg} went %v -> %v, want +1", refusedPG, got)
+	}
+	if got := counter(t, reg, "spokeproxy_writes_refused_total", "ldap"); got != refusedLDAP+1 {
+		t.Errorf("writes_refused_total{ldap} went %v -> %v, want +1", refusedLDAP, got)
+	}
+	if _, body := httpGet(t, admin+"/status"); strings.Count(body, `"active": true`) != 2 {
+		t.Errorf("/status does not show both drills active:\n%s", body)
+	}
+	if code, body := httpGet(t, admin+"/readyz"); code != 200 {
+		t.Errorf("/readyz during a drill = %d %q: reads are served", code, body)
+	}
+
+	// The live scrape, mid-drill, is what promtool checks.
+	_, scrape := httpGet(t, admin+"/metrics")
+	check := exec.Command(promtool, "check", "metrics")
+	check.Stdin = strings.NewReader(scrape)
+	var out bytes.Buffer
+	check.Stdout, check.Stderr = &out, &out
+	if err := check.Run(); err != nil {
+		t.Errorf("promtool check metrics: %v\n%s", err, out.String())
+	}
+
+	// Nobody stops it: it ends by itself.
+	waitFor(t, "the drill to end by itself", hubsUp)
+	ended := time.Since(started)
+	t.Logf("drill of 3s ended by itself after %s", ended.Round(time.Millisecond))
+	if ended < 3*time.Second-50*time.Millisecond {
+		t.Errorf("drill ended after %s, before its 3s", ended)
+	}
+	if g := gauge(t, reg, "spokeproxy_drill_active", "pg"); g != 0 {
+		t.Errorf("spokeproxy_drill_active{protocol=pg} = %v after the drill", g)
+	}
+	if _, err := pg.Exec(ctx, "INSERT INTO notes(account_id, body) VALUES (1, 'after the drill')"); err != nil {
+		t.Errorf("write after the drill: %v", err)
+	}
+	modify.Replace("description", []string{"after the drill"})
+	if err := ld.Modify(modify); err != nil {
+		t.Errorf("LDAP write after the drill: %v", err)
+	}
+}
+
+// mustPromtool finds promtool (Debian's prometheus package, installed by
+// make test-prereqs) or fails the test loudly.
+func mustPromtool(t *testing.T) string {
+	t.Helper()
+	p, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Fatalf("promtool not found (%v): install Debian's prometheus package, or run make test-prereqs", err)
+	}
+	return p
+}
