@@ -52,8 +52,13 @@ type Config struct {
 	FastPollInterval time.Duration // replica polls while someone waits in WaitFor; default 5ms
 	DownAfter        int           // default 2
 	UpAfter          int           // default 2
-	TCPKeepAlive     time.Duration // keepalive idle time on WAN connections; default 5s
-	TCPUserTimeout   time.Duration // TCP_USER_TIMEOUT on WAN connections; default 3s
+	// FlapWindow: each UP->DOWN transition of an endpoint within this window
+	// beyond the first doubles the successes it needs to come back UP (at
+	// most 8 x UpAfter), so a flapping link does not flap the site. Default
+	// 10s; negative disables damping.
+	FlapWindow     time.Duration
+	TCPKeepAlive   time.Duration // keepalive idle time on WAN connections; default 5s
+	TCPUserTimeout time.Duration // TCP_USER_TIMEOUT on WAN connections; default 3s
 
 	Policy Policy
 
@@ -80,6 +85,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.UpAfter <= 0 {
 		c.UpAfter = 2
+	}
+	if c.FlapWindow == 0 {
+		c.FlapWindow = 10 * time.Second
 	}
 	if c.TCPKeepAlive <= 0 {
 		c.TCPKeepAlive = 5 * time.Second

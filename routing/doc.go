@@ -21,7 +21,10 @@
 // PostgreSQL `SELECT pg_is_in_recovery(), <WAL position>`, LDAP a base
 // search of the suffix for contextCSN. Never a TCP connect: a blackholed WAN
 // link still accepts TCP at a middlebox. Each endpoint has a hysteresis state
-// machine (DownAfter failures, UpAfter successes, see link). After a failure
+// machine (DownAfter failures, UpAfter successes, see link) with flap
+// damping: repeated flaps within Config.FlapWindow double the successes a
+// DOWN endpoint needs (up to 8 x UpAfter), so a flapping link does not flap
+// the site, while a single outage still recovers after UpAfter. After a failure
 // of an UP endpoint the next probe follows at once, so a silent link is
 // confirmed within about two probe timeouts; otherwise probes come every
 // ProbeInterval. A front that sees a hub connection fail calls

@@ -110,7 +110,7 @@ func NewSite(cfg Config) (*Site, error) {
 	s.hubReason = ReasonStarting
 	s.hubEndpoint = cfg.Hubs[0]
 	mk := func(t Target, addr string) *endpoint {
-		ep := &endpoint{target: t, addr: addr, kick: make(chan struct{}, 1), link: newLink(cfg.DownAfter, cfg.UpAfter, now)}
+		ep := &endpoint{target: t, addr: addr, kick: make(chan struct{}, 1), link: newLink(cfg.DownAfter, cfg.UpAfter, cfg.FlapWindow, now)}
 		if cfg.NewProber != nil {
 			ep.prober = cfg.NewProber(t, addr)
 		} else if cfg.Protocol == Postgres {

@@ -52,6 +52,9 @@ type EndpointStatus struct {
 	LastErrorAt   time.Time `json:"last_error_at,omitzero"`
 	ConsecFails   int       `json:"consecutive_failures"`
 	ConsecSuccess int       `json:"consecutive_successes"`
+	// SuccessesNeeded is what a DOWN endpoint needs to come back UP now
+	// (more than up_after while flap damping holds it down).
+	SuccessesNeeded int `json:"successes_needed,omitempty"`
 }
 
 // Status returns every endpoint's state, positions and lag.
@@ -98,6 +101,9 @@ func (s *Site) Status() Status {
 			LastErrorAt:   ep.link.errAt,
 			ConsecFails:   ep.link.fails,
 			ConsecSuccess: ep.link.oks,
+		}
+		if ep.link.state == StateDown {
+			e.SuccessesNeeded = ep.link.needUp(now)
 		}
 		if ep.pos != nil {
 			e.Position = ep.pos.String()
