@@ -521,3 +521,19 @@ func TestShutdownWithAClientThatDoesNotRead(t *testing.T) {
 		t.Fatalf("Shutdown took %v with a stuck client", took)
 	}
 }
+
+func TestUnbindClosesBothSides(t *testing.T) {
+	r := startRig(t, nil, nil, nil)
+	c := r.client(t)
+	c.send(simpleBind(1, "uid=alice,dc=example,dc=org", "pw"))
+	c.result(1)
+	c.send(modifyReq(2, "cn=x"))
+	c.result(2)
+	c.send(unbind(3))
+	if got := c.expectClosed(); len(got) != 0 {
+		t.Fatalf("messages after unbind: %+v", got)
+	}
+	waitUntil(t, "unbind at both servers", func() bool {
+		return len(r.replica.requests(OpUnbindRequest)) == 1 && len(r.hub.requests(OpUnbindRequest)) == 1
+	})
+}

@@ -259,6 +259,16 @@ func (s *session) reply(req *PDU, code int, diag string) {
 func (s *session) handle(p *PDU) bool {
 	switch p.Op {
 	case OpUnbindRequest:
+		// Unbind ends both sides: pass it on so the servers log a clean end.
+		s.mu.Lock()
+		bs := []*backend{s.replica, s.hub}
+		s.mu.Unlock()
+		for _, b := range bs {
+			if b != nil {
+				_ = b.conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+				_ = b.send(p.Raw, s.metrics())
+			}
+		}
 		return false
 	case OpAbandonRequest:
 		s.abandon(p)
