@@ -189,6 +189,9 @@ func TestDrillAgainstTheLab(t *testing.T) {
 		if g := gauge(t, reg, "spokeproxy_hub_up", p); g != 0 {
 			t.Errorf("spokeproxy_hub_up{protocol=%s} = %v during the drill", p, g)
 		}
+		if g := series(t, reg, "spokeproxy_hub_down_reason", map[string]string{"protocol": p, "reason": "drill"}); g != 1 {
+			t.Errorf("spokeproxy_hub_down_reason{protocol=%s,reason=drill} = %v during the drill", p, g)
+		}
 	}
 	_, err = pg.Exec(ctx, "INSERT INTO notes(account_id, body) VALUES (1, 'drill')")
 	var pgErr *pgconn.PgError
@@ -241,6 +244,12 @@ func TestDrillAgainstTheLab(t *testing.T) {
 	if g := gauge(t, reg, "spokeproxy_drill_active", "pg"); g != 0 {
 		t.Errorf("spokeproxy_drill_active{protocol=pg} = %v after the drill", g)
 	}
+	if g := series(t, reg, "spokeproxy_hub_down_reason", map[string]string{"protocol": "pg", "reason": "drill"}); g != 0 {
+		t.Errorf("spokeproxy_hub_down_reason{protocol=pg,reason=drill} = %v after the drill", g)
+	}
+	if g := series(t, reg, "spokeproxy_hub_writable_endpoints", map[string]string{"protocol": "pg"}); g != 1 {
+		t.Errorf("spokeproxy_hub_writable_endpoints{protocol=pg} = %v, want 1", g)
+	}
 	if _, err := pg.Exec(ctx, "INSERT INTO notes(account_id, body) VALUES (1, 'after the drill')"); err != nil {
 		t.Errorf("write after the drill: %v", err)
 	}
@@ -259,4 +268,36 @@ func mustPromtool(t *testing.T) string {
 		t.Fatalf("promtool not found (%v): install Debian's prometheus package, or run make test-prereqs", err)
 	}
 	return p
+}
+
+// series reads the gauge or counter of name whose labels include want; -1
+// when there is none.
+func series(t *testing.T, reg *prometheus.Registry, name string, want map[string]string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			have := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				have[lp.GetName()] = lp.GetValue()
+			}
+			for k, v := range want {
+				if have[k] != v {
+					continue next
+				}
+			}
+			if m.GetGauge() != nil {
+				return m.GetGauge().GetValue()
+			}
+			return m.GetCounter().GetValue()
+		}
+	}
+	return -1
 }

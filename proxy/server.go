@@ -43,6 +43,7 @@ type Server struct {
 	started time.Time
 
 	parts []*protocolPart // built by New; immutable after
+	ops   *metrics.Ops
 
 	mu     sync.Mutex // guards addrs and cancel
 	addrs  Addrs
@@ -74,7 +75,37 @@ func New(cfg *Config, opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.parts = parts
+	s.ops = metrics.NewOps(reg)
+	for _, p := range parts {
+		s.ops.WatchHub(p.hubDetail)
+	}
 	return s, nil
+}
+
+// hubDetail is the part's hub state for the split-brain and why-refused
+// metrics.
+func (p *protocolPart) hubDetail() metrics.HubDetail {
+	snap := p.site.Snapshot()
+	d := metrics.HubDetail{Protocol: p.name}
+	switch {
+	case snap.Drill:
+		d.DownReason = metrics.HubReasonDrill
+	case snap.Hub.Up:
+	case snap.Hub.Reason == routing.ReasonSplitBrain:
+		d.DownReason = metrics.HubReasonSplitBrain
+	case snap.Hub.Reason == routing.ReasonNoPrimary:
+		d.DownReason = metrics.HubReasonNoPrimary
+	case snap.Hub.Reason == routing.ReasonStarting:
+		d.DownReason = metrics.HubReasonStarting
+	default:
+		d.DownReason = metrics.HubReasonUnreachable
+	}
+	for _, ep := range p.site.Status().Endpoints {
+		if ep.Target == routing.TargetHub && ep.Writable {
+			d.WritableEndpoints++
+		}
+	}
+	return d
 }
 
 // Start binds every listener and starts serving. It returns once all
