@@ -15,6 +15,7 @@ type PG struct {
 	AuthFailures    prometheus.Counter // client logins refused (wrong password, unknown role)
 	Cancels         prometheus.Counter // CancelRequests forwarded to a backend
 	ProtocolErrors  prometheus.Counter // client connections closed for a protocol violation
+	HubPoolHits     prometheus.Counter // first hub use of a session served by a warm pooled connection
 }
 
 // NewPG registers the PostgreSQL front's own metrics with reg.
@@ -40,7 +41,11 @@ func NewPG(reg prometheus.Registerer) *PG {
 			Name: "spokeproxy_pg_protocol_errors_total",
 			Help: "Client connections closed because of a protocol violation (malformed or oversized message, bad startup packet).",
 		}),
+		HubPoolHits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "spokeproxy_pg_hub_pool_hits_total",
+			Help: "Sessions whose first hub request used a warm, already authenticated hub connection instead of dialling and logging in over the WAN.",
+		}),
 	}
-	reg.MustRegister(m.SafetyNetReruns, m.SessionsPinned, m.AuthFailures, m.Cancels, m.ProtocolErrors)
+	reg.MustRegister(m.SafetyNetReruns, m.SessionsPinned, m.AuthFailures, m.Cancels, m.ProtocolErrors, m.HubPoolHits)
 	return m
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -46,17 +47,33 @@ func (b *backendConn) target() string {
 
 // alive reports whether an idle backend connection is still open: an
 // idle backend sends nothing, so anything readable (the FATAL of a
-// shutdown, or EOF) means it is gone. It must only be called between
-// requests, by the goroutine that owns b.
+// shutdown, or EOF) means it is gone. It peeks at the socket without
+// blocking (a read deadline in the past would not even try the socket).
+// It must only be called between requests, by the goroutine that owns b.
 func (b *backendConn) alive() bool {
-	if b.fe.ReadBufferLen() > 0 {
+	if b.fe.ReadBufferLen() > 0 || b.br.Buffered() > 0 {
 		return false
 	}
-	_ = b.conn.SetReadDeadline(time.Now())
-	_, err := b.br.Peek(1)
-	_ = b.conn.SetReadDeadline(time.Time{})
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
+	raw := b.conn
+	if cc, ok := raw.(*countingConn); ok {
+		raw = cc.Conn
+	}
+	sc, ok := raw.(syscall.Conn)
+	if !ok {
+		return true // not a socket we can peek at: trust it
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	alive := false
+	err = rc.Read(func(fd uintptr) bool {
+		var buf [1]byte
+		_, _, rerr := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		alive = rerr == syscall.EAGAIN || rerr == syscall.EWOULDBLOCK // nothing to read, not closed
+		return true
+	})
+	return err == nil && alive
 }
 
 func (b *backendConn) close() {

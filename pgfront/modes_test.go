@@ -75,6 +75,36 @@ func TestLabPGModes(t *testing.T) {
 		_ = tx.Rollback(ctx)
 	})
 
+	t.Run("warm hub pool", func(t *testing.T) {
+		f := startFront(t, l, nil)
+		ctx := ctxT(t)
+		a := f.connect(t, nil)
+		if _, err := a.Exec(ctx, "SET statement_timeout = 1234"); err != nil {
+			t.Fatal(err)
+		}
+		var got string
+		if err := a.QueryRow(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'pool a') RETURNING current_setting('statement_timeout')").Scan(&got); err != nil || got != "1234ms" {
+			t.Fatalf("session SET replayed on the hub: %q %v", got, err)
+		}
+		a.Close(ctx)
+		// The closed session returns its hub connection to the pool.
+		for deadline := time.Now().Add(5 * time.Second); f.srv.pooledHubs() == 0; time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("closed session did not return its hub connection to the pool")
+			}
+		}
+		b := f.connect(t, nil)
+		if err := b.QueryRow(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'pool b') RETURNING current_setting('statement_timeout')").Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if got != "0" {
+			t.Errorf("pooled hub connection kept the previous session's setting: statement_timeout=%q", got)
+		}
+		if hits := counterValue(t, f.m.HubPoolHits); hits != 1 {
+			t.Errorf("hub pool hits %v, want 1", hits)
+		}
+	})
+
 	t.Run("pinning and no leaks", func(t *testing.T) {
 		f := startFront(t, l, nil)
 		ctx := ctxT(t)

@@ -10,6 +10,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -80,6 +82,10 @@ type Config struct {
 	BackendTimeout time.Duration
 	// ClassifierCacheEntries bounds the classification cache (default 10000).
 	ClassifierCacheEntries int
+	// HubPoolSize is how many idle, authenticated hub connections are kept
+	// per role, database and startup parameters for later sessions
+	// (default 4; negative disables the pool).
+	HubPoolSize int
 }
 
 func (c Config) withDefaults() Config {
@@ -103,6 +109,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.BackendTimeout <= 0 {
 		c.BackendTimeout = 10 * time.Second
+	}
+	if c.HubPoolSize == 0 {
+		c.HubPoolSize = 4
 	}
 	if c.ClassifierCacheEntries <= 0 {
 		c.ClassifierCacheEntries = 10000
@@ -130,6 +139,7 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	conns     map[net.Conn]struct{}
 	sessions  map[cancelKey]*session // by the proxy-owned BackendKeyData
+	hubPool   map[string][]*backendConn
 	shutdown  bool
 
 	wg sync.WaitGroup // one per client connection goroutine
@@ -164,6 +174,7 @@ func New(cfg Config, site Site, m *metrics.PG, logger *slog.Logger) *Server {
 		listeners:  make(map[net.Listener]struct{}),
 		conns:      make(map[net.Conn]struct{}),
 		sessions:   make(map[cancelKey]*session),
+		hubPool:    make(map[string][]*backendConn),
 	}
 	s.auth = newAuthLookup(cfg)
 	return s
@@ -264,7 +275,79 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		<-done
 	}
 	s.auth.close()
+	s.mu.Lock()
+	pool := s.hubPool
+	s.hubPool = make(map[string][]*backendConn)
+	s.mu.Unlock()
+	for _, conns := range pool {
+		for _, b := range conns {
+			b.close()
+			s.front.HubConnections.Dec()
+		}
+	}
 	return err
+}
+
+// poolKey identifies hub connections a session may share: same role,
+// database and startup parameters, same hub endpoint.
+func poolKey(endpoint string, params map[string]string) string {
+	keys := make([]string, 0, len(params))
+	for k := range params {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	b.WriteString(endpoint)
+	for _, k := range keys {
+		b.WriteByte(0)
+		b.WriteString(k)
+		b.WriteByte(0)
+		b.WriteString(params[k])
+	}
+	return b.String()
+}
+
+// takeHub returns a warm hub connection for key, or nil.
+func (s *Server) takeHub(key string) *backendConn {
+	for {
+		s.mu.Lock()
+		conns := s.hubPool[key]
+		if len(conns) == 0 {
+			s.mu.Unlock()
+			return nil
+		}
+		b := conns[len(conns)-1]
+		s.hubPool[key] = conns[:len(conns)-1]
+		s.mu.Unlock()
+		if b.alive() {
+			return b
+		}
+		b.close()
+		s.front.HubConnections.Dec()
+	}
+}
+
+// pooledHubs counts idle pooled hub connections (for tests).
+func (s *Server) pooledHubs() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, conns := range s.hubPool {
+		n += len(conns)
+	}
+	return n
+}
+
+// putHub offers a clean, idle hub connection to the pool; it reports
+// false when the pool is full or closed (the caller closes it).
+func (s *Server) putHub(key string, b *backendConn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shutdown || len(s.hubPool[key]) >= s.cfg.HubPoolSize {
+		return false
+	}
+	s.hubPool[key] = append(s.hubPool[key], b)
+	return true
 }
 
 // startupPacketMax is PostgreSQL's MAX_STARTUP_PACKET_LENGTH.

@@ -108,6 +108,22 @@ func (s *session) close() {
 	if s.replica != nil {
 		s.srv.front.ReplicaConnections.Dec()
 	}
+	if s.hub != nil && s.txOn == nil && !s.txLost && !s.pinned && s.srv.cfg.HubPoolSize > 0 && s.hub.alive() {
+		// Reset the connection's session state and offer it to the next
+		// session of the same role: its first write then costs no login.
+		b := s.hub
+		s.hub = nil
+		b.pendingSQL, b.pendingClose = nil, nil
+		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.BackendTimeout)
+		err := s.silent(ctx, b, "DISCARD ALL")
+		cancel()
+		b.prepared = make(map[string]bool)
+		if err == nil && s.srv.putHub(poolKey(b.endpoint, s.params), b) {
+			return
+		}
+		b.close()
+		s.srv.front.HubConnections.Dec()
+	}
 	s.dropHub()
 }
 
@@ -647,6 +663,12 @@ func (s *session) hubConn(ctx context.Context) (*backendConn, error) {
 	}
 	if s.hub != nil {
 		return s.hub, nil
+	}
+	if b := s.srv.takeHub(poolKey(endpoint, s.params)); b != nil {
+		s.srv.m.HubPoolHits.Inc()
+		s.hub = b
+		s.hub.pendingSQL = append(s.hub.pendingSQL, s.sets...)
+		return b, nil
 	}
 	dctx, cancel := context.WithTimeout(ctx, s.srv.cfg.BackendTimeout)
 	defer cancel()
