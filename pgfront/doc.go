@@ -77,6 +77,14 @@
 // watcher relays the hub's NotificationResponses (it only peeks while
 // waiting, so stopping it never splits a message).
 //
+// Hub connections are opened on a session's first need (a read-only
+// session never touches the WAN). When a session ends idle, its hub
+// connection is reset (DISCARD ALL) and pooled for the next session of the
+// same role, database and startup parameters, so that one's first write
+// costs no WAN login. Idle and pooled connections are checked with a
+// non-blocking MSG_PEEK before use: one that died (hub restart, failover)
+// is replaced instead of carrying a write whose outcome would be unknown.
+//
 // Named prepared statements are prepared on a backend only when a batch
 // there uses them (the client's Parse is kept and injected before the
 // Bind, its ParseComplete dropped); Close of a statement prepared on the
@@ -88,8 +96,8 @@
 //     Flush and waits (libpq pipeline PQsendFlushRequest) would hang.
 //   - Reads while the replica is down: a session needs its replica
 //     connection (it is opened at login and its loss ends the session).
-//   - TLS to the hub and a warm hub connection pool: hub connections are
-//     plain TCP dialled through Site.DialHub and logged in on first need.
+//   - TLS to the hub: hub connections are plain TCP dialled through
+//     Site.DialHub (the routing core's keepalive and TCP_USER_TIMEOUT).
 //   - Multi-statement simple queries that mix SET with other statements
 //     apply the SET on the backend that ran them only.
 package pgfront
