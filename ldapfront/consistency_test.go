@@ -121,6 +121,44 @@ func TestLabConsistencyOverASlowWAN(t *testing.T) {
 	})
 }
 
+// TestLabSilentLink checks that a write in flight when the WAN goes silent
+// (a blackhole: no RST, and toxiproxy still ACKs, so no TCP timeout fires) is
+// answered 80 once the Site's probes judge the hub down. It has a lab of its
+// own: toxiproxy's embedded server can panic adding a toxic to links that
+// lived through earlier toxic removals.
+func TestLabSilentLink(t *testing.T) {
+	l := lab.ForTest(t, lab.Options{})
+	session := startFront(t, l, nil)
+	rc := dialRaw(t, session.addr)
+	rc.send(simpleBind(1, lab.UserDN, lab.UserPassword))
+	rc.result(1)
+	rc.send(modifyReq(2, lab.UserDN))
+	if code, diag := rc.result(2); code != 0 {
+		t.Fatalf("warm-up modify: %d %q", code, diag)
+	}
+	// A blackhole: no RST, no FIN; toxiproxy still ACKs, so no TCP timeout
+	// will ever fire. Only the Site's probes can tell.
+	if err := l.Blackhole(lab.LinkLDAP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.ResetWAN(); session.waitHub(t, true) })
+	start := time.Now()
+	rc.send(modifyReq(3, lab.UserDN))
+	code, diag := rc.result(3)
+	took := time.Since(start)
+	if code != ResultOther || !strings.Contains(diag, "outcome unknown") {
+		t.Fatalf("write in flight on a silent link: %d %q", code, diag)
+	}
+	t.Logf("in-flight write on a blackholed link answered 80 after %v (probes every 100 ms, timeout 1 s, down after 2)", took.Round(time.Millisecond))
+	if took > 4*time.Second {
+		t.Errorf("took %v: the probes' detection time is about 2 s here", took)
+	}
+	rc.send(modifyReq(4, lab.UserDN))
+	if code, _ := rc.result(4); code != ResultUnavailable {
+		t.Fatalf("next write: %d", code)
+	}
+}
+
 // metricValue sums the counter values, or histogram sample counts, of the
 // series of name whose labels include want.
 func metricValue(t *testing.T, reg *prometheus.Registry, name string, want map[string]string) float64 {

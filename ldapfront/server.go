@@ -29,6 +29,17 @@ type Site interface {
 
 var _ Site = (*routing.Site)(nil)
 
+// hubWatcher is the optional part of a Site that announces state changes
+// (*routing.Site has it). With it, hub connections are dropped as soon as the
+// Site judges the hub unusable, so a write in flight on a silently dead link
+// gets 80 within the probes' detection time instead of hanging.
+type hubWatcher interface {
+	Changes() <-chan struct{}
+	HubUnavailable() error
+}
+
+var _ hubWatcher = (*routing.Site)(nil)
+
 // Config is the LDAP front's runtime configuration. The proxy package maps its
 // file configuration onto it; zero values take the documented defaults. The
 // listeners are the caller's: Serve takes a net.Listener (wrap it with
@@ -160,6 +171,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.mu.Unlock()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
+	if w, ok := s.site.(hubWatcher); ok {
+		done := make(chan struct{})
+		watching := make(chan struct{})
+		go func() { defer close(watching); s.watchHub(w, done) }()
+		defer func() { close(done); <-watching }()
+	}
 	defer func() {
 		s.mu.Lock()
 		delete(s.listeners, ln)
@@ -207,6 +224,30 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			delete(s.sessions, sess)
 			s.mu.Unlock()
 		}()
+	}
+}
+
+// watchHub drops every session's hub connection whenever the Site says the
+// hub is unusable, until done is closed.
+func (s *Server) watchHub(w hubWatcher, done <-chan struct{}) {
+	for {
+		ch := w.Changes()
+		if err := w.HubUnavailable(); err != nil {
+			s.mu.Lock()
+			sessions := make([]*session, 0, len(s.sessions))
+			for sess := range s.sessions {
+				sessions = append(sessions, sess)
+			}
+			s.mu.Unlock()
+			for _, sess := range sessions {
+				sess.dropHub(err)
+			}
+		}
+		select {
+		case <-ch:
+		case <-done:
+			return
+		}
 	}
 }
 

@@ -828,6 +828,21 @@ func hasCompleteFrame(br *bufio.Reader) bool {
 	return err == nil && end >= start
 }
 
+// dropHub closes the hub connection because the Site judged the hub
+// unusable: operations in flight on it are answered as for a lost link (80
+// for writes), without reporting back to the Site what it already knows.
+func (s *session) dropHub(why error) {
+	s.mu.Lock()
+	b := s.hub
+	if b != nil {
+		b.closing = true
+	}
+	s.mu.Unlock()
+	if b != nil {
+		s.backendFailed(b, why)
+	}
+}
+
 // backendFailed handles the end of a backend connection: operations in flight
 // on it are answered (80 for writes on the hub: outcome unknown), and a
 // failure the session did not cause is reported to the Site.
