@@ -106,6 +106,7 @@ type session struct {
 	idGen        int
 	nextInternal int64
 	closed       bool
+	idle         *time.Timer // idle timeout; set in run, re-armed by checkIdle
 
 	lastActive atomic.Int64 // unix nanos of the last client message or response
 	wg         sync.WaitGroup
@@ -142,8 +143,10 @@ func (s *session) run(parent context.Context) {
 	stop := context.AfterFunc(parent, func() { s.close() })
 	defer stop()
 	s.touch()
-	idle := time.AfterFunc(s.srv.cfg.IdleTimeout, s.checkIdle)
-	defer idle.Stop()
+	s.mu.Lock()
+	s.idle = time.AfterFunc(s.srv.cfg.IdleTimeout, s.checkIdle)
+	s.mu.Unlock()
+	defer s.idle.Stop() // after close: checkIdle re-arms only while not closed
 
 	if _, err := s.replicaConn(); err != nil {
 		s.log.Warn("replica unavailable at connect", "err", err)
@@ -174,16 +177,18 @@ func (s *session) run(parent context.Context) {
 }
 
 // checkIdle closes the connection when nothing was in flight for IdleTimeout,
-// else re-arms itself.
+// else re-arms the timer. It re-arms under mu and only while the session is
+// open, so that run's Stop after close is final.
 func (s *session) checkIdle() {
 	s.mu.Lock()
-	busy, closed := len(s.ops) > 0, s.closed
-	s.mu.Unlock()
-	if closed {
+	if s.closed {
+		s.mu.Unlock()
 		return
 	}
+	busy := len(s.ops) > 0
 	since := time.Since(time.Unix(0, s.lastActive.Load()))
 	if !busy && since >= s.srv.cfg.IdleTimeout {
+		s.mu.Unlock()
 		s.log.Info("closing idle client", "idle", since.Round(time.Second))
 		s.close()
 		return
@@ -192,7 +197,8 @@ func (s *session) checkIdle() {
 	if busy || wait <= 0 {
 		wait = s.srv.cfg.IdleTimeout
 	}
-	time.AfterFunc(wait, s.checkIdle)
+	s.idle.Reset(wait)
+	s.mu.Unlock()
 }
 
 // close ends the session: every connection is closed, which ends every reader.
