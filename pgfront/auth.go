@@ -40,8 +40,36 @@ var errNoRole = errors.New("pgfront: no such role or no password")
 type authLookup struct {
 	cfg Config
 
-	mu   sync.Mutex // guards conn and serialises lookups on it
-	conn *pgx.Conn
+	mu      sync.Mutex // guards conn and hubConn and serialises lookups
+	conn    *pgx.Conn  // to the replica
+	hubConn *pgx.Conn  // to the hub, only while the replica cannot answer
+}
+
+// query runs the auth query over *conn, connecting it with cfg first.
+func (a *authLookup) query(ctx context.Context, conn **pgx.Conn, cfg func() (*pgx.ConnConfig, error), role string) (*string, error) {
+	if *conn == nil {
+		cc, err := cfg()
+		if err != nil {
+			return nil, err
+		}
+		c, err := pgx.ConnectConfig(ctx, cc)
+		if err != nil {
+			return nil, &replicaError{op: "look up the role", err: err}
+		}
+		*conn = c
+	}
+	var name string
+	var passwd *string
+	err := (*conn).QueryRow(ctx, a.cfg.AuthQuery, role).Scan(&name, &passwd)
+	if errors.Is(err, pgx.ErrNoRows) || (err == nil && passwd == nil) {
+		return nil, errNoRole
+	}
+	if err != nil {
+		(*conn).Close(context.Background())
+		*conn = nil
+		return nil, &replicaError{op: "look up the role", err: err}
+	}
+	return passwd, nil
 }
 
 func newAuthLookup(cfg Config) *authLookup { return &authLookup{cfg: cfg} }
@@ -69,31 +97,23 @@ func (a *authLookup) connConfig() (*pgx.ConnConfig, error) {
 	return cc, nil
 }
 
-// lookup returns the role's secret, errNoRole if it has none.
-func (a *authLookup) lookup(ctx context.Context, role string) (Secret, error) {
+// lookup returns the role's secret, errNoRole if it has none. When the
+// replica cannot answer, hub (if not nil) dials the writable hub and the
+// query runs there instead, over one connection kept for the purpose.
+func (a *authLookup) lookup(ctx context.Context, role string, hub func(ctx context.Context) (*pgx.ConnConfig, error)) (Secret, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.conn == nil {
-		cc, err := a.connConfig()
-		if err != nil {
-			return Secret{}, err
+	passwd, err := a.query(ctx, &a.conn, a.connConfig, role)
+	if err != nil && !errors.Is(err, errNoRole) && hub != nil {
+		var herr error
+		if passwd, herr = a.query(ctx, &a.hubConn, func() (*pgx.ConnConfig, error) { return hub(ctx) }, role); herr == nil || errors.Is(herr, errNoRole) {
+			err = herr
+		} else {
+			err = &replicaError{op: "look up the role (and on the hub: " + herr.Error() + ")", err: err}
 		}
-		conn, err := pgx.ConnectConfig(ctx, cc)
-		if err != nil {
-			return Secret{}, &replicaError{op: "look up the role", err: err}
-		}
-		a.conn = conn
-	}
-	var name string
-	var passwd *string
-	err := a.conn.QueryRow(ctx, a.cfg.AuthQuery, role).Scan(&name, &passwd)
-	if errors.Is(err, pgx.ErrNoRows) || (err == nil && passwd == nil) {
-		return Secret{}, errNoRole
 	}
 	if err != nil {
-		a.conn.Close(context.Background())
-		a.conn = nil
-		return Secret{}, &replicaError{op: "look up the role", err: err}
+		return Secret{}, err
 	}
 	sec, err := ParseSecret(*passwd)
 	if err != nil {
@@ -105,10 +125,40 @@ func (a *authLookup) lookup(ctx context.Context, role string) (Secret, error) {
 func (a *authLookup) close() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.conn != nil {
-		a.conn.Close(context.Background())
-		a.conn = nil
+	for _, c := range []**pgx.Conn{&a.conn, &a.hubConn} {
+		if *c != nil {
+			(*c).Close(context.Background())
+			*c = nil
+		}
 	}
+}
+
+// hubAuthConfig is the auth role's connection to the current writable
+// hub, dialled through the routing core, for lookups while the replica is
+// down.
+func (s *Server) hubAuthConfig(ctx context.Context) (*pgx.ConnConfig, error) {
+	if err := s.site.HubUnavailable(); err != nil {
+		return nil, err
+	}
+	endpoint := s.site.Snapshot().Hub.Endpoint
+	cc, err := pgx.ParseConfig("sslmode=disable")
+	if err != nil {
+		return nil, err
+	}
+	host, portStr, err := net.SplitHostPort(endpoint)
+	if err != nil {
+		return nil, err
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, err
+	}
+	cc.Host, cc.Port = host, uint16(port)
+	cc.User, cc.Password, cc.Database = s.cfg.AuthUser, s.cfg.AuthPassword, s.cfg.AuthDatabase
+	cc.ConnectTimeout = s.cfg.BackendTimeout
+	cc.RuntimeParams["application_name"] = "spokeproxy auth"
+	cc.DialFunc = func(ctx context.Context, _, _ string) (net.Conn, error) { return s.site.DialHub(ctx, endpoint) }
+	return cc, nil
 }
 
 // authenticate runs the client's login: SCRAM-SHA-256 against the role's
@@ -116,7 +166,7 @@ func (a *authLookup) close() {
 // without the password). It leaves AuthenticationSASLFinal unflushed; the
 // caller sends AuthenticationOk once the replica accepted the login.
 func (s *Server) authenticate(ctx context.Context, be *pgproto3.Backend, user string) (*credentials, error) {
-	sec, err := s.auth.lookup(ctx, user)
+	sec, err := s.auth.lookup(ctx, user, s.hubAuthConfig)
 	known := true
 	if errors.Is(err, errNoRole) {
 		known = false

@@ -94,8 +94,9 @@
 //
 //   - Flush without Sync: responses are sent at Sync; a client that sends
 //     Flush and waits (libpq pipeline PQsendFlushRequest) would hang.
-//   - Reads while the replica is down: a session needs its replica
-//     connection (it is opened at login and its loss ends the session).
+//   - Losing the replica mid-session ends the session (08006); sessions
+//     that log in while it is down are served by the hub (the auth query
+//     then runs on the hub too), unless RefuseWhenReplicaDown.
 //   - TLS to the hub: hub connections are plain TCP dialled through
 //     Site.DialHub (the routing core's keepalive and TCP_USER_TIMEOUT).
 //   - Multi-statement simple queries that mix SET with other statements

@@ -29,6 +29,8 @@ type front struct {
 	m    *metrics.PG
 	reg  *prometheus.Registry
 	lab  *lab.Lab
+	// noReplica: the front points at a replica address that is down on purpose.
+	noReplica bool
 }
 
 func startFront(t *testing.T, l *lab.Lab, mutate func(*Config)) *front {
@@ -50,24 +52,6 @@ func startFrontTB(t testing.TB, l *lab.Lab, mutate func(*Config), hubs ...string
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	reg := prometheus.NewRegistry()
 	policy := routing.DefaultPolicy()
-	site, err := routing.NewSite(routing.Config{
-		Protocol:      routing.Postgres,
-		Hubs:          hubs,
-		Replica:       l.ReplicaPGAddr(),
-		User:          lab.AuthUser,
-		Password:      l.AuthPassword(),
-		Database:      lab.AppDatabase,
-		ProbeInterval: 100 * time.Millisecond,
-		ProbeTimeout:  300 * time.Millisecond,
-		Policy:        policy,
-		Logger:        logger,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	siteDone := make(chan struct{})
-	go func() { defer close(siteDone); _ = site.Run(ctx) }()
 	cfg := Config{
 		Site:             "spoke-test",
 		ReplicaAddr:      l.ReplicaPGAddr(),
@@ -83,6 +67,24 @@ func startFrontTB(t testing.TB, l *lab.Lab, mutate func(*Config), hubs ...string
 	if mutate != nil {
 		mutate(&cfg)
 	}
+	site, err := routing.NewSite(routing.Config{
+		Protocol:      routing.Postgres,
+		Hubs:          hubs,
+		Replica:       cfg.ReplicaAddr,
+		User:          lab.AuthUser,
+		Password:      l.AuthPassword(),
+		Database:      lab.AppDatabase,
+		ProbeInterval: 100 * time.Millisecond,
+		ProbeTimeout:  300 * time.Millisecond,
+		Policy:        policy,
+		Logger:        logger,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	siteDone := make(chan struct{})
+	go func() { defer close(siteDone); _ = site.Run(ctx) }()
 	m := metrics.NewPG(reg)
 	m.Front = metrics.NewFront(reg).Protocol(metrics.Postgres)
 	srv := New(cfg, site, m, logger)
@@ -92,7 +94,7 @@ func startFrontTB(t testing.TB, l *lab.Lab, mutate func(*Config), hubs ...string
 	}
 	serveDone := make(chan error, 1)
 	go func() { serveDone <- srv.Serve(ctx, ln) }()
-	f := &front{addr: ln.Addr().String(), site: site, srv: srv, m: m, reg: reg, lab: l}
+	f := &front{addr: ln.Addr().String(), site: site, srv: srv, m: m, reg: reg, lab: l, noReplica: cfg.ReplicaAddr != l.ReplicaPGAddr()}
 	t.Cleanup(func() {
 		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer scancel()
@@ -114,7 +116,7 @@ func (f *front) waitHub(t testing.TB, up bool) {
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		s := f.site.Snapshot()
-		if s.Hub.Up == up && (!up || s.Replica.Up) {
+		if s.Hub.Up == up && (!up || s.Replica.Up || f.noReplica) {
 			return
 		}
 		time.Sleep(20 * time.Millisecond)

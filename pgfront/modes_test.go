@@ -2,6 +2,7 @@ package pgfront
 
 import (
 	"context"
+	"net"
 	"runtime"
 	"strings"
 	"testing"
@@ -180,4 +181,36 @@ func TestLabPGFailover(t *testing.T) {
 	if err := c.QueryRow(ctx, "SELECT body FROM notes WHERE id = $1", id).Scan(&body); err != nil || body != "after failover" {
 		t.Fatalf("read-your-write after failover: %q %v", body, err)
 	}
+}
+
+func TestLabPGReplicaDown(t *testing.T) {
+	l := lab.ForTest(t, lab.Options{})
+	// A replica address nothing listens on.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	f := startFront(t, l, func(c *Config) { c.ReplicaAddr = dead })
+	ctx := ctxT(t)
+	c := f.connect(t, nil)
+	var recov bool
+	if err := c.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&recov); err != nil || recov {
+		t.Fatalf("read with the replica down: standby=%v err=%v (want the hub)", recov, err)
+	}
+	if _, err := c.Exec(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'replica down')"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pgx.Connect(ctx, f.dsn(lab.AppUser, "wrong")); err == nil {
+		t.Fatal("wrong password accepted with the replica down")
+	} else {
+		wantCode(t, err, "28P01")
+	}
+
+	// Both down: a clear error at login.
+	f.cut(t)
+	_, err = pgx.Connect(ctx, f.dsn(lab.AppUser, lab.AppPassword))
+	pe := wantCode(t, err, "08006")
+	t.Logf("login with replica and hub down: %s", pe.Message)
 }

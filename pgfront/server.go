@@ -80,6 +80,10 @@ type Config struct {
 	StartupTimeout time.Duration
 	// BackendTimeout bounds dialing and logging in to a backend (default 10s).
 	BackendTimeout time.Duration
+	// RefuseWhenReplicaDown refuses logins while the local replica is
+	// unreachable (replica.when_unavailable: refuse); by default such
+	// sessions are served by the hub while it is reachable.
+	RefuseWhenReplicaDown bool
 	// ClassifierCacheEntries bounds the classification cache (default 10000).
 	ClassifierCacheEntries int
 	// HubPoolSize is how many idle, authenticated hub connections are kept

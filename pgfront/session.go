@@ -147,32 +147,52 @@ func (s *session) activeBackend() *backendConn {
 	return s.active
 }
 
-// start opens the replica connection as the client's role and finishes
-// the client's login: AuthenticationOk, ParameterStatus, the proxy-owned
-// BackendKeyData (with the replica backend's real PID), ReadyForQuery.
-func (s *session) start(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, s.srv.cfg.BackendTimeout)
-	defer cancel()
+// dialReplica opens the session's replica connection as the client's role.
+func (s *session) dialReplica(ctx context.Context) (*backendConn, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", s.srv.cfg.ReplicaAddr)
 	if err != nil {
 		s.srv.site.ReportReplicaFailure(err)
-		return &replicaError{op: "connect", err: err}
+		return nil, &replicaError{op: "connect", err: err}
 	}
 	b, err := login(ctx, c, false, s.srv.cfg.ReplicaAddr, s.params, s.creds)
 	if err != nil {
 		c.Close()
 		var be *backendError
 		if errors.As(err, &be) {
+			return nil, err
+		}
+		return nil, &replicaError{op: "log in", err: err}
+	}
+	return b, nil
+}
+
+// start opens the replica connection as the client's role and finishes
+// the client's login: AuthenticationOk, ParameterStatus, the proxy-owned
+// BackendKeyData (with the replica backend's real PID), ReadyForQuery.
+func (s *session) start(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.srv.cfg.BackendTimeout)
+	defer cancel()
+	b, err := s.dialReplica(ctx)
+	if err != nil {
+		var be *backendError
+		if errors.As(err, &be) || s.srv.cfg.RefuseWhenReplicaDown {
 			return err
 		}
-		return &replicaError{op: "log in", err: err}
+		// The replica is down: serve the session from the hub while it is
+		// reachable (config replica.when_unavailable: hub).
+		hb, herr := s.hubConn(ctx)
+		if herr != nil {
+			return &replicaError{op: "connect (and the hub is unavailable too: " + herr.Error() + ")", err: err}
+		}
+		s.log.Info("replica unavailable at login: session served by the hub", "err", err)
+		b = hb
+	} else {
+		s.replica = b
+		s.srv.front.ReplicaConnections.Inc()
 	}
-	s.replica = b
-	s.srv.front.ReplicaConnections.Inc()
 	s.key.pid = b.pid
 	s.srv.register(s)
-
 	s.be.Send(&pgproto3.AuthenticationOk{})
 	s.changes = s.srv.site.Changes()
 	s.hubShown = s.srv.site.HubUnavailable() == nil
@@ -426,7 +446,7 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 	if s.txLost {
 		return plan{}, nil
 	}
-	if u.fn || s.pinned || (s.txOn != nil && s.txOn == s.hub) {
+	if u.fn || s.pinned || s.replica == nil || (s.txOn != nil && s.txOn == s.hub) {
 		p, err := toHub()
 		if k == StmtPin && !s.pinned {
 			s.pin()
