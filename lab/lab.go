@@ -632,5 +632,5 @@ func findSeedDir(given string) (string, error) {
 			return filepath.Clean(c), nil
 		}
 	}
-	return "", errors.New("lab: cannot find testdata/lab (appdb.sql, seed.ldif): run from the source tree or set Options.SeedDir")
+	return "", errors.New("lab: cannot find testdata/lab (appdb.sql, seed.ldif): run from the source tree or name the directory (spokeproxy lab -seed DIR, Options.SeedDir)")
 }

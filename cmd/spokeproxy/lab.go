@@ -20,6 +20,7 @@ import (
 func cmdLab(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("lab", stderr)
 	dir := fs.String("dir", "", "lab directory (default: a new temporary directory, removed on exit)")
+	seed := fs.String("seed", "", "directory with appdb.sql and seed.ldif (default: testdata/lab of the source tree)")
 	verbose := fs.Bool("v", false, "log the lab's and the proxy's progress at debug level")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -33,8 +34,9 @@ func cmdLab(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	l, err := lab.Start(ctx, lab.Options{
-		Dir:    *dir,
-		Logger: logger.With("component", "lab"),
+		Dir:     *dir,
+		SeedDir: *seed,
+		Logger:  logger.With("component", "lab"),
 		Proxy:  labProxy(logger.With("component", "spokeproxy")),
 	})
 	if err != nil {
