@@ -3,25 +3,66 @@
 // client's own identity, lets a client read its own writes, and refuses writes with
 // result 52 (unavailable) while the hub is unreachable.
 //
-// It owns BER framing (pdu.go: ReadPDU caps a message's size before allocating and
-// decodes only messageID, protocolOp, controls, the extended request name, the
-// Bind DN/method and Abandon/Cancel targets), the encoders for the results the
-// front produces itself and the Notice of Disconnection (encode.go), sessions, op
-// classification, bind handling and relaying (server.go, session.go).
+// # Main types
 //
-// Messages are relayed as bytes: controls, paged results, sorting, persistent and
-// sync searches, referrals and unknown extensions pass through untouched. The only
-// messages the front rewrites are forwarded writes to which it adds the Post-Read
-// control (and their responses, from which it strips it again) and writes after a
-// SASL bind, to which it adds the Proxied Authorization control.
+//   - Server (server.go): New(Config, Site, *metrics.LDAPFront, *slog.Logger),
+//     Serve(ctx, net.Listener) per listener (wrap it with tls.NewListener for
+//     LDAPS), Shutdown(ctx) which sends every client a Notice of Disconnection.
+//   - Config: replica URL, base DN, client and hub TLS, consistency mode and
+//     wait timeout, proxy_auth identity, limits. The proxy package maps its file
+//     configuration onto it.
+//   - Site: the part of *routing.Site the front uses (Decide, WaitFor, DialHub,
+//     failure reports). When the Site also offers Changes and HubUnavailable,
+//     hub connections are dropped the moment it judges the hub down.
+//   - PDU (pdu.go): one LDAPMessage read by ReadPDU, which caps its size before
+//     allocating and decodes only what routing needs: messageID, protocolOp,
+//     controls, the extended request name, the Bind DN, method and password
+//     (memory only, never logged) and Abandon/Cancel targets. Errors are typed
+//     (*MalformedError, *TooLargeError; IsMalformed, IsTooLarge).
+//   - encode.go: the results the front produces itself, the Notice of
+//     Disconnection, and the few rewrites it does (controls added to requests,
+//     Post-Read stripped from responses).
 //
-// Per client connection:
+// # Per client connection (session.go, bind.go)
 //
 //	client --PDU--> session reader --(reads)--> replica conn --> replica reader --+
-//	                      |                                                      |
-//	                      +--(writes)--> hub conn (dialled on first need,        |
-//	                                     bound as the client) --> hub reader ----+--> writer (mutex) --> client
+//	                      |                                                       |
+//	                      +--(writes)--> hub conn (dialled through Site.DialHub   |
+//	                                     on first need, bound as the client) ---+-+--> one writer --> client
 //
-// Message IDs pass through unchanged. The first error on any of the three
-// connections closes all three; no goroutine outlives its connection.
+// Messages are relayed as bytes with their message IDs unchanged; controls,
+// paged results, sorting, persistent and sync searches, referrals and unknown
+// extensions pass through untouched. The first error on the client connection
+// closes all three connections; a lost backend connection answers only the
+// operations that were in flight on it. No goroutine outlives its connection.
+//
+// Routing: Search, Compare and WhoAmI go to the replica; Add, Modify, Delete,
+// ModifyDN, Password Modify, transactions and unknown extended operations to the
+// hub; so do reads carrying Don't Use Copy, and sync searches when the replica's
+// root DSE does not list the Sync Request control. Abandon and Cancel go where
+// their target runs; Unbind ends both sides. Where the replica or hub is down,
+// routing.Decide says what happens (reads to the hub, or 52).
+//
+// Identity: a simple Bind is checked on the replica and its answer relayed; the
+// hub connection is bound as the same DN when first needed, and a new Bind
+// closes it. A bind the replica rejects with 49 is tried on the hub while it is
+// up; such a session is then served from the hub (metric hub_only_binds). SASL
+// binds are relayed to the replica; writes after them use proxy_auth with the
+// Proxied Authorization control naming the client (learnt with WhoAmI), or are
+// refused with 53 and a message saying so.
+//
+// Read-your-writes: forwarded Add, Modify and ModifyDN carry a Post-Read control
+// for entryCSN, removed from the response unless the client asked for it;
+// after Delete, Password Modify and other extended writes the hub's contextCSN
+// is read on the same connection before the response is sent on. In session
+// mode a later read on the connection waits (Site.WaitFor, bounded by
+// WaitTimeout) until the replica covers that position; in site mode the write's
+// response itself is held until then.
+//
+// Failures: a write while the hub is unusable gets 52 naming the hub and saying
+// the site is read-only, and the connection stays usable; a write in flight when
+// the hub connection breaks (or the Site judges the hub down) gets 80 "outcome
+// unknown", and the failure is reported to the Site. Malformed or oversized
+// input gets a Notice of Disconnection (protocolError) and a close, without
+// disturbing other clients. Beyond MaxOutstanding operations a request gets 51.
 package ldapfront
