@@ -37,7 +37,7 @@ func cmdLab(args []string, stdout, stderr io.Writer) int {
 		Dir:     *dir,
 		SeedDir: *seed,
 		Logger:  logger.With("component", "lab"),
-		Proxy:  labProxy(logger.With("component", "spokeproxy")),
+		Proxy:   labProxy(logger.With("component", "spokeproxy")),
 	})
 	if err != nil {
 		fmt.Fprintf(stderr, "spokeproxy lab: %v\n", err)
