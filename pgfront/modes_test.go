@@ -127,6 +127,11 @@ func TestLabPGModes(t *testing.T) {
 			t.Errorf("writes refused %v", got)
 		}
 		c.Close(ctx)
+		for deadline := time.Now().Add(5 * time.Second); f.srv.sessionCount() != 0; time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d cancel keys still registered after every client left", f.srv.sessionCount())
+			}
+		}
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if err := f.srv.Shutdown(sctx); err != nil {

@@ -549,14 +549,13 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 	}
 	sess := newSession(s, conn, be, startup.Parameters, creds, log)
 	defer sess.close()
+	defer s.unregister(sess) // start registers the cancel key it sends
 	if err := sess.start(ctx); err != nil {
 		log.Info("session start failed", "err", err)
 		sendError(be, errorResponseFor(err, "FATAL"))
 		return
 	}
 	_ = conn.SetDeadline(time.Time{})
-	s.register(sess)
-	defer s.unregister(sess)
 	if err := sess.run(ctx); err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 		log.Debug("session ended", "err", err)
 	}
@@ -574,6 +573,13 @@ func (s *Server) register(sess *session) {
 			return
 		}
 	}
+}
+
+// sessionCount is the number of sessions with a registered cancel key.
+func (s *Server) sessionCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
 }
 
 func (s *Server) unregister(sess *session) {
