@@ -60,6 +60,7 @@ func (s *Server) siteConfig(protocol routing.Protocol, m *metrics.Routing) routi
 		ProbeTimeout:   l.ProbeTimeout,
 		DownAfter:      l.DownAfter,
 		UpAfter:        l.UpAfter,
+		FlapWindow:     l.FlapWindow,
 		TCPKeepAlive:   l.TCPKeepalive,
 		TCPUserTimeout: l.TCPUserTimeout,
 		Policy:         policy(s.cfg),

@@ -53,10 +53,14 @@ type AdminConfig struct {
 
 // LinkConfig sets how the health of hub and replica endpoints is judged.
 type LinkConfig struct {
-	ProbeInterval  time.Duration `yaml:"probe_interval"`
-	ProbeTimeout   time.Duration `yaml:"probe_timeout"`
-	DownAfter      int           `yaml:"down_after"`
-	UpAfter        int           `yaml:"up_after"`
+	ProbeInterval time.Duration `yaml:"probe_interval"`
+	ProbeTimeout  time.Duration `yaml:"probe_timeout"`
+	DownAfter     int           `yaml:"down_after"`
+	UpAfter       int           `yaml:"up_after"`
+	// FlapWindow damps a flapping link: each further loss of an endpoint
+	// within this window doubles the successes it needs to come back up
+	// (at most 8 x UpAfter); a negative window turns damping off.
+	FlapWindow     time.Duration `yaml:"flap_window"`
 	TCPKeepalive   time.Duration `yaml:"tcp_keepalive"`
 	TCPUserTimeout time.Duration `yaml:"tcp_user_timeout"`
 }
@@ -246,6 +250,7 @@ func (c *Config) applyDefaults() {
 	defDur(&c.Link.ProbeTimeout, 500*time.Millisecond)
 	defInt(&c.Link.DownAfter, 2)
 	defInt(&c.Link.UpAfter, 2)
+	defDur(&c.Link.FlapWindow, 10*time.Second)
 	defDur(&c.Link.TCPKeepalive, 5*time.Second)
 	defDur(&c.Link.TCPUserTimeout, 3*time.Second)
 	def(&c.Consistency.Mode, ConsistencySession)
