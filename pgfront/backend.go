@@ -3,8 +3,10 @@ package pgfront
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"syscall"
 	"time"
@@ -55,6 +57,9 @@ func (b *backendConn) alive() bool {
 		return false
 	}
 	raw := b.conn
+	if tc, ok := raw.(*tls.Conn); ok {
+		raw = tc.NetConn() // an idle TLS peer sends no records either
+	}
 	if cc, ok := raw.(*countingConn); ok {
 		raw = cc.Conn
 	}
@@ -85,6 +90,37 @@ func (b *backendConn) close() {
 	b.fe.Send(&pgproto3.Terminate{})
 	_ = b.fe.Flush()
 	b.conn.Close()
+}
+
+// startTLS asks a PostgreSQL server for TLS (SSLRequest) and runs the
+// handshake; a server that declines is an error, never a silent downgrade.
+func startTLS(ctx context.Context, conn net.Conn, cfg *tls.Config, endpoint string) (net.Conn, error) {
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+		defer conn.SetDeadline(time.Time{})
+	}
+	buf, _ := (&pgproto3.SSLRequest{}).Encode(nil)
+	if _, err := conn.Write(buf); err != nil {
+		return nil, err
+	}
+	var answer [1]byte
+	if _, err := io.ReadFull(conn, answer[:]); err != nil {
+		return nil, err
+	}
+	if answer[0] != 'S' {
+		return nil, fmt.Errorf("pgfront: hub %s does not offer TLS (answered %q to SSLRequest)", endpoint, answer[0])
+	}
+	tc := cfg.Clone()
+	if tc.ServerName == "" {
+		if host, _, err := net.SplitHostPort(endpoint); err == nil {
+			tc.ServerName = host
+		}
+	}
+	c := tls.Client(conn, tc)
+	if err := c.HandshakeContext(ctx); err != nil {
+		return nil, fmt.Errorf("pgfront: TLS to hub %s: %w", endpoint, err)
+	}
+	return c, nil
 }
 
 // login runs the startup and authentication of a fresh backend

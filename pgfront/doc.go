@@ -77,7 +77,10 @@
 // watcher relays the hub's NotificationResponses (it only peeks while
 // waiting, so stopping it never splits a message).
 //
-// Hub connections are opened on a session's first need (a read-only
+// Hub connections are dialled through Site.DialHub (the routing core's
+// keepalive and TCP_USER_TIMEOUT) and, with Config.HubTLS, upgraded with
+// SSLRequest and a verified TLS handshake (never a silent downgrade).
+// They are opened on a session's first need (a read-only
 // session never touches the WAN). When a session ends idle, its hub
 // connection is reset (DISCARD ALL) and pooled for the next session of the
 // same role, database and startup parameters, so that one's first write
@@ -97,8 +100,6 @@
 //   - Losing the replica mid-session ends the session (08006); sessions
 //     that log in while it is down are served by the hub (the auth query
 //     then runs on the hub too), unless RefuseWhenReplicaDown.
-//   - TLS to the hub: hub connections are plain TCP dialled through
-//     Site.DialHub (the routing core's keepalive and TCP_USER_TIMEOUT).
 //   - Multi-statement simple queries that mix SET with other statements
 //     apply the SET on the backend that ran them only.
 package pgfront

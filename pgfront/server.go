@@ -47,6 +47,10 @@ type Config struct {
 	// TLS, when set, is offered to clients that send SSLRequest; without it
 	// the proxy answers 'N'.
 	TLS *tls.Config
+	// HubTLS, when set, is required on every hub connection (SSLRequest,
+	// then a TLS handshake; a hub that answers 'N' is an error). Its
+	// ServerName defaults to the hub's host; set RootCAs for verify-full.
+	HubTLS *tls.Config
 
 	// AuthUser and AuthPassword log in to the replica to run AuthQuery, which
 	// takes the role name as $1 and returns (usename, passwd). AuthDatabase

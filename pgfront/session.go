@@ -698,6 +698,15 @@ func (s *session) hubConn(ctx context.Context) (*backendConn, error) {
 		return nil, s.srv.site.HubUnavailable()
 	}
 	c = &countingConn{Conn: c, in: s.srv.front.WANBytesFromHub, out: s.srv.front.WANBytesToHub}
+	if s.srv.cfg.HubTLS != nil {
+		tc, err := startTLS(dctx, c, s.srv.cfg.HubTLS, endpoint)
+		if err != nil {
+			c.Close()
+			s.srv.site.ReportHubFailure(endpoint, err)
+			return nil, err
+		}
+		c = tc
+	}
 	b, err := login(dctx, c, true, endpoint, s.params, s.creds)
 	if err != nil {
 		c.Close()
