@@ -179,8 +179,8 @@ func TestLabLDAPUtils(t *testing.T) {
 		if out := mustTool(t, "", "ldapwhoami", alice...); !strings.Contains(out, lab.UserDN) {
 			t.Fatalf("whoami during the cut: %s", out)
 		}
-		if _, _, code := runTool(t, "", "ldapcompare", append(append([]string{}, alice...), dn, "sn:Modified")...); code != 6 {
-			t.Fatalf("compare during the cut: exit %d", code)
+		if out, errs, code := runTool(t, "", "ldapcompare", append(append([]string{}, alice...), dn, "sn:Modified")...); code != 6 {
+			t.Fatalf("compare during the cut: exit %d\n%s%s", code, out, errs)
 		}
 		wantRefused(t, hub, fmt.Sprintf("dn: cn=%s-2,ou=people,%s\nobjectClass: person\ncn: %s-2\nsn: X\n", cn, lab.BaseDN, cn), "ldapadd", admin...)
 		wantRefused(t, hub, fmt.Sprintf("dn: %s\nchangetype: modify\nreplace: sn\nsn: Cut\n", dn), "ldapmodify", admin...)

@@ -539,6 +539,13 @@ func TestUnbindClosesBothSides(t *testing.T) {
 	waitUntil(t, "unbind at both servers", func() bool {
 		return len(r.replica.requests(OpUnbindRequest)) == 1 && len(r.hub.requests(OpUnbindRequest)) == 1
 	})
+	// The servers closing their side after an Unbind is no failure.
+	time.Sleep(50 * time.Millisecond)
+	r.site.mu.Lock()
+	defer r.site.mu.Unlock()
+	if r.site.replicaReports != 0 || len(r.site.hubFailures) != 0 {
+		t.Fatalf("an Unbind was reported as a failure: replica %d, hub %v", r.site.replicaReports, r.site.hubFailures)
+	}
 }
 
 // syncBuffer is a bytes.Buffer safe for a logger written from several goroutines.

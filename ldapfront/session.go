@@ -266,8 +266,16 @@ func (s *session) handle(p *PDU) bool {
 	switch p.Op {
 	case OpUnbindRequest:
 		// Unbind ends both sides: pass it on so the servers log a clean end.
+		// The servers then close their side; mark the connections as closed
+		// on purpose first, or that EOF would be reported to the Site as a
+		// failure of the replica or hub.
 		s.mu.Lock()
 		bs := []*backend{s.replica, s.hub}
+		for _, b := range bs {
+			if b != nil {
+				b.closing = true
+			}
+		}
 		s.mu.Unlock()
 		for _, b := range bs {
 			if b != nil {
