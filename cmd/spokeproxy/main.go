@@ -31,6 +31,8 @@ Usage:
   spokeproxy serve -config FILE   run a site
   spokeproxy check -config FILE   validate a config file
   spokeproxy lab [-dir DIR]       run a throwaway hub-and-spoke lab with spokeproxy in front
+  spokeproxy drill -lab DIR/lab.json | -admin URL -pg DSN -ldap URL -ldap-dn DN ...
+                                  rehearse a hub outage against a live site; exit 0 only if every step passed
   spokeproxy version              print the version
 `
 
@@ -47,6 +49,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCheck(rest, stdout, stderr)
 	case "lab":
 		return cmdLab(rest, stdout, stderr)
+	case "drill":
+		return cmdDrill(rest, stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, "spokeproxy", buildVersion())
 		return 0

@@ -1,0 +1,108 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/spokeproxy/spokeproxy/lab"
+)
+
+// TestDrillCommand runs `spokeproxy drill` against a running lab with
+// spokeproxy in front: it passes through the drill endpoint and with the
+// WAN really cut, and fails with exit 1 naming the step when the link it
+// was told to cut does not exist or when the WAN API cuts nothing.
+func TestDrillCommand(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL and slapd")
+	}
+	l := lab.ForTest(t, lab.Options{Proxy: labProxy(slog.New(slog.DiscardHandler))})
+	info := filepath.Join(l.Dir(), "lab.json")
+	if err := l.WriteInfo(info); err != nil {
+		t.Fatal(err)
+	}
+	drill := func(t *testing.T, args ...string) (int, string, string) {
+		t.Helper()
+		code, out, errs := runCmd(append([]string{"drill", "-lab", info}, args...)...)
+		t.Logf("spokeproxy drill %s: exit %d\n%s%s", strings.Join(args, " "), code, out, errs)
+		return code, out, errs
+	}
+
+	t.Run("drill endpoint", func(t *testing.T) {
+		code, out, _ := drill(t)
+		if code != 0 || !strings.Contains(out, "PASS: ") || strings.Contains(out, "FAIL") {
+			t.Fatalf("drill against a healthy lab: exit %d", code)
+		}
+		for _, step := range []string{"pg writes refused with 25006", "ldap writes refused with 52", "pg reads go on",
+			"metrics: hub down, writes refused", "pg replica caught up", "ldap replica caught up"} {
+			if !strings.Contains(out, "PASS  "+step) {
+				t.Errorf("the report lacks a passing %q step", step)
+			}
+		}
+	})
+
+	t.Run("WAN cut, JSON report", func(t *testing.T) {
+		code, out, _ := drill(t, "-wan", "-json")
+		var rep drillReport
+		if err := json.Unmarshal([]byte(out), &rep); err != nil {
+			t.Fatalf("-json output: %v", err)
+		}
+		if code != 0 || !rep.Passed || rep.Method != "WAN cut" || len(rep.Steps) < 15 {
+			t.Fatalf("drill with the WAN cut: exit %d, report %+v", code, rep)
+		}
+		for _, s := range rep.Steps {
+			if strings.Contains(s.Name, "refused with") {
+				t.Logf("detection: %s %.3fs (%s)", s.Name, s.Seconds, s.Detail)
+			}
+		}
+	})
+
+	t.Run("link that does not exist", func(t *testing.T) {
+		code, out, _ := drill(t, "-protocol", "pg", "-wan-api", l.ToxiproxyAPI(), "-wan-link-pg", "wan_nosuch")
+		if code != 1 {
+			t.Fatalf("exit %d, want 1", code)
+		}
+		if !strings.Contains(out, "FAIL  hub made unreachable (WAN cut)") || !strings.Contains(out, "wan_nosuch") {
+			t.Errorf("the report does not name the failed step and the link")
+		}
+	})
+
+	t.Run("WAN API that cuts nothing", func(t *testing.T) {
+		// Answers like toxiproxy and accepts every change, but nothing is cut.
+		fake := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			name := strings.TrimPrefix(r.URL.Path, "/proxies/")
+			fmt.Fprintf(w, `{"name":%q,"listen":"127.0.0.1:1","upstream":"127.0.0.1:2","enabled":true,"toxics":[]}`, name)
+		}))
+		defer fake.Close()
+		code, out, _ := drill(t, "-protocol", "pg", "-wan-api", fake.URL, "-detect", "1s")
+		if code != 1 {
+			t.Fatalf("exit %d, want 1", code)
+		}
+		if !strings.Contains(out, "FAIL  pg writes refused with 25006") || !strings.Contains(out, "a write was accepted") {
+			t.Errorf("the report does not name the failed step and why")
+		}
+		if !strings.Contains(out, "PASS  hub made unreachable") {
+			t.Errorf("the fake API's cut should have looked successful")
+		}
+	})
+}
+
+func TestDrillUsage(t *testing.T) {
+	for _, args := range [][]string{
+		{"drill"},                            // nothing to drill
+		{"drill", "-pg", "postgres://x@y/z"}, // no admin URL
+		{"drill", "-admin", "http://a", "-ldap", "ldap://x"}, // no DN
+		{"drill", "-wan"}, // -wan without -lab
+		{"drill", "-protocol", "smtp", "-admin", "http://a", "-pg", "postgres://x@y/z"},
+		{"drill", "-admin", "http://a", "-pg", "postgres://x@y/z", "-wan-api", "http://t"}, // no link name
+	} {
+		if code, _, errs := runCmd(args...); code != 2 || errs == "" {
+			t.Errorf("%v: exit %d, stderr %q; want 2 with a message", args, code, errs)
+		}
+	}
+}
