@@ -471,14 +471,30 @@ func TestReplicaDownReadsGoToTheHub(t *testing.T) {
 	c.send(simpleBind(1, "uid=alice,dc=example,dc=org", "pw"))
 	c.result(1)
 	r.replica.stop()
-	waitUntil(t, "replica failure report", func() bool {
-		r.site.mu.Lock()
-		defer r.site.mu.Unlock()
-		return r.site.replicaReports > 0
+	// The next read finds the replica gone (its redial fails), reports it and
+	// goes to the hub.
+	waitUntil(t, "the session to see its replica connection end", func() bool {
+		r.srv.mu.Lock()
+		defer r.srv.mu.Unlock()
+		for sess := range r.srv.sessions {
+			sess.mu.Lock()
+			gone := sess.replica == nil
+			sess.mu.Unlock()
+			if !gone {
+				return false
+			}
+		}
+		return true
 	})
 	c.send(searchReq(2, "dc=example,dc=org"))
 	if code, _ := c.result(2); code != 0 {
 		t.Fatalf("read with the replica down: %d", code)
+	}
+	r.site.mu.Lock()
+	reports := r.site.replicaReports
+	r.site.mu.Unlock()
+	if reports == 0 {
+		t.Fatal("the replica's failure was not reported to the Site")
 	}
 	if got := r.hub.requests(OpSearchRequest); len(got) != 1 || got[0].MessageID != 2 {
 		t.Fatalf("hub searches: %+v", got)

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"net"
@@ -885,13 +886,20 @@ func (s *session) backendFailed(b *backend, err error) {
 	closed := s.closed
 	s.mu.Unlock()
 	_ = b.conn.Close()
-	if !intentional {
-		s.log.Warn("backend connection lost", "side", b.side, "endpoint", b.endpoint, "err", err, "in_flight", len(lost))
-		if b.side == metrics.TargetHub {
-			s.srv.site.ReportHubFailure(b.endpoint, err)
-		} else {
-			s.srv.site.ReportReplicaFailure(err)
-		}
+	switch {
+	case intentional:
+	case b.side == metrics.TargetHub:
+		// An EOF on the hub connection is how a cut link shows on the data
+		// path first (well before probes): report it at once.
+		s.log.Warn("hub connection lost", "endpoint", b.endpoint, "err", err, "in_flight", len(lost))
+		s.srv.site.ReportHubFailure(b.endpoint, err)
+	case errors.Is(err, io.EOF) && len(lost) == 0:
+		// The local replica closed an idle connection (idletimeout, restart):
+		// no failure to report. If it is really gone, the next dial says so.
+		s.log.Info("replica closed an idle connection", "endpoint", b.endpoint)
+	default:
+		s.log.Warn("replica connection lost", "endpoint", b.endpoint, "err", err, "in_flight", len(lost))
+		s.srv.site.ReportReplicaFailure(err)
 	}
 	if closed {
 		return
