@@ -128,7 +128,7 @@ func TestLabConsistencyOverASlowWAN(t *testing.T) {
 // lived through earlier toxic removals.
 func TestLabSilentLink(t *testing.T) {
 	l := lab.ForTest(t, lab.Options{})
-	session := startFront(t, l, nil)
+	session := startFront(t, l, func(c *Config) { c.DialTimeout = 10 * time.Second })
 	rc := dialRaw(t, session.addr)
 	rc.send(simpleBind(1, lab.UserDN, lab.UserPassword))
 	rc.result(1)
@@ -152,6 +152,30 @@ func TestLabSilentLink(t *testing.T) {
 	t.Logf("in-flight write on a blackholed link answered 80 after %v (probes every 100 ms, timeout 1 s, down after 2)", took.Round(time.Millisecond))
 	if took > 4*time.Second {
 		t.Errorf("took %v: the probes' detection time is about 2 s here", took)
+	}
+	// A client that needs a new hub connection on the silent link: the TCP
+	// connect succeeds, its bind would hang until DialTimeout (10 s here); the
+	// Site's verdict ends it sooner.
+	fresh := dialRaw(t, session.addr)
+	fresh.send(simpleBind(1, lab.BobDN, lab.BobPassword))
+	if code, _ := fresh.result(1); code != 0 {
+		t.Fatalf("bind on the replica during the blackhole: %d", code)
+	}
+	_ = l.ResetWAN()
+	session.waitHub(t, true)
+	if err := l.Blackhole(lab.LinkLDAP); err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	fresh.send(modifyReq(2, lab.BobDN))
+	code, diag = fresh.result(2)
+	took = time.Since(start)
+	if code != ResultUnavailable {
+		t.Fatalf("write needing a new hub connection on a silent link: %d %q", code, diag)
+	}
+	t.Logf("write needing a new hub connection on a blackholed link refused after %v", took.Round(time.Millisecond))
+	if took > 5*time.Second {
+		t.Errorf("took %v: the dial should end when the Site judges the hub down, not at DialTimeout", took)
 	}
 	rc.send(modifyReq(4, lab.UserDN))
 	if code, _ := rc.result(4); code != ResultUnavailable {

@@ -640,6 +640,28 @@ func (s *session) hubConn(endpoint string) (*backend, error) {
 func (s *session) dialHub(endpoint string, ident identity, gen int) (*backend, error) {
 	ctx, cancel := context.WithTimeout(s.ctx, s.srv.cfg.DialTimeout)
 	defer cancel()
+	if w, ok := s.srv.site.(hubWatcher); ok {
+		// On a silent link the TCP connect to a middlebox still succeeds and
+		// the bind hangs: give up as soon as the Site judges the hub down.
+		stop := make(chan struct{})
+		watching := make(chan struct{})
+		defer func() { close(stop); <-watching }()
+		go func() {
+			defer close(watching)
+			for {
+				ch := w.Changes()
+				if w.HubUnavailable() != nil {
+					cancel()
+					return
+				}
+				select {
+				case <-ch:
+				case <-stop:
+					return
+				}
+			}
+		}()
+	}
 	conn, err := s.srv.site.DialHub(ctx, endpoint)
 	if err != nil {
 		s.srv.site.ReportHubFailure(endpoint, err)
@@ -678,6 +700,10 @@ func (s *session) setup(ctx context.Context, conn net.Conn, side, endpoint strin
 	if dl, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(dl)
 	}
+	// Cancelling ctx (the session ends, the Site judges the hub down) unblocks
+	// the exchanges below at once.
+	stopWatch := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
+	defer stopWatch()
 	b := &backend{side: side, endpoint: endpoint, conn: conn, br: bufio.NewReaderSize(conn, 32<<10), gen: gen}
 	fail := func(err error) (*backend, error) {
 		conn.Close()
@@ -719,6 +745,9 @@ func (s *session) setup(ctx context.Context, conn net.Conn, side, endpoint strin
 			conn.Close()
 			return nil, &bindError{code: code, diag: diag}
 		}
+	}
+	if !stopWatch() {
+		return fail(fmt.Errorf("setting up %s %s: %w", side, endpoint, context.Cause(ctx)))
 	}
 	_ = b.conn.SetDeadline(time.Time{})
 	s.mu.Lock()
