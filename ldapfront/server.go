@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/url"
 	"sync"
@@ -77,6 +78,41 @@ type Config struct {
 	IdleTimeout     time.Duration // close a connection with nothing in flight after this, default 15m
 	MaxConnections  int           // default 1000
 	DialTimeout     time.Duration // replica and hub dial plus bind, default 5s
+}
+
+// Validate reports every problem of c at once, naming the field.
+func (c Config) Validate() error {
+	var errs []error
+	if c.ReplicaURL == "" {
+		errs = append(errs, errors.New("ldapfront: ReplicaURL is required"))
+	} else if u, err := url.Parse(c.ReplicaURL); err != nil || (u.Scheme != "ldap" && u.Scheme != "ldaps") || u.Host == "" {
+		errs = append(errs, fmt.Errorf("ldapfront: ReplicaURL %q: want ldap://host:port or ldaps://host:port", c.ReplicaURL))
+	}
+	if c.BaseDN == "" {
+		errs = append(errs, errors.New("ldapfront: BaseDN is required (its contextCSN is the replication position)"))
+	}
+	if (c.ProxyAuthDN == "") != (c.ProxyAuthPassword == "") {
+		errs = append(errs, errors.New("ldapfront: ProxyAuthDN and ProxyAuthPassword go together"))
+	}
+	switch c.Consistency {
+	case routing.ConsistencySession, routing.ConsistencySite, routing.ConsistencyNone:
+	default:
+		errs = append(errs, fmt.Errorf("ldapfront: Consistency %d is not session, site or none", c.Consistency))
+	}
+	if c.TLS != nil && len(c.TLS.Certificates) == 0 && c.TLS.GetCertificate == nil {
+		errs = append(errs, errors.New("ldapfront: TLS has no certificate"))
+	}
+	for name, v := range map[string]int64{"MaxPDUSize": c.MaxPDUSize, "MaxResponseSize": c.MaxResponseSize,
+		"MaxOutstanding": int64(c.MaxOutstanding), "MaxConnections": int64(c.MaxConnections),
+		"WaitTimeout": int64(c.WaitTimeout), "IdleTimeout": int64(c.IdleTimeout), "DialTimeout": int64(c.DialTimeout)} {
+		if v < 0 {
+			errs = append(errs, fmt.Errorf("ldapfront: %s must not be negative", name))
+		}
+	}
+	if c.MaxPDUSize > math.MaxInt32 {
+		errs = append(errs, errors.New("ldapfront: MaxPDUSize above 2 GiB"))
+	}
+	return errors.Join(errs...)
 }
 
 func (c Config) withDefaults() Config {

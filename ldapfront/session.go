@@ -717,7 +717,10 @@ func (s *session) setup(ctx context.Context, conn net.Conn, side, endpoint strin
 		if code != ResultSuccess {
 			return fail(fmt.Errorf("StartTLS to %s refused: %d %s", endpoint, code, diag))
 		}
-		tc := s.srv.cfg.HubTLS.Clone()
+		tc := &tls.Config{}
+		if s.srv.cfg.HubTLS != nil {
+			tc = s.srv.cfg.HubTLS.Clone()
+		}
 		if tc.ServerName == "" {
 			host, _ := ldapHostPort(endpoint)
 			tc.ServerName, _, _ = net.SplitHostPort(host)

@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"math/big"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -153,5 +154,31 @@ func TestStartTLSToTheHub(t *testing.T) {
 	}
 	if len(r2.hub.requests(OpModifyRequest)) != 0 {
 		t.Fatal("the write reached an untrusted hub")
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	if err := (Config{ReplicaURL: "ldap://127.0.0.1:389", BaseDN: "dc=x"}).Validate(); err != nil {
+		t.Fatalf("minimal config: %v", err)
+	}
+	err := Config{ReplicaURL: "http://x", ProxyAuthDN: "cn=p", Consistency: 7, MaxOutstanding: -1, TLS: &tls.Config{}}.Validate()
+	if err == nil {
+		t.Fatal("bad config accepted")
+	}
+	for _, want := range []string{"ReplicaURL", "BaseDN", "ProxyAuthPassword", "Consistency", "MaxOutstanding", "certificate"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not name %s: %v", want, err)
+		}
+	}
+}
+
+func TestStartTLSToTheHubWithoutHubTLSConfig(t *testing.T) {
+	cert, _ := testCert(t)
+	r := startRigTLS(t, nil, nil, &tls.Config{Certificates: []tls.Certificate{cert}}, func(c *Config) { c.HubStartTLS = true })
+	c := r.client(t)
+	c.send(modifyReq(1, "cn=x"))
+	// System roots do not trust the test certificate: refused, and no panic.
+	if code, _ := c.result(1); code != ResultUnavailable {
+		t.Fatalf("write: %d", code)
 	}
 }
