@@ -16,10 +16,7 @@ var ErrNoHubStandby = errors.New("lab: no hub-site standby (start the lab with O
 // StopHubPrimary stops the original hub primary with a fast shutdown, as a
 // crashed or switched-off hub would look to the spoke (connections close).
 func (l *Lab) StopHubPrimary(ctx context.Context) error {
-	if l.hubPG.proc == nil {
-		return errors.New("lab: hub primary not started")
-	}
-	return l.hubPG.proc.stop(10 * time.Second)
+	return l.StopHubPG(ctx)
 }
 
 // PromoteHubStandby promotes the hub-site standby to primary, waits until

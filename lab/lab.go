@@ -90,8 +90,13 @@ type Lab struct {
 	proxy       ProxyEndpoints
 	proxyCloser io.Closer
 
-	mu       sync.Mutex // guards promoted
+	mu       sync.Mutex // guards promoted and every server's proc field
 	promoted bool       // the hub-site standby is the primary now
+
+	// ctlMu serialises the control methods (control.go) with each other
+	// and with Close; closed is set by Close under it.
+	ctlMu  sync.Mutex
+	closed bool
 
 	closeOnce sync.Once
 	closeErr  error
@@ -327,6 +332,11 @@ func (l *Lab) upLDAP(ctx context.Context) error {
 // and is idempotent. A temporary directory it created is removed.
 func (l *Lab) Close() error {
 	l.closeOnce.Do(func() {
+		// Wait for a control operation under way, and refuse later ones,
+		// so no server is started after its stop below.
+		l.ctlMu.Lock()
+		l.closed = true
+		l.ctlMu.Unlock()
 		var errs []error
 		if l.proxyCloser != nil {
 			errs = append(errs, l.proxyCloser.Close())
@@ -544,9 +554,13 @@ func (l *Lab) ResetWAN() error {
 // Proxy returns the spokeproxy endpoints passed back by Options.Proxy.
 func (l *Lab) Proxy() ProxyEndpoints { return l.proxy }
 
-// PIDs are the process IDs of every server the lab started (each is also
-// its process group ID).
+// PIDs are the process IDs of the lab's servers (each is also its process
+// group ID), in the order hub, spoke, hub2 PostgreSQL, then hub and spoke
+// slapd: each server's latest process, even if it has been stopped. Use
+// the control methods (StopReplicaPG, ...) to stop and start servers.
 func (l *Lab) PIDs() []int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	var pids []int
 	for _, c := range []*pgCluster{l.hubPG, l.spokePG, l.hub2PG} {
 		if c != nil && c.proc != nil {

@@ -132,7 +132,9 @@ func (l *Lab) startSlapd(ctx context.Context, s *slapdServer, ready func(context
 	if err != nil {
 		return err
 	}
+	l.mu.Lock()
 	s.proc = p
+	l.mu.Unlock()
 	return waitFor(ctx, p, "slapd answering a search", 30*time.Second, ready)
 }
 

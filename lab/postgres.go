@@ -113,7 +113,9 @@ func (l *Lab) startCluster(ctx context.Context, c *pgCluster) error {
 	if err != nil {
 		return err
 	}
+	l.mu.Lock()
 	c.proc = p
+	l.mu.Unlock()
 	return waitFor(ctx, p, "PostgreSQL accepting connections", 30*time.Second, func(ctx context.Context) error {
 		conn, err := pgx.Connect(ctx, l.superDSN(c, "postgres"))
 		if err != nil {
