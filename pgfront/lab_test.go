@@ -252,8 +252,15 @@ func TestLabPG(t *testing.T) {
 		if err := tx.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&recov); err != nil || !recov {
 			t.Fatalf("first read of a transaction: standby=%v err=%v", recov, err)
 		}
-		if _, err := tx.Exec(ctx, "UPDATE accounts SET balance = balance + 1 WHERE name = 'alice'"); err != nil {
+		if _, err := tx.Exec(ctx, "SET LOCAL statement_timeout = 4321"); err != nil {
 			t.Fatal(err)
+		}
+		var timeout string
+		if err := tx.QueryRow(ctx, "UPDATE accounts SET balance = balance + 1 WHERE name = 'alice' RETURNING current_setting('statement_timeout')").Scan(&timeout); err != nil {
+			t.Fatal(err)
+		}
+		if timeout != "4321ms" {
+			t.Errorf("SET LOCAL not replayed when the transaction moved to the hub: statement_timeout=%q", timeout)
 		}
 		if err := tx.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&recov); err != nil || recov {
 			t.Fatalf("read after the first write: standby=%v err=%v", recov, err)

@@ -477,10 +477,18 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 			}
 			return p, nil
 		}
-		if k == StmtSetLocal && u.simple {
+		p := plan{to: s.replica, route: metrics.RouteLocal, safetyNet: k == StmtRead}
+		if (k == StmtSetLocal || k == StmtSession) && u.simple {
+			// Replayed on the hub if the transaction moves there.
 			s.txLocals = append(s.txLocals, u.query)
 		}
-		return plan{to: s.replica, route: metrics.RouteLocal, safetyNet: k == StmtRead}, nil
+		if k == StmtSession && u.simple {
+			s.sets = append(s.sets, u.query)
+			if s.hub != nil {
+				p.toSecond = s.hub
+			}
+		}
+		return p, nil
 	}
 	// Autocommit (idle session). A batch that opens a transaction and
 	// then only reads (JDBC with autocommit off sends BEGIN with the first
