@@ -37,8 +37,11 @@ type Admin struct {
 	Drills func() []DrillState
 	// Token, when set, is the bearer token that state-changing endpoints
 	// (drills) require.
-	Token  string
-	Logger *slog.Logger
+	Token string
+	// TokenSource, when set, gives the token at each request instead of
+	// Token, so a reload can change it.
+	TokenSource func() string
+	Logger      *slog.Logger
 }
 
 // Handler returns the admin API's routes.
@@ -199,11 +202,15 @@ func orBoth(protocol string) string {
 
 // authorized checks the bearer token of a state-changing request.
 func (a *Admin) authorized(r *http.Request) bool {
-	if a.Token == "" {
+	token := a.Token
+	if a.TokenSource != nil {
+		token = a.TokenSource()
+	}
+	if token == "" {
 		return true
 	}
 	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(a.Token)) == 1
+	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1
 }
 
 func writeJSON(w http.ResponseWriter, code int, body any) {

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -122,7 +123,9 @@ func TestDrillAgainstTheLab(t *testing.T) {
 	}
 	cfg.Admin.TokenFile = tokenFile
 	reg := prometheus.NewRegistry()
-	srv, err := proxy.New(cfg, proxy.Options{Registry: reg, Version: "test"})
+	var logs lockedLog
+	logger, _ := proxy.NewLogger(&logs, proxy.LogConfig{Level: "info"})
+	srv, err := proxy.New(cfg, proxy.Options{Registry: reg, Version: "test", Logger: logger, RefusalLogInterval: 300 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,6 +226,14 @@ func TestDrillAgainstTheLab(t *testing.T) {
 	if code, body := httpGet(t, admin+"/readyz"); code != 200 {
 		t.Errorf("/readyz during a drill = %d %q: reads are served", code, body)
 	}
+	// Refused writes are summarised in the log, one line per protocol per
+	// interval.
+	waitFor(t, "the refused-write summary", func() bool {
+		return strings.Contains(logs.String(), `msg="writes refused" site=lab-spoke protocol=ldap refused=1`)
+	})
+	if n := strings.Count(logs.String(), `msg="writes refused" site=lab-spoke protocol=pg refused=1`); n != 1 {
+		t.Errorf("%d pg refused-write summaries for one refusal, want 1:\n%s", n, logs.String())
+	}
 
 	// The live scrape, mid-drill, is what promtool checks.
 	_, scrape := httpGet(t, admin+"/metrics")
@@ -300,4 +311,22 @@ func series(t *testing.T, reg *prometheus.Registry, name string, want map[string
 		}
 	}
 	return -1
+}
+
+// lockedLog is a log destination safe to read while the server writes.
+type lockedLog struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,6 +26,12 @@ type Options struct {
 	// Registry receives every metric; nil means a new private registry.
 	Registry *prometheus.Registry
 	Version  string
+	// LogLevel, when set, is the level of Logger's handler (NewLogger
+	// returns it); a reload sets it from log.level.
+	LogLevel *slog.LevelVar
+	// RefusalLogInterval bounds how often refused writes are logged: one
+	// summary line per protocol per interval at most. Zero means 10s.
+	RefusalLogInterval time.Duration
 }
 
 // Addrs are the addresses the server actually listens on.
@@ -44,6 +51,13 @@ type Server struct {
 
 	parts []*protocolPart // built by New; immutable after
 	ops   *metrics.Ops
+	level *slog.LevelVar         // nil: log.level changes need a restart
+	token atomic.Pointer[string] // the admin bearer token now; "" means none
+
+	reloadMu sync.Mutex // serialises reloads; guards running
+	running  *Config    // cfg with the reloaded live keys applied
+
+	refusalEvery time.Duration // see Options.RefusalLogInterval
 
 	mu     sync.Mutex // guards addrs and cancel
 	addrs  Addrs
@@ -64,11 +78,17 @@ func New(cfg *Config, opts Options) (*Server, error) {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics.NewBuildInfo(reg, opts.Version)
 	s := &Server{
-		cfg:     cfg,
-		logger:  opts.Logger.With("site", cfg.Site),
-		reg:     reg,
-		version: opts.Version,
-		errs:    make(chan error, 4),
+		cfg:          cfg,
+		logger:       opts.Logger.With("site", cfg.Site),
+		reg:          reg,
+		version:      opts.Version,
+		errs:         make(chan error, 4),
+		level:        opts.LogLevel,
+		running:      cfg,
+		refusalEvery: opts.RefusalLogInterval,
+	}
+	if s.refusalEvery <= 0 {
+		s.refusalEvery = 10 * time.Second
 	}
 	parts, err := s.buildParts()
 	if err != nil {
@@ -123,6 +143,7 @@ func (s *Server) Start(ctx context.Context) error {
 			return fmt.Errorf("admin.token_file: %w", err)
 		}
 	}
+	s.token.Store(&token)
 	// Bind everything first, so a taken port fails Start before anything runs.
 	var bound []net.Listener
 	listen := func(key, addr string) (net.Listener, error) {
@@ -191,10 +212,13 @@ func (s *Server) Start(ctx context.Context) error {
 		StartDrill: s.StartDrill,
 		StopDrill:  s.StopDrill,
 		Drills:     s.drillStates,
-		Token:      token,
-		Logger:     s.logger,
+		TokenSource: func() string {
+			return *s.token.Load()
+		},
+		Logger: s.logger,
 	}
 	s.run(func() error { return ServeAdmin(runCtx, adminLn, admin.Handler(), s.logger) })
+	s.run(func() error { s.logRefusals(runCtx, s.refusalEvery); return nil })
 	s.logger.Info("serving", "admin", s.addrs.Admin, "pg", s.addrs.Postgres, "ldap", s.addrs.LDAP)
 	return nil
 }
@@ -243,11 +267,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	cancel()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
+	// The fronts have closed every client by now (at the deadline at the
+	// latest); probes and the admin server stop within moments, so give
+	// them a short grace even when ctx has already run out.
+	grace := time.NewTimer(5 * time.Second)
+	defer grace.Stop()
 	select {
 	case <-done:
 		return errors.Join(errs...)
-	case <-ctx.Done():
-		return fmt.Errorf("proxy: shutdown: %w", ctx.Err())
+	case <-grace.C:
+		return errors.Join(append(errs, errors.New("proxy: shutdown: serving goroutines still running 5s after the drain"))...)
 	}
 }
 
@@ -287,4 +316,56 @@ func (s *Server) ready() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// logRefusals logs, every interval in which writes were refused, one line
+// per protocol with the count and the reason the hub is unusable. The
+// fronts count each refusal in spokeproxy_writes_refused_total; this turns
+// a burst into a single line.
+func (s *Server) logRefusals(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	last := s.refusedCounts()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := s.refusedCounts()
+		for _, p := range s.parts {
+			n := now[p.name] - last[p.name]
+			if n <= 0 {
+				continue
+			}
+			attrs := []any{"protocol", p.name, "refused", int64(n), "in_last", interval.String()}
+			if err := p.site.HubUnavailable(); err != nil {
+				attrs = append(attrs, "why", err.Error())
+			}
+			s.logger.Warn("writes refused", attrs...)
+		}
+		last = now
+	}
+}
+
+// refusedCounts reads spokeproxy_writes_refused_total by protocol.
+func (s *Server) refusedCounts() map[string]float64 {
+	out := map[string]float64{}
+	mfs, err := s.reg.Gather()
+	if err != nil && len(mfs) == 0 {
+		return out
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "spokeproxy_writes_refused_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "protocol" {
+					out[l.GetValue()] = m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return out
 }

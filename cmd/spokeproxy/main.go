@@ -122,6 +122,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 func cmdServe(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("serve", stderr)
 	path := fs.String("config", "", "config file")
+	drain := fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long running transactions and operations may finish before connections are closed")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -134,31 +135,55 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	logger, _ := proxy.NewLogger(stderr, cfg.Log)
-	srv, err := proxy.New(cfg, proxy.Options{Logger: logger, Registry: prometheus.NewRegistry(), Version: buildVersion()})
+	logger, level := proxy.NewLogger(stderr, cfg.Log)
+	srv, err := proxy.New(cfg, proxy.Options{Logger: logger, LogLevel: level, Registry: prometheus.NewRegistry(), Version: buildVersion()})
 	if err != nil {
 		logger.Error("cannot build the site", "err", err)
 		return 1
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// SIGHUP re-reads the config; a bad one is logged and the running one stays.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	if err := srv.Start(ctx); err != nil {
 		logger.Error("cannot start", "err", err)
 		return 1
 	}
 	code := 0
-	select {
-	case <-ctx.Done():
-		logger.Info("shutting down")
-	case err := <-srv.Errors():
-		logger.Error("serving failed", "err", err)
-		code = 1
+serving:
+	for {
+		select {
+		case <-hup:
+			next, err := proxy.LoadConfig(*path)
+			if err != nil {
+				srv.ReloadFailed(err)
+				continue
+			}
+			srv.Reload(next) // logs what it applied and what needs a restart
+		case <-ctx.Done():
+			logger.Info("shutting down: draining", "deadline", drain.String())
+			break serving
+		case err := <-srv.Errors():
+			logger.Error("serving failed", "err", err)
+			code = 1
+			break serving
+		}
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	stop() // a second SIGINT or SIGTERM ends the process at once
+	sctx, cancel := context.WithTimeout(context.Background(), *drain)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.Canceled) {
+	switch err := srv.Shutdown(sctx); {
+	case err == nil:
+	case errors.Is(err, context.DeadlineExceeded):
+		// Expected with clients that stay connected: they were closed at
+		// the deadline.
+		logger.Warn("drain deadline reached; remaining connections were closed", "err", err)
+	default:
 		logger.Error("shutdown", "err", err)
 		code = 1
 	}
+	logger.Info("stopped")
 	return code
 }
