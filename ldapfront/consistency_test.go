@@ -1,6 +1,7 @@
 package ldapfront
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -218,4 +219,34 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string, want map[s
 		}
 	}
 	return sum
+}
+
+// TestLabReplicaDown stops the spoke's consumer: reads go to the hub (bound as
+// the client) while the link is up, and get 52 once it is cut too.
+func TestLabReplicaDown(t *testing.T) {
+	l := lab.ForTest(t, lab.Options{})
+	f := startFront(t, l, nil)
+	c := f.dial(t, lab.UserDN, lab.UserPassword)
+	searchOne(t, c, lab.UserDN, "cn")
+	ctx := context.Background()
+	if err := l.StopReplicaLDAP(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := l.StartReplicaLDAP(ctx); err != nil {
+			t.Errorf("restart replica: %v", err)
+		}
+	})
+	if got := searchOne(t, c, lab.UserDN, "cn").GetAttributeValue("cn"); got != "Alice Example" {
+		t.Fatalf("read from the hub while the replica is down: %q", got)
+	}
+	// A new client binds (on the hub) and reads too.
+	c2 := f.dial(t, lab.BobDN, lab.BobPassword)
+	searchOne(t, c2, lab.BobDN, "cn")
+	if got := metricValue(t, f.reg, "spokeproxy_ldap_operations_total", map[string]string{"op": "search", "route": "hub"}); got < 2 {
+		t.Fatalf("reads routed to the hub: %v", got)
+	}
+	f.cut(t)
+	_, err := c.Search(ldap.NewSearchRequest(lab.UserDN, ldap.ScopeBaseObject, ldap.NeverDerefAliases, 0, 0, false, "(objectClass=*)", nil, nil))
+	wantCode(t, err, ldap.LDAPResultUnavailable, "")
 }

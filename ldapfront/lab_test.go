@@ -81,13 +81,17 @@ func startFront(t testing.TB, l *lab.Lab, mutate func(*Config)) *front {
 	return f
 }
 
-// waitHub waits until the Site sees the hub up (or down).
-func (f *front) waitHub(t testing.TB, up bool) {
+// waitHub waits until the Site sees the hub up (and the replica up) or the hub down.
+func (f *front) waitHub(t testing.TB, up bool) { t.Helper(); f.waitSite(t, up, up) }
+
+// waitSite waits until the Site sees the hub up or down, and the replica up
+// when replicaUp.
+func (f *front) waitSite(t testing.TB, up, replicaUp bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		s := f.site.Snapshot()
-		if s.Hub.Up == up && (!up || s.Replica.Up) {
+		if s.Hub.Up == up && (!replicaUp || s.Replica.Up) {
 			return
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -106,7 +110,7 @@ func (f *front) cut(t *testing.T) {
 		if err := f.lab.ResetWAN(); err != nil {
 			t.Errorf("reset WAN: %v", err)
 		}
-		f.waitHub(t, true)
+		f.waitSite(t, true, false)
 	})
 	f.waitHub(t, false)
 }
