@@ -5,9 +5,11 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -52,13 +54,22 @@ func BenchmarkPGBenchSelect(b *testing.B) {
 	if m := os.Getenv("PGFRONT_BENCH_MODES"); m != "" {
 		modes = []string{m}
 	}
+	bouncer := startPgBouncer(b, l.ReplicaPGAddr())
 	for _, mode := range modes {
-		var direct, proxied float64
+		var direct, proxied, pgb float64
 		for round := 0; round < 2; round++ {
 			direct += pgbenchTPS(b, l.ReplicaPGAddr(), "-S", "-n", "-M", mode, "-c", "8", "-j", "2", "-T", "5")
 			proxied += pgbenchTPS(b, f.addr, "-S", "-n", "-M", mode, "-c", "8", "-j", "2", "-T", "5")
+			if mode != "prepared" { // pgbouncer 1.18 in transaction mode cannot run -M prepared
+				pgb += pgbenchTPS(b, bouncer, "-S", "-n", "-M", mode, "-c", "8", "-j", "2", "-T", "5")
+			}
 		}
-		b.Logf("pgbench -S -M %s -c 8: direct %.0f tps, through spokeproxy %.0f tps, ratio %.2f", mode, direct/2, proxied/2, proxied/direct)
+		if pgb > 0 {
+			b.Logf("pgbench -S -M %s -c 8: direct %.0f tps, through spokeproxy %.0f tps (%.2f of direct), through pgbouncer %.0f tps (spokeproxy/pgbouncer %.2f)",
+				mode, direct/2, proxied/2, proxied/direct, pgb/2, proxied/pgb)
+		} else {
+			b.Logf("pgbench -S -M %s -c 8: direct %.0f tps, through spokeproxy %.0f tps (%.2f of direct)", mode, direct/2, proxied/2, proxied/direct)
+		}
 		b.ReportMetric(proxied/direct, mode+"-ratio")
 	}
 }
@@ -135,4 +146,61 @@ func median(ds []time.Duration) time.Duration {
 		}
 	}
 	return s[len(s)/2]
+}
+
+// startPgBouncer runs Debian's pgbouncer (transaction pooling) in front of
+// the standby, as the postgres user, and returns its address.
+func startPgBouncer(tb testing.TB, replica string) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	host, port, _ := net.SplitHostPort(replica)
+	_, lport, _ := net.SplitHostPort(addr)
+	dir := tb.TempDir()
+	pgUser, err := user.Lookup("postgres")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	uid, _ := strconv.Atoi(pgUser.Uid)
+	gid, _ := strconv.Atoi(pgUser.Gid)
+	ini := "[databases]\nappdb = host=" + host + " port=" + port + " dbname=appdb\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = " + lport +
+		"\nauth_type = scram-sha-256\nauth_file = " + filepath.Join(dir, "users.txt") + "\npool_mode = transaction\nmax_client_conn = 100\ndefault_pool_size = 20\nunix_socket_dir =\nlogfile = " + filepath.Join(dir, "pgbouncer.log") + "\n"
+	files := map[string]string{"pgbouncer.ini": ini, "users.txt": `"app" "apppass"` + "\n"}
+	for name, body := range files {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			tb.Fatal(err)
+		}
+		if err := os.Chown(p, uid, gid); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	if err := os.Chown(dir, uid, gid); err != nil {
+		tb.Fatal(err)
+	}
+	_ = os.Chmod(filepath.Dir(dir), 0o711)
+	cmd := exec.Command("/usr/sbin/pgbouncer", filepath.Join(dir, "pgbouncer.ini"))
+	cmd.Dir = dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+	if err := cmd.Start(); err != nil {
+		tb.Fatalf("pgbouncer: %v", err)
+	}
+	tb.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+	})
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return addr
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(filepath.Join(dir, "pgbouncer.log"))
+			tb.Fatalf("pgbouncer did not listen on %s:\n%s", addr, log)
+		}
+	}
 }
