@@ -100,6 +100,15 @@
 //   - Losing the replica mid-session ends the session (08006); sessions
 //     that log in while it is down are served by the hub (the auth query
 //     then runs on the hub too), unless RefuseWhenReplicaDown.
-//   - Multi-statement simple queries that mix SET with other statements
-//     apply the SET on the backend that ran them only.
+//   - Multi-statement simple queries that mix SET with other statements,
+//     and SET sent through the extended protocol, apply the SET on the
+//     backend that ran them only (simple-protocol SETs, what drivers send,
+//     are tracked and replayed).
+//   - Only the transaction modes BEGIN/START TRANSACTION and SET
+//     TRANSACTION name are honoured; a session default set with SET
+//     SESSION CHARACTERISTICS or default_transaction_isolation is not
+//     (lazy transactions still start on the replica).
+//   - pgbench -S throughput through the proxy is 0.6-0.7 of direct on the
+//     shared 2-core machine (see BenchmarkPGBenchSelect); the proxy is
+//     syscall-bound, not yet tuned.
 package pgfront
