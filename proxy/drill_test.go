@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -267,6 +268,54 @@ func TestDrillAgainstTheLab(t *testing.T) {
 	modify.Replace("description", []string{"after the drill"})
 	if err := ld.Modify(modify); err != nil {
 		t.Errorf("LDAP write after the drill: %v", err)
+	}
+
+	// Drain (what SIGTERM does): a transaction open when it starts may still
+	// commit, new clients are refused, and at the deadline every client is
+	// gone.
+	tx, err := pg.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "INSERT INTO notes(account_id, body) VALUES (1, 'before the drain')"); err != nil {
+		t.Fatal(err)
+	}
+	const drain = 2 * time.Second
+	drainStart := time.Now()
+	drained := make(chan error, 1)
+	go func() {
+		sctx, c := context.WithTimeout(context.Background(), drain)
+		defer c()
+		drained <- srv.Shutdown(sctx)
+	}()
+	waitFor(t, "the PostgreSQL listener to close", func() bool {
+		c, err := net.DialTimeout("tcp", addrs.Postgres, time.Second)
+		if err != nil {
+			return true
+		}
+		c.Close()
+		return false
+	})
+	if _, err := tx.Exec(ctx, "INSERT INTO notes(account_id, body) VALUES (1, 'during the drain')"); err != nil {
+		t.Errorf("statement of a running transaction during the drain: %v", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Errorf("commit during the drain: %v", err)
+	}
+	var derr error
+	select {
+	case derr = <-drained:
+	case <-time.After(drain + 10*time.Second):
+		t.Fatal("Shutdown did not return after its deadline")
+	}
+	took := time.Since(drainStart)
+	t.Logf("drain with an idle PostgreSQL client and a bound LDAP client: %s, Shutdown: %v", took.Round(time.Millisecond), derr)
+	_, pgAfter := pg.Exec(context.Background(), "SELECT 1")
+	_, ldAfter := ld.Search(ldap.NewSearchRequest(lab.UserDN, ldap.ScopeBaseObject, ldap.NeverDerefAliases, 0, 0, false,
+		"(objectClass=*)", []string{"cn"}, nil))
+	t.Logf("after the drain: PostgreSQL client sees %v; LDAP client sees %v", pgAfter, ldAfter)
+	if pgAfter == nil || ldAfter == nil {
+		t.Errorf("clients still served after the drain: pg %v, ldap %v", pgAfter, ldAfter)
 	}
 }
 

@@ -258,10 +258,21 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	// Fronts first: they stop accepting and end their sessions cleanly
 	// (Notice of Disconnection, 57P01) while routing still answers them.
-	var errs []error
+	// Both fronts drain at the same time, under the same deadline.
+	errc := make(chan error, len(s.parts))
 	for _, p := range s.parts {
-		if err := p.front.Shutdown(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("%s front: %w", p.name, err))
+		go func() {
+			if err := p.front.Shutdown(ctx); err != nil {
+				errc <- fmt.Errorf("%s front: %w", p.name, err)
+				return
+			}
+			errc <- nil
+		}()
+	}
+	var errs []error
+	for range s.parts {
+		if err := <-errc; err != nil {
+			errs = append(errs, err)
 		}
 	}
 	cancel()
