@@ -255,6 +255,12 @@ func TestLabGoLDAP(t *testing.T) {
 		if err := c.Modify(m); err != nil { // opens the hub connection
 			t.Fatal(err)
 		}
+		// Let the consumer have that write before the cut: a session whose
+		// last write never reached the replica cannot read its own write
+		// during the outage, and gets 52 after wait_timeout (routing's policy).
+		if err := f.lab.WaitLDAPReplicaCaughtUp(context.Background(), 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
 		f.cut(t)
 		searchOne(t, c, lab.UserDN, "cn") // reads go on locally
 		m.Replace("description", []string{uniqueName("during")})
