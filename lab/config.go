@@ -72,10 +72,27 @@ type proxyLDAPEndpoint struct {
 	URL string `yaml:"url"`
 }
 
+// Probe settings of the generated proxy config (ProxyConfigYAML). They are
+// for functional tests, which run on loaded 2-core CI machines under -race:
+// two 300 ms probe timeouts in a row have marked a healthy hub down there
+// mid-test (every write then got 25006). A 1 s timeout and three failures
+// keep the hub UP through such stalls, while a failure the data path sees
+// (a reset, a refused connect) still turns the state at once and a hard
+// cut is seen by probes within about one interval (refused connects fail
+// fast). The interval is 250 ms because spokeproxy's config refuses a
+// probe_timeout above four probe intervals. Detection-time tests set their
+// own, tighter settings.
+const (
+	LabProbeInterval = 250 * time.Millisecond
+	LabProbeTimeout  = time.Second
+	LabDownAfter     = 3
+	LabUpAfter       = 2
+)
+
 // ProxyConfigYAML is a spokeproxy config for this lab: replicas direct,
 // hubs through the WAN links (the hub-site standby through wan_pg_2 when
 // there is one), the auth role and its password file, the LDAP suffix, and
-// fast probes so tests see link changes quickly. The listen addresses are
+// the probe settings above (LabProbeInterval, ...). The listen addresses are
 // the caller's (host:port; "127.0.0.1:0" is fine for tests that pass
 // listeners).
 func (l *Lab) ProxyConfigYAML(listenPG, listenLDAP, listenAdmin string) []byte {
@@ -87,7 +104,7 @@ func (l *Lab) ProxyConfigYAML(listenPG, listenLDAP, listenAdmin string) []byte {
 		Site:        "lab-spoke",
 		Log:         proxyLogConfig{Level: "info", Format: "text"},
 		Admin:       proxyAdminConfig{Listen: listenAdmin},
-		Link:        proxyLinkConfig{ProbeInterval: "100ms", ProbeTimeout: "300ms", DownAfter: 2, UpAfter: 2},
+		Link:        proxyLinkConfig{ProbeInterval: LabProbeInterval.String(), ProbeTimeout: LabProbeTimeout.String(), DownAfter: LabDownAfter, UpAfter: LabUpAfter},
 		Consistency: proxyConsistency{Mode: "session", WaitTimeout: "2s"},
 		Postgres: proxyPostgresConfig{
 			Listen:  listenPG,

@@ -632,6 +632,12 @@ func TestProxyConfigYAML(t *testing.T) {
 		Admin struct {
 			Listen string `yaml:"listen"`
 		} `yaml:"admin"`
+		Link struct {
+			ProbeInterval time.Duration `yaml:"probe_interval"`
+			ProbeTimeout  time.Duration `yaml:"probe_timeout"`
+			DownAfter     int           `yaml:"down_after"`
+			UpAfter       int           `yaml:"up_after"`
+		} `yaml:"link"`
 	}
 	if err := yaml.Unmarshal(shared.ProxyConfigYAML("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"), &cfg); err != nil {
 		t.Fatal(err)
@@ -648,6 +654,13 @@ func TestProxyConfigYAML(t *testing.T) {
 	}
 	if ld.BaseDN != BaseDN || ld.Replica.URL != shared.ReplicaLDAPURL() || len(ld.Hubs) != 1 || ld.Hubs[0].URL != shared.WANLDAPURL() {
 		t.Fatalf("ldap section %+v: want the consumer direct and the provider through wan_ldap", ld)
+	}
+	// Functional tests must survive probe stalls on a loaded machine: a
+	// probe timeout of 1 s and three failures to go down. spokeproxy's
+	// config refuses a timeout above four intervals.
+	link := cfg.Link
+	if link.ProbeTimeout != time.Second || link.DownAfter != 3 || link.UpAfter != 2 || link.ProbeInterval <= 0 || link.ProbeTimeout > 4*link.ProbeInterval {
+		t.Fatalf("link settings %+v: want a 1 s probe timeout, down_after 3, up_after 2, and a timeout of at most four intervals", link)
 	}
 }
 
