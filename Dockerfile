@@ -3,6 +3,9 @@
 #   docker run -v /etc/spokeproxy:/etc/spokeproxy:ro -p 6432:6432 -p 3389:3389 spokeproxy
 # In a container, set admin.listen (and the fronts' listen addresses) to
 # 0.0.0.0:PORT: the defaults bind to loopback.
+# SIGTERM drains for up to 30s (serve -drain-timeout): give docker stop more
+# than its 10s default (docker run --stop-timeout 45); docker kill -s HUP
+# reloads the config. See docs/operations.md.
 FROM golang:1.26-bookworm AS build
 WORKDIR /src
 COPY go.mod go.sum ./
