@@ -40,7 +40,16 @@
 // app DSNs, LDAP URLs and identities, PIDs, log files.
 // Lab.WaitReplicaCaughtUp waits by LSN, Lab.WaitLDAPReplicaCaughtUp by
 // contextCSN. Failover, StopHubPrimary,
-// PromoteHubStandby and RepointSpoke script a hub failover.
+// PromoteHubStandby and RepointSpoke script a hub failover (promoting the
+// standby while the primary still runs makes a split brain).
+//
+// Server control by role, for tests: StopHubPG, StartHubPG, RestartHubPG,
+// StopReplicaPG, StartReplicaPG, StopHubLDAP, StartHubLDAP,
+// StopReplicaLDAP and StartReplicaLDAP. A stop returns once the server and
+// its children have exited; a start once the server answers a real request.
+// They are serialised with Close, which stops whatever they started; after
+// Close they return ErrClosed. Tests never signal PIDs or reach into the
+// directory layout.
 //
 // Layout of the lab directory (a reused directory is cleared of these
 // names, and only these, before a start; a live lab there is refused):
