@@ -86,6 +86,10 @@ func TestLabConsistencyOverASlowWAN(t *testing.T) {
 		if code, _ := rc.result(2); code != 0 {
 			t.Fatalf("warm-up modify: %d", code)
 		}
+		// The read after the cut must find the session's write on the replica.
+		if err := l.WaitLDAPReplicaCaughtUp(context.Background(), 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
 		// Slow the hub's answers down so that the cut surely comes first.
 		p, err := l.Toxiproxy().Proxy(lab.LinkLDAP)
 		if err != nil {
