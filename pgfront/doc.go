@@ -104,10 +104,10 @@
 //     and SET sent through the extended protocol, apply the SET on the
 //     backend that ran them only (simple-protocol SETs, what drivers send,
 //     are tracked and replayed).
-//   - Only the transaction modes BEGIN/START TRANSACTION and SET
-//     TRANSACTION name are honoured; a session default set with SET
-//     SESSION CHARACTERISTICS or default_transaction_isolation is not
-//     (lazy transactions still start on the replica).
+//   - A session default isolation (SET SESSION CHARACTERISTICS ...
+//     ISOLATION LEVEL, default_transaction_isolation) is not tracked: a
+//     plain BEGIN then starts lazily on the replica. The session default
+//     READ ONLY is tracked.
 //   - pgbench -S throughput through the proxy is 0.6-0.7 of direct on the
 //     shared 2-core machine (see BenchmarkPGBenchSelect); the proxy is
 //     syscall-bound, not yet tuned.

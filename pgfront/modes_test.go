@@ -65,6 +65,21 @@ func TestLabPGModes(t *testing.T) {
 			t.Fatalf("READ ONLY transaction left the standby: %v %v", recov, err)
 		}
 		_ = tx.Rollback(ctx)
+		// A session default of READ ONLY keeps plain BEGINs local too.
+		if _, err := c.Exec(ctx, "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"); err != nil {
+			t.Fatal(err)
+		}
+		tx, err = c.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&recov); err != nil || !recov {
+			t.Fatalf("default READ ONLY transaction left the standby: %v %v", recov, err)
+		}
+		_ = tx.Rollback(ctx)
+		if _, err := c.Exec(ctx, "SET default_transaction_read_only = off"); err != nil {
+			t.Fatal(err)
+		}
 		// SERIALIZABLE runs on the hub in any mode.
 		tx, err = c.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.Serializable})
 		if err != nil {

@@ -82,9 +82,11 @@ type session struct {
 	txBegin  string       // the client's BEGIN, replayed on the hub when a lazy transaction moves
 	txLocals []string     // SET LOCAL/SET TRANSACTION run in the replica transaction, replayed on move
 	pinned   bool
-	listens  bool        // LISTEN ran on the hub: relay notifications while idle
-	sets     []string    // session SET/RESET statements, replayed when a hub connection attaches
-	pos      routing.LSN // read-your-writes position; 0 = none
+	listens  bool // LISTEN ran on the hub: relay notifications while idle
+	// defaultReadOnly: the session made transactions READ ONLY by default.
+	defaultReadOnly bool
+	sets            []string    // session SET/RESET statements, replayed when a hub connection attaches
+	pos             routing.LSN // read-your-writes position; 0 = none
 
 	stmts map[string]*preparedStmt // by name; "" is the unnamed statement
 
@@ -499,6 +501,9 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 			single, isSingle, k = first, true, StmtBegin
 		}
 	}
+	if k == StmtBegin && isSingle && single.Access == AccessDefault && s.defaultReadOnly {
+		single.Access = AccessReadOnly // SET SESSION CHARACTERISTICS / default_transaction_read_only
+	}
 	switch {
 	case k == StmtBegin && isSingle:
 		hubFirst := single.Isolation == IsolationSerializable ||
@@ -532,6 +537,9 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 		return s.planRead(ctx)
 	case k == StmtSession:
 		for _, st := range u.class.Stmts {
+			if st.Access != AccessDefault {
+				s.defaultReadOnly = st.Access == AccessReadOnly
+			}
 			if st.DropsPrepared {
 				// Both backends drop every prepared statement, and so
 				// does the client's view.
