@@ -379,3 +379,63 @@ func (l *lockedLog) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
+
+// TestSplitBrainSignalAgainstTheLab promotes the hub-site standby while the
+// primary still runs: the metrics the SpokeproxySplitBrain alert reads
+// (hub_down_reason{reason="split_brain"}, hub_writable_endpoints) must say
+// so, and writes are refused.
+func TestSplitBrainSignalAgainstTheLab(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs PostgreSQL and slapd")
+	}
+	l := lab.ForTest(t, lab.Options{HubStandby: true})
+	path := filepath.Join(l.Dir(), "spokeproxy.yaml")
+	if err := os.WriteFile(path, l.ProxyConfigYAML("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := proxy.LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	srv, err := proxy.New(cfg, proxy.Options{Registry: reg, Version: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := srv.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		sctx, c := context.WithTimeout(context.Background(), 10*time.Second)
+		defer c()
+		srv.Shutdown(sctx)
+	})
+	pgLabels := map[string]string{"protocol": "pg"}
+	waitFor(t, "one writable pg hub", func() bool {
+		return gauge(t, reg, "spokeproxy_hub_up", "pg") == 1 && series(t, reg, "spokeproxy_hub_writable_endpoints", pgLabels) == 1
+	})
+	if err := l.PromoteHubStandby(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "split brain in the metrics", func() bool {
+		return series(t, reg, "spokeproxy_hub_down_reason", map[string]string{"protocol": "pg", "reason": "split_brain"}) == 1
+	})
+	if n := series(t, reg, "spokeproxy_hub_writable_endpoints", pgLabels); n != 2 {
+		t.Errorf("spokeproxy_hub_writable_endpoints{protocol=pg} = %v during a split brain, want 2", n)
+	}
+	if g := gauge(t, reg, "spokeproxy_hub_up", "pg"); g != 0 {
+		t.Errorf("spokeproxy_hub_up{protocol=pg} = %v during a split brain", g)
+	}
+	pg, err := pgx.Connect(ctx, "postgres://app:apppass@"+srv.Addrs().Postgres+"/appdb?sslmode=disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pg.Close(context.Background())
+	_, err = pg.Exec(ctx, "INSERT INTO notes(account_id, body) VALUES (1, 'split')")
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "25006" || !strings.Contains(pgErr.Message, "split brain") {
+		t.Errorf("write during a split brain: %v, want 25006 naming the split brain", err)
+	}
+}
