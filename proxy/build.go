@@ -87,11 +87,16 @@ func (s *Server) buildParts() ([]*protocolPart, error) {
 			rc.Hubs = append(rc.Hubs, h.Address)
 		}
 		rc.User, rc.Password, rc.Database = pg.Auth.User, password, "postgres"
+		hubTLS, err := postgresHubTLS(pg.HubTLS)
+		if err != nil {
+			return nil, fmt.Errorf("postgres.hub_tls: %w", err)
+		}
+		rc.HubTLS = hubTLS
 		site, err := routing.NewSite(rc)
 		if err != nil {
 			return nil, err
 		}
-		clientTLS, err := serverTLS(pg.TLS)
+		frontTLS, err := serverTLS(pg.TLS)
 		if err != nil {
 			return nil, fmt.Errorf("postgres.tls: %w", err)
 		}
@@ -101,7 +106,8 @@ func (s *Server) buildParts() ([]*protocolPart, error) {
 		fc := pgfront.Config{
 			Site:             s.cfg.Site,
 			ReplicaAddr:      pg.Replica.Address,
-			TLS:              clientTLS,
+			TLS:              frontTLS,
+			HubTLS:           hubTLS,
 			AuthUser:         pg.Auth.User,
 			AuthPassword:     password,
 			AuthQuery:        pg.Auth.Query,
@@ -179,6 +185,18 @@ func (s *Server) buildParts() ([]*protocolPart, error) {
 		})
 	}
 	return parts, nil
+}
+
+// postgresHubTLS maps hub_tls.mode as libpq reads sslmode; nil for disable.
+func postgresHubTLS(c PostgresHubTLS) (*tls.Config, error) {
+	switch c.Mode {
+	case "require":
+		// Encrypted, the certificate not checked: libpq's sslmode=require.
+		return &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12}, nil
+	case "verify-full":
+		return clientTLS(c.CAFile, c.ServerName)
+	}
+	return nil, nil
 }
 
 // serverTLS loads a listener's certificate; nil when none is configured.

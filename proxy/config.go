@@ -119,7 +119,10 @@ type PostgresBackend struct {
 
 // PostgresHubTLS is TLS from the proxy to the PostgreSQL hubs.
 type PostgresHubTLS struct {
-	Mode       string `yaml:"mode"` // disable, require or verify-full
+	// Mode is as libpq's sslmode: disable (no TLS), require (TLS, the
+	// certificate not checked) or verify-full (TLS, the certificate checked
+	// against CAFile and the hub's host name or ServerName).
+	Mode       string `yaml:"mode"`
 	CAFile     string `yaml:"ca_file"`
 	ServerName string `yaml:"server_name"`
 }
@@ -552,11 +555,7 @@ func (c *Config) validate() []string {
 		if pg.HubTLS.Mode == "verify-full" && pg.HubTLS.CAFile == "" {
 			bad("postgres.hub_tls.ca_file", "required with mode verify-full")
 		}
-		// Refuse rather than silently send cleartext: the PostgreSQL
-		// front's hub connections do not negotiate TLS yet.
-		if pg.HubTLS.Mode == "require" || pg.HubTLS.Mode == "verify-full" {
-			bad("postgres.hub_tls.mode", "%q is not supported yet: TLS to PostgreSQL hubs is not implemented; use a TLS tunnel for the WAN or mode disable", pg.HubTLS.Mode)
-		}
+
 		fileReadable("postgres.hub_tls.ca_file", pg.HubTLS.CAFile, false)
 		if pg.Auth.User == "" {
 			bad("postgres.auth.user", "required")
