@@ -69,7 +69,7 @@ type fakeSite struct {
 	reg     *prometheus.Registry
 }
 
-func newFakeSite(t *testing.T, proto Protocol, hubs ...string) *fakeSite {
+func newFakeSite(t testing.TB, proto Protocol, hubs ...string) *fakeSite {
 	t.Helper()
 	fs := &fakeSite{
 		clock:   &fakeClock{now: time.Date(2026, 11, 23, 11, 0, 0, 0, time.UTC)},
