@@ -178,7 +178,7 @@ func (s *Server) buildParts() ([]*protocolPart, error) {
 		parts = append(parts, &protocolPart{
 			name:    metrics.LDAP,
 			site:    site,
-			front:   ldapfront.New(fc, site, metrics.NewLDAP(s.reg, front), s.logger.With("front", "ldap")),
+			front:   ldapfront.New(fc, site, metrics.NewLDAP(s.reg, front), s.logger),
 			listen:  l.Listen,
 			tlsLn:   l.LDAPSListen,
 			tlsConf: srvTLS,
