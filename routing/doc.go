@@ -37,7 +37,10 @@
 // PostgreSQL: the candidate that is UP and not in recovery. None: writes are
 // refused (hub unreachable, or "no writable hub" while only standbys
 // answer); a promotion is followed at the promoted server's next probe. Two
-// or more at once: split brain, writes refused naming them all. LDAP: the
+// or more at once: split brain, writes refused naming them all. At start the
+// hub stays "starting" until every candidate has answered or failed once,
+// so a split brain present then is not missed by taking the first primary
+// to answer (an unreachable candidate fails within ProbeTimeout). LDAP: the
 // first UP candidate in the configured order. Hub candidates are providers
 // by configuration; with a monitor identity (Config.BindDN) the probe also
 // asks, once per connection, a write guarded by an Assertion control that

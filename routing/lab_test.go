@@ -543,8 +543,12 @@ func TestLabLDAP(t *testing.T) {
 func TestLabPostgresFailover(t *testing.T) {
 	l := lab.ForTest(t, lab.Options{HubStandby: true})
 	s := pgSite(t, l, l.WANPGAddr(), l.WANPG2Addr())
-	waitState(t, s, time.Now(), 10*time.Second, "initial state", func(sn routing.Snapshot) bool {
-		return sn.Hub.Up && sn.Hub.Endpoint == l.WANPGAddr() && sn.Replica.Up
+	// Both candidates UP first: a standby whose first probe stalled on a
+	// loaded machine would otherwise still be DOWN when the primary stops.
+	waitState(t, s, time.Now(), 10*time.Second, "primary writable, hub-site standby up and read-only", func(sn routing.Snapshot) bool {
+		st := s.Status()
+		return sn.Hub.Up && sn.Hub.Endpoint == l.WANPGAddr() && sn.Replica.Up &&
+			st.Endpoints[1].State == routing.StateUp && !st.Endpoints[1].Writable
 	})
 	ctx := context.Background()
 	start := time.Now()

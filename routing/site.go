@@ -244,10 +244,12 @@ func (s *Site) logEndpoint(ep *endpoint, old LinkState, err error) {
 func (s *Site) recomputeLocked(now time.Time, signal bool) {
 	up, endpoint, reason := false, s.hubEndpoint, ReasonHubDown
 	var writable []string
-	anyKnown, anyUp := false, false
+	anyKnown, anyUnknown, anyUp := false, false, false
 	for _, ep := range s.hubs {
 		if ep.link.state != StateUnknown {
 			anyKnown = true
+		} else {
+			anyUnknown = true
 		}
 		if ep.link.state == StateUp {
 			anyUp = true
@@ -257,6 +259,12 @@ func (s *Site) recomputeLocked(now time.Time, signal bool) {
 		}
 	}
 	switch {
+	case s.cfg.Protocol == Postgres && len(writable) <= 1 && anyUnknown:
+		// Until every candidate has answered or failed once, the first
+		// primary to answer is not known to be the only one: a split brain
+		// present at start must not be missed by picking it. A candidate
+		// that cannot be reached fails its first probe within ProbeTimeout.
+		reason = ReasonStarting
 	case len(writable) == 1 || (s.cfg.Protocol == LDAP && len(writable) > 1):
 		// LDAP: the configured providers in order of preference.
 		up, endpoint, reason = true, writable[0], ReasonNone

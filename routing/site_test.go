@@ -126,6 +126,10 @@ func TestSiteFollowsPrimaryAndRefusesSplitBrain(t *testing.T) {
 		t.Fatalf("before any probe: %v, want hub unavailable (starting)", err)
 	}
 	fs.probe("a:5432", primary(10), nil)
+	// b not probed yet: a may not be the only primary.
+	if err := fs.HubUnavailable(); !IsHubUnavailable(err) || !strings.Contains(err.Error(), "starting") {
+		t.Fatalf("a primary, b never probed: %v, want hub unavailable (starting)", err)
+	}
 	fs.probe("b:5432", standby(10), nil)
 	if err := fs.HubUnavailable(); err != nil {
 		t.Fatalf("a primary, b standby: %v", err)
@@ -169,6 +173,34 @@ func TestSiteFollowsPrimaryAndRefusesSplitBrain(t *testing.T) {
 	fs.probe("a:5432", standby(20), nil)
 	if d := fs.Decide(Request{Kind: KindWrite}); d.Route != RouteHub || d.Hub != "b:5432" {
 		t.Fatalf("a rejoined as standby: %+v, want hub b", d)
+	}
+}
+
+func TestSiteStartsWithSplitBrainOrUnreachableCandidate(t *testing.T) {
+	primary := ProbeResult{Writable: true, Position: LSN(10)}
+	// Two primaries at start: refused from the first verdict, never one
+	// picked in between.
+	fs := newFakeSite(t, Postgres, "a:5432", "b:5432")
+	fs.probe("a:5432", primary, nil)
+	if sn := fs.Snapshot(); sn.Hub.Up || sn.Hub.Reason != ReasonStarting {
+		t.Fatalf("a primary, b not probed: %+v, want starting", sn.Hub)
+	}
+	fs.probe("b:5432", primary, nil)
+	if sn := fs.Snapshot(); sn.Hub.Up || sn.Hub.Reason != ReasonSplitBrain || sn.Hub.Endpoint != "a:5432,b:5432" {
+		t.Fatalf("two primaries at start: %+v, want split brain", sn.Hub)
+	}
+	// An unreachable candidate holds the start only until its first
+	// failure; and a standby answering first is "starting", not "no
+	// writable hub", while the primary is still unprobed.
+	fs = newFakeSite(t, Postgres, "a:5432", "b:5432", "c:5432")
+	fs.probe("c:5432", ProbeResult{Position: LSN(10)}, nil)
+	if sn := fs.Snapshot(); sn.Hub.Up || sn.Hub.Reason != ReasonStarting {
+		t.Fatalf("only a standby probed: %+v, want starting", sn.Hub)
+	}
+	fs.probe("a:5432", primary, nil)
+	fs.probe("b:5432", ProbeResult{}, errRefused)
+	if sn := fs.Snapshot(); !sn.Hub.Up || sn.Hub.Endpoint != "a:5432" {
+		t.Fatalf("a primary, b unreachable, c standby: %+v, want a", sn.Hub)
 	}
 }
 
