@@ -119,6 +119,10 @@ func (s *Server) buildParts() ([]*protocolPart, error) {
 			MaxConnections:   pg.MaxConnections,
 			MaxMessageSize:   int(pg.MaxMessageSize),
 			StartupTimeout:   pg.StartupTimeout,
+			HubPoolSize:      pg.HubPoolSize,
+			// Logins need the replica's auth query; with "refuse" a site
+			// does not fall back to the hub for them either.
+			RefuseWhenReplicaDown: s.cfg.Replica.WhenUnavailable == "refuse",
 		}
 		parts = append(parts, &protocolPart{
 			name:   metrics.Postgres,

@@ -270,6 +270,7 @@ func (c *Config) applyDefaults() {
 		defInt(&p.MaxConnections, 1000)
 		defSize(&p.MaxMessageSize, 64<<20)
 		defDur(&p.StartupTimeout, 10*time.Second)
+		defInt(&p.HubPoolSize, 4)
 	}
 	if l := c.LDAP; l != nil {
 		def(&l.Listen, "127.0.0.1:3389")
