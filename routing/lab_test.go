@@ -665,6 +665,9 @@ spokeproxy_hub_up{protocol="pg"} 0
 	if n := transitionCount(t, s.reg, "down"); n < 1 {
 		t.Errorf("link_transitions_total{to=down} = %v after a split brain", n)
 	}
+	if n, err := testutil.GatherAndCount(s.reg, "spokeproxy_hub_info"); err != nil || n != 0 {
+		t.Errorf("spokeproxy_hub_info has %d series during split brain (%v): no hub is the writable one", n, err)
+	}
 
 	// Fencing the old primary ends it: the promoted server is the hub.
 	must(t, l.StopHubPG(ctx))
@@ -675,5 +678,12 @@ spokeproxy_hub_up{protocol="pg"} 0
 	checkTarget(t, "pg split brain resolved (from the old primary's exit)", took, targetCutProbes)
 	if d := s.Decide(routing.Request{Kind: routing.KindWrite}); d.Route != routing.RouteHub || d.Hub != l.WANPG2Addr() {
 		t.Errorf("write after the old primary stopped: %+v", d)
+	}
+	if err := testutil.GatherAndCompare(s.reg, stringsReader(`
+# HELP spokeproxy_hub_info The current writable hub endpoint; the value is always 1.
+# TYPE spokeproxy_hub_info gauge
+spokeproxy_hub_info{endpoint="`+l.WANPG2Addr()+`",protocol="pg"} 1
+`), "spokeproxy_hub_info"); err != nil {
+		t.Error(err)
 	}
 }
