@@ -44,6 +44,10 @@ type drillOptions struct {
 	WANAPI      string
 	WANLinkPG   string
 	WANLinkLDAP string
+	// WANBlackhole swallows the links' data silently (toxiproxy timeout
+	// toxics: no RST, connects still succeed) instead of disabling them:
+	// the harder case, found by probes rather than by the data path.
+	WANBlackhole bool
 
 	DrillFor     time.Duration // duration asked of the drill endpoint (it ends by itself)
 	DetectBound  time.Duration // writes must be refused within this of the hub going away
@@ -99,6 +103,7 @@ func cmdDrill(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.WANAPI, "wan-api", "", "toxiproxy API URL: really cut the WAN links instead of using the drill endpoint")
 	fs.StringVar(&o.WANLinkPG, "wan-link-pg", "", "toxiproxy link carrying PostgreSQL to the hub")
 	fs.StringVar(&o.WANLinkLDAP, "wan-link-ldap", "", "toxiproxy link carrying LDAP to the hub")
+	wanMode := fs.String("wan-mode", "cut", "with -wan or -wan-api: cut (disable the links: connections reset) or blackhole (drop their data silently)")
 	fs.DurationVar(&o.DrillFor, "drill-for", 5*time.Minute, "duration asked of the drill endpoint; the drill is stopped at the end anyway")
 	fs.DurationVar(&o.DetectBound, "detect", 2*time.Second, "writes must be refused within this after the hub becomes unreachable")
 	fs.DurationVar(&o.RecoverBound, "recover", 5*time.Second, "writes must work again within this after the hub returns")
@@ -151,6 +156,14 @@ func cmdDrill(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		o.LDAPPassword = pw
+	}
+	switch *wanMode {
+	case "cut":
+	case "blackhole":
+		o.WANBlackhole = true
+	default:
+		fmt.Fprintf(stderr, "spokeproxy drill: -wan-mode %q: want cut or blackhole\n", *wanMode)
+		return 2
 	}
 	switch *protocol {
 	case "both":
@@ -251,6 +264,9 @@ func runDrill(ctx context.Context, o drillOptions) drillReport {
 	rep := &drillReport{Method: "drill endpoint"}
 	if o.WANAPI != "" {
 		rep.Method = "WAN cut"
+		if o.WANBlackhole {
+			rep.Method = "WAN blackhole"
+		}
 	}
 	d := &drillRun{o: o, http: &http.Client{Timeout: 10 * time.Second}, rep: rep, refused: map[string]float64{}}
 	if o.PGDSN != "" {
@@ -302,13 +318,25 @@ func runDrill(ctx context.Context, o drillOptions) drillReport {
 		}
 		restore()
 	} else {
+		// Both protocols are watched at once, so each one's detection time
+		// is measured from the cut, not from the end of the other's check.
+		refused := map[string]chan drillStep{}
 		for _, p := range d.protos {
-			switch p {
-			case "pg":
-				d.step("pg writes refused with 25006", func() (string, error) { return d.pgRefused(ctx, cutAt) })
+			ch := make(chan drillStep, 1)
+			refused[p] = ch
+			go func() {
+				if p == "pg" {
+					ch <- timed("pg writes refused with 25006", func() (string, error) { return d.pgRefused(ctx, cutAt) })
+				} else {
+					ch <- timed("ldap writes refused with 52", func() (string, error) { return d.ldapRefused(cutAt) })
+				}
+			}()
+		}
+		for _, p := range d.protos {
+			d.rep.Steps = append(d.rep.Steps, <-refused[p])
+			if p == "pg" {
 				d.step("pg reads go on", func() (string, error) { return d.pgRead(ctx) })
-			case "ldap":
-				d.step("ldap writes refused with 52", func() (string, error) { return d.ldapRefused(cutAt) })
+			} else {
 				d.step("ldap reads go on", func() (string, error) { return d.ldapRead() })
 			}
 		}
@@ -381,14 +409,20 @@ func runDrill(ctx context.Context, o drillOptions) drillReport {
 
 // step runs fn as a named step, timing it; it returns whether it passed.
 func (d *drillRun) step(name string, fn func() (string, error)) bool {
+	s := timed(name, fn)
+	d.rep.Steps = append(d.rep.Steps, s)
+	return s.OK
+}
+
+// timed runs fn and makes its report line.
+func timed(name string, fn func() (string, error)) drillStep {
 	start := time.Now()
 	detail, err := fn()
 	s := drillStep{Name: name, OK: err == nil, Seconds: time.Since(start).Seconds(), Detail: detail}
 	if err != nil {
 		s.Detail = err.Error()
 	}
-	d.rep.Steps = append(d.rep.Steps, s)
-	return s.OK
+	return s
 }
 
 func (d *drillRun) skip(name, why string) {
@@ -450,17 +484,41 @@ func (d *drillRun) setLinks(enabled bool) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("WAN link %q at %s: %w", name, d.o.WANAPI, err)
 		}
-		px.Enabled = enabled
-		if err := px.Save(); err != nil {
+		if err := d.setLink(px, enabled); err != nil {
 			return "", fmt.Errorf("WAN link %q: %w", name, err)
 		}
 		names = append(names, name)
 	}
 	verb := "cut"
-	if enabled {
-		verb = "re-enabled"
+	switch {
+	case enabled:
+		verb = "restored"
+	case d.o.WANBlackhole:
+		verb = "blackholed"
 	}
 	return verb + " " + strings.Join(names, ", "), nil
+}
+
+// blackholeToxic names the toxics a blackhole drill adds, per stream.
+const blackholeToxic = "spokeproxy_drill_blackhole_"
+
+func (d *drillRun) setLink(px *toxiclient.Proxy, enabled bool) error {
+	if !d.o.WANBlackhole {
+		px.Enabled = enabled
+		return px.Save()
+	}
+	for _, stream := range []string{"upstream", "downstream"} {
+		var err error
+		if enabled {
+			err = px.RemoveToxic(blackholeToxic + stream)
+		} else {
+			_, err = px.AddToxic(blackholeToxic+stream, "timeout", stream, 1, toxiclient.Attributes{"timeout": 0})
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (d *drillRun) admin(ctx context.Context, method, path string, body []byte) error {
@@ -611,7 +669,9 @@ func (d *drillRun) pgRefused(ctx context.Context, since time.Time) (string, erro
 	}
 	var last string
 	for {
-		_, err := d.pgInsert(ctx)
+		actx, cancel := context.WithDeadline(ctx, since.Add(d.o.DetectBound+100*time.Millisecond))
+		_, err := d.pgInsert(actx)
+		cancel()
 		var pgErr *pgconn.PgError
 		switch {
 		case errors.As(err, &pgErr) && pgErr.Code == "25006":
@@ -774,6 +834,8 @@ func (d *drillRun) ldapRefused(since time.Time) (string, error) {
 		return "", errors.New("no LDAP session")
 	}
 	var last string
+	d.ld.SetTimeout(d.o.DetectBound)
+	defer func() { d.ld.SetTimeout(10 * time.Second) }()
 	for {
 		_, err := d.ldapModify()
 		switch {
