@@ -407,6 +407,16 @@ spokeproxy_replica_up{protocol="pg"} 0
 		if d := s.Decide(routing.Request{Kind: routing.KindRead}); d.Route != routing.RouteLocal {
 			t.Errorf("read with the replica back: %+v", d)
 		}
+		// The position poller has reconnected: a new write is waited for.
+		var text string
+		_, err = hub.Exec(ctx, "INSERT INTO routing_probe_test VALUES (2)")
+		must(t, err)
+		must(t, hub.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&text))
+		lsn, err := routing.ParseLSN(text)
+		must(t, err)
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		must(t, s.WaitFor(wctx, lsn))
 	})
 }
 
@@ -518,6 +528,21 @@ func TestLabLDAP(t *testing.T) {
 		if st.Endpoints[0].ProbeSeconds < 0.050 {
 			t.Errorf("hub probe took %.1f ms: not through the link?", st.Endpoints[0].ProbeSeconds*1000)
 		}
+	})
+
+	t.Run("hub slapd restarted", func(t *testing.T) {
+		// A fresh Site per scenario: flap damping remembers earlier outages.
+		s := ldapSite(t, l, l.WANLDAPURL())
+		waitState(t, s, time.Now(), 10*time.Second, "up", allUp)
+		must(t, l.StopHubLDAP(context.Background())) // returns once slapd has exited
+		gone := time.Now()
+		checkTarget(t, "ldap provider stopped (from its exit)", waitState(t, s, gone, 5*time.Second, "hub down", hubDown), targetCutProbes)
+		if d := s.Decide(routing.Request{Kind: routing.KindWrite}); d.Route != routing.RouteRefuse || d.Reason != routing.ReasonHubDown {
+			t.Errorf("write with the provider stopped: %+v", d)
+		}
+		must(t, l.StartHubLDAP(context.Background())) // returns once it answers a search
+		start := time.Now()
+		checkTarget(t, "ldap provider back after restart (from answering searches)", waitState(t, s, start, 5*time.Second, "hub up", hubUp), targetRecovery)
 	})
 
 	t.Run("local consumer stopped", func(t *testing.T) {
