@@ -80,19 +80,20 @@ type proxyLDAPEndpoint struct {
 // (a reset, a refused connect) still turns the state at once and a hard
 // cut is seen by probes within about one interval (refused connects fail
 // fast). The interval is 250 ms because spokeproxy's config refuses a
-// probe_timeout above four probe intervals. Detection-time tests set their
+// probe_timeout above four probe intervals. Functional tests that build a
+// routing.Config themselves can take these; detection-time tests set their
 // own, tighter settings.
 const (
-	LabProbeInterval = 250 * time.Millisecond
-	LabProbeTimeout  = time.Second
-	LabDownAfter     = 3
-	LabUpAfter       = 2
+	ProxyProbeInterval = 250 * time.Millisecond
+	ProxyProbeTimeout  = time.Second
+	ProxyDownAfter     = 3
+	ProxyUpAfter       = 2
 )
 
 // ProxyConfigYAML is a spokeproxy config for this lab: replicas direct,
 // hubs through the WAN links (the hub-site standby through wan_pg_2 when
 // there is one), the auth role and its password file, the LDAP suffix, and
-// the probe settings above (LabProbeInterval, ...). The listen addresses are
+// the probe settings above (ProxyProbeInterval, ...). The listen addresses are
 // the caller's (host:port; "127.0.0.1:0" is fine for tests that pass
 // listeners).
 func (l *Lab) ProxyConfigYAML(listenPG, listenLDAP, listenAdmin string) []byte {
@@ -104,7 +105,7 @@ func (l *Lab) ProxyConfigYAML(listenPG, listenLDAP, listenAdmin string) []byte {
 		Site:        "lab-spoke",
 		Log:         proxyLogConfig{Level: "info", Format: "text"},
 		Admin:       proxyAdminConfig{Listen: listenAdmin},
-		Link:        proxyLinkConfig{ProbeInterval: LabProbeInterval.String(), ProbeTimeout: LabProbeTimeout.String(), DownAfter: LabDownAfter, UpAfter: LabUpAfter},
+		Link:        proxyLinkConfig{ProbeInterval: ProxyProbeInterval.String(), ProbeTimeout: ProxyProbeTimeout.String(), DownAfter: ProxyDownAfter, UpAfter: ProxyUpAfter},
 		Consistency: proxyConsistency{Mode: "session", WaitTimeout: "2s"},
 		Postgres: proxyPostgresConfig{
 			Listen:  listenPG,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -112,6 +113,32 @@ func TestServerControl(t *testing.T) {
 	}
 	consumer := ldapConn(t, l.ReplicaLDAPURL(), "", "")
 	eventually(t, 10*time.Second, "entry added while the consumer was down", func() (bool, error) { return entryExists(consumer, dn) })
+
+	// A start that fails (its port taken) says why with the server's log
+	// and leaves nothing running; the next start succeeds.
+	if err := l.StopReplicaLDAP(ctx); err != nil {
+		t.Fatalf("StopReplicaLDAP: %v", err)
+	}
+	squatter, err := net.Listen("tcp", strings.TrimPrefix(l.ReplicaLDAPURL(), "ldap://"))
+	if err != nil {
+		t.Fatalf("take the consumer's port: %v", err)
+	}
+	err = l.StartReplicaLDAP(ctx)
+	squatter.Close()
+	var serr *StartError
+	if !errors.As(err, &serr) || serr.LogTail == "" {
+		t.Fatalf("StartReplicaLDAP on a taken port: %v, want a *StartError with the log's tail", err)
+	}
+	if failed := l.PIDs()[spokeLDAP]; alive(failed) {
+		t.Fatalf("the consumer that failed to start (pid %d) still runs", failed)
+	}
+	if err := l.StartReplicaLDAP(ctx); err != nil {
+		t.Fatalf("StartReplicaLDAP once the port is free: %v", err)
+	}
+	consumer = ldapConn(t, l.ReplicaLDAPURL(), "", "")
+	if ok, err := entryExists(consumer, dn); !ok || err != nil {
+		t.Fatalf("consumer after a failed start lost %s: %v", dn, err)
+	}
 
 	// The provider: stop, start, it takes writes and they replicate.
 	if err := l.StopHubLDAP(ctx); err != nil {
