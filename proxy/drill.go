@@ -80,8 +80,23 @@ func (s *Server) StartDrill(protocol string, d time.Duration) ([]DrillState, err
 	if err != nil {
 		return nil, err
 	}
+	s.drillMu.Lock()
+	defer s.drillMu.Unlock()
+	if s.drillEnds == nil {
+		s.drillEnds = map[string]*time.Timer{}
+	}
 	for _, p := range parts {
 		p.site.StartDrill(d)
+		if t := s.drillEnds[p.name]; t != nil {
+			t.Stop()
+		}
+		// routing ends the drill by itself; this only says so in the log,
+		// so the end of an outage rehearsal is one line like its start.
+		s.drillEnds[p.name] = time.AfterFunc(d, func() {
+			if !p.site.Status().Drill.Active {
+				s.logger.Info("drill ended by itself: the hub is no longer forced down", "protocol", p.name, "after", d.String())
+			}
+		})
 	}
 	return s.drillStates(), nil
 }
@@ -93,8 +108,14 @@ func (s *Server) StopDrill(protocol string) ([]DrillState, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.drillMu.Lock()
+	defer s.drillMu.Unlock()
 	for _, p := range parts {
 		p.site.StopDrill()
+		if t := s.drillEnds[p.name]; t != nil {
+			t.Stop()
+			delete(s.drillEnds, p.name)
+		}
 	}
 	return s.drillStates(), nil
 }

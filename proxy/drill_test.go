@@ -86,6 +86,40 @@ func TestStartDrillValidates(t *testing.T) {
 	}
 }
 
+func TestDrillEndsByItselfAndSaysSo(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "pw"), []byte("x\n"), 0o600)
+	cfg, err := proxy.ParseConfig(filepath.Join(dir, "c.yaml"), []byte(`
+site: s
+postgres:
+  replica: {address: "127.0.0.1:1"}
+  hubs: [{address: "127.0.0.1:2"}]
+  auth: {password_file: pw}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs lockedLog
+	logger, _ := proxy.NewLogger(&logs, proxy.LogConfig{Level: "info"})
+	srv, err := proxy.New(cfg, proxy.Options{Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.StartDrill("pg", 100*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the drill's end in the log", func() bool {
+		return strings.Contains(logs.String(), `msg="drill ended by itself: the hub is no longer forced down" site=s protocol=pg after=100ms`)
+	})
+	// A drill stopped by hand does not claim to have ended by itself.
+	srv.StartDrill("pg", 100*time.Millisecond)
+	srv.StopDrill("pg")
+	time.Sleep(300 * time.Millisecond)
+	if n := strings.Count(logs.String(), "drill ended by itself"); n != 1 {
+		t.Errorf("%d 'ended by itself' lines, want 1:\n%s", n, logs.String())
+	}
+}
+
 func TestStartDrillBothProtocols(t *testing.T) {
 	srv := unstartedServer(t, true)
 	states, err := srv.StartDrill("", time.Minute)

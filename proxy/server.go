@@ -59,6 +59,9 @@ type Server struct {
 
 	refusalEvery time.Duration // see Options.RefusalLogInterval
 
+	drillMu   sync.Mutex             // guards drillEnds
+	drillEnds map[string]*time.Timer // per protocol: logs a drill's end by itself
+
 	mu     sync.Mutex // guards addrs and cancel
 	addrs  Addrs
 	cancel context.CancelFunc
@@ -276,6 +279,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}
 	cancel()
+	s.drillMu.Lock()
+	for _, t := range s.drillEnds {
+		t.Stop()
+	}
+	s.drillMu.Unlock()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	// The fronts have closed every client by now (at the deadline at the
