@@ -408,6 +408,10 @@ spokeproxy_replica_up{protocol="pg"} 0
 			t.Errorf("read with the replica back: %+v", d)
 		}
 		// The position poller has reconnected: a new write is waited for.
+		// (A new hub connection: the hub restart scenario ended the first.)
+		hub, err := pgx.Connect(ctx, l.HubSuperDSN("postgres"))
+		must(t, err)
+		defer hub.Close(ctx)
 		var text string
 		_, err = hub.Exec(ctx, "INSERT INTO routing_probe_test VALUES (2)")
 		must(t, err)
