@@ -1,16 +1,23 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/spokeproxy/spokeproxy/lab"
+	"github.com/spokeproxy/spokeproxy/proxy"
 )
 
 // TestDrillCommand runs `spokeproxy drill` against a running lab with
@@ -21,14 +28,18 @@ func TestDrillCommand(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts PostgreSQL and slapd")
 	}
-	l := lab.ForTest(t, lab.Options{Proxy: labProxy(slog.New(slog.DiscardHandler))})
+	tokenFile := filepath.Join(t.TempDir(), "admin.token")
+	if err := os.WriteFile(tokenFile, []byte("drill-secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l := lab.ForTest(t, lab.Options{Proxy: tokenProxy(tokenFile)})
 	info := filepath.Join(l.Dir(), "lab.json")
 	if err := l.WriteInfo(info); err != nil {
 		t.Fatal(err)
 	}
 	drill := func(t *testing.T, args ...string) (int, string, string) {
 		t.Helper()
-		code, out, errs := runCmd(append([]string{"drill", "-lab", info}, args...)...)
+		code, out, errs := runCmd(append([]string{"drill", "-lab", info, "-admin-token-file", tokenFile}, args...)...)
 		t.Logf("spokeproxy drill %s: exit %d\n%s%s", strings.Join(args, " "), code, out, errs)
 		return code, out, errs
 	}
@@ -43,6 +54,13 @@ func TestDrillCommand(t *testing.T) {
 			if !strings.Contains(out, "PASS  "+step) {
 				t.Errorf("the report lacks a passing %q step", step)
 			}
+		}
+	})
+
+	t.Run("drill endpoint without the admin token", func(t *testing.T) {
+		code, out, _ := runCmd("drill", "-lab", info, "-protocol", "ldap")
+		if code != 1 || !strings.Contains(out, "FAIL  hub made unreachable (drill endpoint)") || !strings.Contains(out, "401") {
+			t.Fatalf("drill without the token: exit %d\n%s", code, out)
 		}
 	})
 
@@ -120,5 +138,34 @@ func TestDrillUsage(t *testing.T) {
 		if code, _, errs := runCmd(args...); code != 2 || errs == "" {
 			t.Errorf("%v: exit %d, stderr %q; want 2 with a message", args, code, errs)
 		}
+	}
+}
+
+// tokenProxy is labProxy with admin.token_file set, so the drill endpoint
+// needs the bearer token.
+func tokenProxy(tokenFile string) func(ctx context.Context, l *lab.Lab) (lab.ProxyEndpoints, io.Closer, error) {
+	return func(ctx context.Context, l *lab.Lab) (lab.ProxyEndpoints, io.Closer, error) {
+		path := filepath.Join(l.Dir(), "spokeproxy.yaml")
+		if err := os.WriteFile(path, l.ProxyConfigYAML("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"), 0o600); err != nil {
+			return lab.ProxyEndpoints{}, nil, err
+		}
+		cfg, err := proxy.LoadConfig(path)
+		if err != nil {
+			return lab.ProxyEndpoints{}, nil, err
+		}
+		cfg.Admin.TokenFile = tokenFile
+		srv, err := proxy.New(cfg, proxy.Options{Logger: slog.New(slog.DiscardHandler), Registry: prometheus.NewRegistry(), Version: "test"})
+		if err != nil {
+			return lab.ProxyEndpoints{}, nil, err
+		}
+		if err := srv.Start(ctx); err != nil {
+			return lab.ProxyEndpoints{}, nil, err
+		}
+		a := srv.Addrs()
+		return lab.ProxyEndpoints{PG: a.Postgres, LDAP: a.LDAP, Admin: a.Admin}, closerFunc(func() error {
+			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			return srv.Shutdown(sctx)
+		}), nil
 	}
 }
