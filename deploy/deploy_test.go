@@ -54,6 +54,7 @@ func TestAlertRules(t *testing.T) {
 		t.Errorf("promtool check rules:\n%s", out)
 	}
 	runTool(t, "prometheus", promtool, "test", "rules", "alerts_test.yml")
+	runTool(t, "prometheus", promtool, "check", "config", "prometheus.yml")
 
 	// The rules the issue asks for are all there.
 	var rules struct {
@@ -122,6 +123,7 @@ func TestRulesAndDashboardNameRealMetrics(t *testing.T) {
 	var dash struct {
 		UID    string `json:"uid"`
 		Panels []struct {
+			ID      int    `json:"id"`
 			Title   string `json:"title"`
 			Type    string `json:"type"`
 			Targets []struct {
@@ -142,7 +144,12 @@ func TestRulesAndDashboardNameRealMetrics(t *testing.T) {
 		t.Error("the dashboard has no uid")
 	}
 	used := map[string]bool{}
+	ids := map[int]bool{}
 	for _, p := range dash.Panels {
+		if ids[p.ID] {
+			t.Errorf("panel id %d used twice", p.ID)
+		}
+		ids[p.ID] = true
 		if p.Type != "row" && len(p.Targets) == 0 {
 			t.Errorf("panel %q has no query", p.Title)
 		}
