@@ -132,6 +132,19 @@ func checkTarget(t *testing.T, what string, got, target time.Duration) {
 	}
 }
 
+// inBackground runs f (a lab control call) while the test measures, and
+// returns the function that waits for it and fails the test on its error.
+func inBackground(t *testing.T, f func() error) (wait func()) {
+	done := make(chan error, 1)
+	go func() { done <- f() }()
+	return func() {
+		t.Helper()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
@@ -367,10 +380,14 @@ spokeproxy_replica_up{protocol="pg"} 1
 		// A fresh Site per scenario: flap damping remembers earlier outages.
 		s := pgSite(t, l, l.WANPGAddr())
 		waitState(t, s, time.Now(), 10*time.Second, "up", allUp)
+		// Detection counts from the shutdown request: the stop returns only
+		// once the server has exited, which a loaded machine can delay by
+		// seconds after the hub stopped taking connections.
 		start := time.Now()
-		must(t, l.StopHubPG(ctx))
+		stopped := inBackground(t, func() error { return l.StopHubPG(ctx) })
 		down := waitState(t, s, start, 5*time.Second, "hub down while restarting", hubDown)
-		checkTarget(t, "pg hub shutdown detected", down, targetCutProbes)
+		checkTarget(t, "pg hub shutdown detected (from the shutdown request)", down, targetCutProbes)
+		stopped()
 		// Recovery counts from when the restarted server answers a query
 		// (StartHubPG returns then), not from its load-dependent start-up.
 		must(t, l.StartHubPG(ctx))
@@ -581,8 +598,9 @@ func TestLabPostgresFailover(t *testing.T) {
 	})
 	ctx := context.Background()
 	start := time.Now()
-	must(t, l.StopHubPrimary(ctx))
-	checkTarget(t, "pg primary stopped", waitState(t, s, start, 5*time.Second, "no writable hub", hubDown), targetCutProbes)
+	stopped := inBackground(t, func() error { return l.StopHubPrimary(ctx) })
+	checkTarget(t, "pg primary stopped (from the shutdown request)", waitState(t, s, start, 5*time.Second, "no writable hub", hubDown), targetCutProbes)
+	stopped()
 	if r := s.Snapshot().Hub.Reason; r != routing.ReasonNoPrimary {
 		t.Errorf("reason with the primary gone and the standby up: %v", r)
 	}
