@@ -1,8 +1,11 @@
 package proxy
 
 import (
+	"crypto/sha256"
 	"fmt"
+	"os"
 	"reflect"
+	"slices"
 	"strings"
 )
 
@@ -14,7 +17,9 @@ type ReloadResult struct {
 	Applied []string
 	// NeedRestart lists the changed keys the running site keeps its old
 	// values for: listeners, backends, thresholds, timeouts, TLS files,
-	// secrets read at start. They take effect at the next restart.
+	// secrets read at start. They take effect at the next restart. A file
+	// key whose path is the same but whose content changed (a rotated
+	// certificate) is listed as "KEY (content)".
 	NeedRestart []string
 }
 
@@ -37,6 +42,12 @@ func (s *Server) Reload(cfg *Config) (ReloadResult, error) {
 			res.Applied = append(res.Applied, key)
 		} else {
 			res.NeedRestart = append(res.NeedRestart, key)
+		}
+	}
+	now := fileDigests(cfg)
+	for _, key := range sortedKeys(now) {
+		if was, ok := s.files[key]; ok && !liveKeys[key] && was.path == now[key].path && was.sum != now[key].sum {
+			res.NeedRestart = append(res.NeedRestart, key+" (content)")
 		}
 	}
 	token := ""
@@ -106,4 +117,54 @@ func diffValue(a, b reflect.Value, path string, out *[]string) {
 			*out = append(*out, path)
 		}
 	}
+}
+
+// fileDigest is what a *_file key pointed at when it was read.
+type fileDigest struct {
+	path string
+	sum  [sha256.Size]byte
+}
+
+// fileDigests fingerprints every file a config names (keys ending in
+// _file), so a reload can tell a rotated certificate or password that the
+// running site still holds in memory. Unreadable files are left out: the
+// config's own validation reports them.
+func fileDigests(c *Config) map[string]fileDigest {
+	out := map[string]fileDigest{}
+	var walk func(v reflect.Value, path string)
+	walk = func(v reflect.Value, path string) {
+		switch v.Kind() {
+		case reflect.Pointer:
+			if !v.IsNil() {
+				walk(v.Elem(), path)
+			}
+		case reflect.Struct:
+			t := v.Type()
+			for i := 0; i < t.NumField(); i++ {
+				name, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+				if name == "" || name == "-" {
+					continue
+				}
+				walk(v.Field(i), joinPath(path, name))
+			}
+		case reflect.String:
+			if !strings.HasSuffix(path, "_file") || v.String() == "" {
+				return
+			}
+			if b, err := os.ReadFile(v.String()); err == nil {
+				out[path] = fileDigest{path: v.String(), sum: sha256.Sum256(b)}
+			}
+		}
+	}
+	walk(reflect.ValueOf(c), "")
+	return out
+}
+
+func sortedKeys(m map[string]fileDigest) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
 }

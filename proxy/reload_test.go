@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -125,6 +126,17 @@ func TestReloadAppliesLiveKeysAndNamesTheRest(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "need_restart=link.probe_interval") {
 		t.Errorf("the reload log does not name what needs a restart:\n%s", logs.String())
+	}
+
+	// A rotated password file (same path, new content) is named: the site
+	// holds the old one in memory until a restart.
+	os.WriteFile(filepath.Join(dir, "pw"), []byte("y\n"), 0o600)
+	res, err = srv.Reload(next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(res.NeedRestart, "postgres.auth.password_file (content)") {
+		t.Errorf("a rotated password file is not named as needing a restart: %+v", res)
 	}
 
 	// Same path, new content: rotated on every reload.

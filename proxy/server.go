@@ -54,8 +54,9 @@ type Server struct {
 	level *slog.LevelVar         // nil: log.level changes need a restart
 	token atomic.Pointer[string] // the admin bearer token now; "" means none
 
-	reloadMu sync.Mutex // serialises reloads; guards running
-	running  *Config    // cfg with the reloaded live keys applied
+	reloadMu sync.Mutex            // serialises reloads; guards running
+	running  *Config               // cfg with the reloaded live keys applied
+	files    map[string]fileDigest // the *_file contents the site was built from
 
 	refusalEvery time.Duration // see Options.RefusalLogInterval
 
@@ -93,6 +94,7 @@ func New(cfg *Config, opts Options) (*Server, error) {
 	if s.refusalEvery <= 0 {
 		s.refusalEvery = 10 * time.Second
 	}
+	s.files = fileDigests(cfg) // before buildParts reads them: a change in between shows at the next reload
 	parts, err := s.buildParts()
 	if err != nil {
 		return nil, err
