@@ -225,6 +225,9 @@ func (s *Server) Start(ctx context.Context) error {
 	s.run(func() error { return ServeAdmin(runCtx, adminLn, admin.Handler(), s.logger) })
 	s.run(func() error { s.logRefusals(runCtx, s.refusalEvery); return nil })
 	s.logger.Info("serving", "admin", s.addrs.Admin, "pg", s.addrs.Postgres, "ldap", s.addrs.LDAP)
+	if token == "" && !isLoopback(adminLn.Addr()) {
+		s.logger.Warn("the admin API listens beyond loopback without admin.token_file: anyone who reaches it can start a drill", "admin", s.addrs.Admin)
+	}
 	return nil
 }
 
@@ -389,4 +392,10 @@ func (s *Server) refusedCounts() map[string]float64 {
 		}
 	}
 	return out
+}
+
+// isLoopback reports whether a listener's address is a loopback one.
+func isLoopback(a net.Addr) bool {
+	ta, ok := a.(*net.TCPAddr)
+	return ok && ta.IP.IsLoopback()
 }
