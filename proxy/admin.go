@@ -96,9 +96,9 @@ type drillRequest struct {
 // maxAdminBody bounds what the admin API reads from a request body.
 const maxAdminBody = 64 << 10
 
-func readDrillRequest(r *http.Request) (drillRequest, error) {
+func readDrillRequest(w http.ResponseWriter, r *http.Request) (drillRequest, error) {
 	var req drillRequest
-	r.Body = http.MaxBytesReader(nil, r.Body, maxAdminBody)
+	r.Body = http.MaxBytesReader(w, r.Body, maxAdminBody)
 	if ct, _, _ := strings.Cut(r.Header.Get("Content-Type"), ";"); strings.TrimSpace(ct) == "application/json" {
 		dec := json.NewDecoder(r.Body)
 		dec.DisallowUnknownFields()
@@ -122,7 +122,7 @@ func (a *Admin) startDrill(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotImplemented, map[string]string{"error": "drills are not available"})
 		return
 	}
-	req, err := readDrillRequest(r)
+	req, err := readDrillRequest(w, r)
 	if err == nil && req.Duration == "" {
 		err = &DrillError{Problem: "duration is required (for example 5m), so that a drill always ends by itself"}
 	}
@@ -153,7 +153,7 @@ func (a *Admin) stopDrill(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotImplemented, map[string]string{"error": "drills are not available"})
 		return
 	}
-	req, err := readDrillRequest(r)
+	req, err := readDrillRequest(w, r)
 	var states []DrillState
 	if err == nil {
 		states, err = a.StopDrill(req.Protocol)
