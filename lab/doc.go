@@ -49,7 +49,8 @@
 // its children have exited; a start once the server answers a real request.
 // They are serialised with Close, which stops whatever they started; after
 // Close they return ErrClosed. Tests never signal PIDs or reach into the
-// directory layout.
+// directory layout. EnableHubPGTLS turns TLS on at the hub primary with a
+// given certificate, the same way.
 //
 // Layout of the lab directory (a reused directory is cleared of these
 // names, and only these, before a start; a live lab there is refused):
