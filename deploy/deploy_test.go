@@ -254,6 +254,9 @@ func TestExampleConfig(t *testing.T) {
 	if !cfg.Postgres.TLS.Enabled() || !cfg.LDAP.TLS.Enabled() || cfg.LDAP.LDAPSListen == "" || cfg.Admin.TokenFile == "" {
 		t.Errorf("the example should show client TLS on both fronts, LDAPS and an admin token: %+v", cfg)
 	}
+	if cfg.Postgres.HubTLS.Mode != "verify-full" || cfg.LDAP.HubTLS.CAFile == "" {
+		t.Errorf("the example should check the hubs' certificates over the WAN: %+v %+v", cfg.Postgres.HubTLS, cfg.LDAP.HubTLS)
+	}
 	if _, err := proxy.New(cfg, proxy.Options{}); err != nil {
 		t.Fatalf("the example config does not build a site: %v", err)
 	}
