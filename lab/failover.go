@@ -21,8 +21,13 @@ func (l *Lab) StopHubPrimary(ctx context.Context) error {
 
 // PromoteHubStandby promotes the hub-site standby to primary, waits until
 // it accepts writes, and gives it the spoke's replication slot so the spoke
-// can follow it.
+// can follow it. The primary may still run: both then take writes (a split
+// brain).
 func (l *Lab) PromoteHubStandby(ctx context.Context) error {
+	return l.control(func() error { return l.promoteHubStandby(ctx) })
+}
+
+func (l *Lab) promoteHubStandby(ctx context.Context) error {
 	if l.hub2PG == nil {
 		return ErrNoHubStandby
 	}
@@ -52,6 +57,10 @@ func (l *Lab) PromoteHubStandby(ctx context.Context) error {
 // walreceiver; recovery_target_timeline is latest, so it follows the new
 // timeline) and waits until it streams again.
 func (l *Lab) RepointSpoke(ctx context.Context) error {
+	return l.control(func() error { return l.repointSpoke(ctx) })
+}
+
+func (l *Lab) repointSpoke(ctx context.Context) error {
 	if l.hub2PG == nil {
 		return ErrNoHubStandby
 	}
