@@ -261,6 +261,5 @@ func (s *session) startTLS(p *PDU) bool {
 	_ = tc.SetDeadline(time.Time{})
 	s.client, s.isTLS = tc, true
 	s.br = bufio.NewReaderSize(tc, 16<<10)
-	s.bw.Reset(tc)
 	return true
 }

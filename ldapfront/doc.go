@@ -39,7 +39,15 @@
 // Routing: Search, Compare and WhoAmI go to the replica; Add, Modify, Delete,
 // ModifyDN, Password Modify, transactions and unknown extended operations to the
 // hub; so do reads carrying Don't Use Copy, and sync searches when the replica's
-// root DSE does not list the Sync Request control. Abandon and Cancel go where
+// root DSE does not list the Sync Request control.
+//
+// Transactions (RFC 5805): Start Transaction, every operation carrying the
+// Transaction Specification control (reads included) and End Transaction run
+// on the session's hub connection, where the transaction lives. Operations
+// inside a transaction are relayed without the proxy's Post-Read control
+// (slapd refuses it there with 53) and without a position read: nothing is
+// committed until End Transaction, whose success reads the hub's contextCSN
+// like any other extended write. Abandon and Cancel go where
 // their target runs; Unbind ends both sides. Where the replica or hub is down,
 // routing.Decide says what happens (reads to the hub, or 52).
 //
@@ -65,4 +73,7 @@
 // unknown", and the failure is reported to the Site. Malformed or oversized
 // input gets a Notice of Disconnection (protocolError) and a close, without
 // disturbing other clients. Beyond MaxOutstanding operations a request gets 51.
+// A client that does not take a response within WriteTimeout (default 30s: it
+// stopped reading a large search) is closed, which releases its replica and
+// hub connections (metric slow_clients).
 package ldapfront

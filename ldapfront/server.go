@@ -78,6 +78,12 @@ type Config struct {
 	IdleTimeout     time.Duration // close a connection with nothing in flight after this, default 15m
 	MaxConnections  int           // default 1000
 	DialTimeout     time.Duration // replica and hub dial plus bind, default 5s
+
+	// WriteTimeout bounds each write to a client. A client that stops reading
+	// its responses (a large search it never consumes) would otherwise hold its
+	// replica and hub connections, and a server thread behind them, forever;
+	// after WriteTimeout without progress its session ends. Default 30s.
+	WriteTimeout time.Duration
 }
 
 // Validate reports every problem of c at once, naming the field.
@@ -104,7 +110,8 @@ func (c Config) Validate() error {
 	}
 	for name, v := range map[string]int64{"MaxPDUSize": c.MaxPDUSize, "MaxResponseSize": c.MaxResponseSize,
 		"MaxOutstanding": int64(c.MaxOutstanding), "MaxConnections": int64(c.MaxConnections),
-		"WaitTimeout": int64(c.WaitTimeout), "IdleTimeout": int64(c.IdleTimeout), "DialTimeout": int64(c.DialTimeout)} {
+		"WaitTimeout": int64(c.WaitTimeout), "IdleTimeout": int64(c.IdleTimeout), "DialTimeout": int64(c.DialTimeout),
+		"WriteTimeout": int64(c.WriteTimeout)} {
 		if v < 0 {
 			errs = append(errs, fmt.Errorf("ldapfront: %s must not be negative", name))
 		}
@@ -136,6 +143,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.DialTimeout <= 0 {
 		c.DialTimeout = 5 * time.Second
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = 30 * time.Second
 	}
 	return c
 }

@@ -72,6 +72,10 @@ type op struct {
 	postRead bool // the proxy added the Post-Read control
 	clientPR bool // the client asked for Post-Read itself
 	needCSN  bool // read the hub's contextCSN after a success
+	// noCSN: a Start Transaction, or an operation inside a transaction
+	// (RFC 5805): nothing is committed by its success, so its response is
+	// relayed as is; the End Transaction that commits reads the position.
+	noCSN    bool
 	bind     *BindRequest
 	triedHub bool
 	start    time.Time
@@ -93,8 +97,11 @@ type session struct {
 	br     *bufio.Reader
 	isTLS  bool
 
-	wmu sync.Mutex // one writer to the client
-	bw  *bufio.Writer
+	wmu sync.Mutex    // one writer to the client
+	bw  *bufio.Writer // writes through clientWriter
+	// writeTimeout bounds each write to the client (Config.WriteTimeout;
+	// shortened for the last words of disconnect). Guarded by wmu.
+	writeTimeout time.Duration
 
 	setupMu sync.Mutex // serializes backend connection setup
 
@@ -121,10 +128,11 @@ func newSession(srv *Server, c net.Conn) *session {
 		raw:          c,
 		client:       c,
 		br:           bufio.NewReaderSize(c, 16<<10),
-		bw:           bufio.NewWriterSize(c, 32<<10),
 		ops:          make(map[int64]*op),
 		nextInternal: internalBase,
+		writeTimeout: srv.cfg.WriteTimeout,
 	}
+	s.bw = bufio.NewWriterSize(clientWriter{s}, 32<<10)
 	_, s.isTLS = c.(*tls.Conn)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s
@@ -227,12 +235,40 @@ func (s *session) close() {
 	})
 }
 
+// clientWriter is what the session's bufio.Writer writes through: the current
+// client connection (plain or TLS), with a fresh write deadline for every
+// write that reaches the socket. Only ever used under wmu.
+type clientWriter struct{ s *session }
+
+func (w clientWriter) Write(b []byte) (int, error) {
+	_ = w.s.raw.SetWriteDeadline(time.Now().Add(w.s.writeTimeout))
+	n, err := w.s.client.Write(b)
+	var ne net.Error
+	if err != nil && errors.As(err, &ne) && ne.Timeout() {
+		err = &slowClientError{timeout: w.s.writeTimeout, err: err}
+	}
+	return n, err
+}
+
+// slowClientError says a client did not take a response within WriteTimeout.
+type slowClientError struct {
+	timeout time.Duration
+	err     error
+}
+
+func (e *slowClientError) Error() string {
+	return fmt.Sprintf("client did not read its responses for %v: %v", e.timeout, e.err)
+}
+
+func (e *slowClientError) Unwrap() error { return e.err }
+
 // disconnect sends a Notice of Disconnection and closes the session.
 func (s *session) disconnect(code int, msg string) {
 	// The deadline also unblocks a response write stuck on a client that does
 	// not read, so that wmu comes free.
 	_ = s.raw.SetWriteDeadline(time.Now().Add(time.Second))
 	s.wmu.Lock()
+	s.writeTimeout = min(s.writeTimeout, time.Second)
 	_, _ = s.bw.Write(EncodeNoticeOfDisconnection(code, msg))
 	_ = s.bw.Flush()
 	s.wmu.Unlock()
@@ -240,20 +276,37 @@ func (s *session) disconnect(code int, msg string) {
 }
 
 // toClient writes one message to the client; flush false lets a reader batch
-// messages while more are already buffered from its backend.
+// messages while more are already buffered from its backend. A failed write
+// (the client is gone, or did not read for WriteTimeout) ends the session.
 func (s *session) toClient(raw []byte, flush bool) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	if _, err := s.bw.Write(raw); err != nil {
-		s.close()
+	_, err := s.bw.Write(raw)
+	if err == nil && flush {
+		err = s.bw.Flush()
+	}
+	if err != nil {
+		s.clientWriteFailed(err)
 		return
 	}
-	if flush {
-		if err := s.bw.Flush(); err != nil {
-			s.close()
+	s.touch()
+}
+
+// clientWriteFailed ends the session after a failed write to the client.
+func (s *session) clientWriteFailed(err error) {
+	var slow *slowClientError
+	if errors.As(err, &slow) {
+		s.mu.Lock()
+		closed, inFlight := s.closed, len(s.ops)
+		s.mu.Unlock()
+		if !closed {
+			s.log.Warn("closing a client that does not read its responses", "write_timeout", slow.timeout, "in_flight", inFlight)
+			if m := s.metrics(); m != nil {
+				m.SlowClients.Inc()
+			}
 		}
 	}
-	s.touch()
+	s.close()
 }
 
 func (s *session) reply(req *PDU, code int, diag string) {
@@ -326,6 +379,11 @@ func (s *session) classify(p *PDU) (kind routing.Kind, name string, pinned bool)
 		}
 	}
 	if _, ok := p.Control(OIDDontUseCopy); ok {
+		pinned = true
+	}
+	if _, ok := p.Control(OIDTxnSpec); ok {
+		// Part of a transaction (RFC 5805): it lives on the hub connection
+		// where Start Transaction ran.
 		pinned = true
 	}
 	if p.Op == OpSearchRequest {
@@ -451,9 +509,12 @@ func (s *session) forward(p *PDU) {
 
 	o := &op{id: p.MessageID, req: p.Op, name: name, kind: kindLabel, route: route, b: b,
 		write: kind == routing.KindWrite, start: time.Now()}
+	if _, ok := p.Control(OIDTxnSpec); ok || (p.Op == OpExtendedRequest && p.ExtOID == OIDStartTxn) {
+		o.noCSN = true
+	}
 	raw := p.Raw
 	var extra []Control
-	if b.side == metrics.TargetHub && o.write && s.srv.cfg.Consistency != routing.ConsistencyNone {
+	if b.side == metrics.TargetHub && o.write && !o.noCSN && s.srv.cfg.Consistency != routing.ConsistencyNone {
 		switch p.Op {
 		case OpAddRequest, OpModifyRequest, OpModifyDNRequest:
 			if _, ok := p.Control(OIDPostRead); ok {
@@ -479,7 +540,7 @@ func (s *session) forward(p *PDU) {
 			// The body is not valid BER: let the hub say so, unchanged.
 			s.log.Warn("cannot add controls to a request; relaying it unchanged", "err", err)
 			raw, o.postRead = p.Raw, false
-			o.needCSN = o.write && s.srv.cfg.Consistency != routing.ConsistencyNone
+			o.needCSN = o.write && !o.noCSN && s.srv.cfg.Consistency != routing.ConsistencyNone
 		}
 	}
 	s.send(o, raw, p, kind, d)
@@ -971,7 +1032,7 @@ func (s *session) finish(o *op, raw []byte) {
 		s.bindResponse(o, raw)
 		return
 	}
-	if !o.write || s.srv.cfg.Consistency == routing.ConsistencyNone {
+	if !o.write || o.noCSN || s.srv.cfg.Consistency == routing.ConsistencyNone {
 		s.toClient(raw, true)
 		return
 	}
@@ -998,8 +1059,8 @@ func (s *session) finish(o *op, raw []byte) {
 		s.ack(out)
 		return
 	}
-	// Delete, Password Modify, transactions, extended writes, or a post-read
-	// without entryCSN: read the hub's contextCSN now, then answer.
+	// Delete, Password Modify, End Transaction, extended writes, or a
+	// post-read without entryCSN: read the hub's contextCSN now, then answer.
 	s.readHubCSN(o.b, func(p routing.Position) {
 		if p != nil {
 			s.advance(p)

@@ -13,6 +13,7 @@ type LDAPFront struct {
 	ProtocolErrors *prometheus.CounterVec
 	Busy           prometheus.Counter
 	OutcomeUnknown prometheus.Counter
+	SlowClients    prometheus.Counter
 }
 
 // LDAP protocol error reasons (the "reason" label of
@@ -51,11 +52,15 @@ func NewLDAP(reg prometheus.Registerer, front *Front) *LDAPFront {
 			Name: "spokeproxy_ldap_outcome_unknown_total",
 			Help: "Writes answered with 80 (outcome unknown) because the hub connection broke while they were in flight.",
 		}),
+		SlowClients: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "spokeproxy_ldap_slow_clients_total",
+			Help: "Client connections closed because the client did not read its responses within write_timeout.",
+		}),
 	}
 	for _, r := range []string{LDAPErrMalformed, LDAPErrTooLarge} {
 		m.ProtocolErrors.WithLabelValues(r)
 	}
-	reg.MustRegister(m.operations, m.HubOnlyBinds, m.ProtocolErrors, m.Busy, m.OutcomeUnknown)
+	reg.MustRegister(m.operations, m.HubOnlyBinds, m.ProtocolErrors, m.Busy, m.OutcomeUnknown, m.SlowClients)
 	return m
 }
 
