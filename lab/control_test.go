@@ -177,7 +177,7 @@ func TestServerControl(t *testing.T) {
 }
 
 // TestCloseWaitsForControl checks that Close called while a start is under
-// way waits for it and then stops what it started: nothing is left
+// way lets it finish and then stops what it started: nothing is left
 // running.
 func TestCloseWaitsForControl(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -187,16 +187,21 @@ func TestCloseWaitsForControl(t *testing.T) {
 	if err := l.StopReplicaLDAP(ctx); err != nil {
 		t.Fatal(err)
 	}
+	old := l.PIDs()[3]
 	started := make(chan error, 1)
 	go func() { started <- l.StartReplicaLDAP(ctx) }()
-	// Let the start take the control lock before Close; either order must
-	// leave nothing behind.
-	time.Sleep(20 * time.Millisecond)
+	// Close once the new slapd process exists: the start is under way
+	// (possibly still waiting for its readiness search).
+	eventually(t, 10*time.Second, "the new consumer process", func() (bool, error) { return l.PIDs()[3] != old, nil })
+	fresh := l.PIDs()[3]
 	if err := l.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
-	if err := <-started; err != nil && !errors.Is(err, ErrClosed) {
-		t.Fatalf("StartReplicaLDAP racing Close: %v", err)
+	if err := <-started; err != nil {
+		t.Fatalf("StartReplicaLDAP under way when Close was called: %v, want it to finish first", err)
+	}
+	if alive(fresh) {
+		t.Errorf("the consumer started during Close (pid %d) is still running", fresh)
 	}
 	if n := processesUsing(t, dir); n != 0 {
 		t.Errorf("%d processes still use %s after Close", n, dir)
