@@ -318,6 +318,33 @@ spokeproxy_replica_up{protocol="pg"} 1
 		}
 	})
 
+	t.Run("probe stall with the lab's proxy settings", func(t *testing.T) {
+		// Functional tests run the proxy with lab.Proxy* probe settings so a
+		// stall of a few hundred milliseconds (a loaded CI machine under
+		// -race) does not mark a healthy hub down. A 200 ms delay each way
+		// makes every probe take about 400 ms: the old functional settings
+		// (300 ms timeout, 2 failures) lose the hub, the lab's keep it.
+		withSettings := func(interval, timeout time.Duration, downAfter int) *siteUnderTest {
+			return startSite(t, routing.Config{
+				Protocol: routing.Postgres, Hubs: []string{l.WANPGAddr()}, Replica: l.ReplicaPGAddr(),
+				User: lab.AuthUser, Password: l.AuthPassword(), Database: "postgres",
+				ProbeInterval: interval, ProbeTimeout: timeout, DownAfter: downAfter, UpAfter: lab.ProxyUpAfter,
+			})
+		}
+		robust := withSettings(lab.ProxyProbeInterval, lab.ProxyProbeTimeout, lab.ProxyDownAfter)
+		fragile := withSettings(100*time.Millisecond, 300*time.Millisecond, 2)
+		waitState(t, robust, time.Now(), 10*time.Second, "up", allUp)
+		waitState(t, fragile, time.Now(), 10*time.Second, "up", allUp)
+		must(t, l.AddLatency(lab.LinkPG, 200*time.Millisecond))
+		defer func() { must(t, l.ClearToxics(lab.LinkPG)) }()
+		waitState(t, fragile, time.Now(), 5*time.Second, "hub down with 300 ms probe timeouts", hubDown)
+		time.Sleep(2 * time.Second) // several probe rounds through the stall
+		if n := transitionCount(t, robust.reg, "down"); n != 0 || !robust.Snapshot().Hub.Up {
+			t.Errorf("the lab's probe settings lost the hub under a 400 ms stall: %d transitions down, status %+v", int(n), robust.Status().Hub)
+		}
+		t.Logf("MEASURED hub probe under a 200 ms each-way stall: %.0f ms", robust.Status().Endpoints[0].ProbeSeconds*1000)
+	})
+
 	t.Run("flapping link", func(t *testing.T) {
 		// A fresh Site per scenario: flap damping remembers earlier outages.
 		s := pgSite(t, l, l.WANPGAddr())
