@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"sync/atomic"
 
 	"github.com/spokeproxy/spokeproxy/ldapfront"
 	"github.com/spokeproxy/spokeproxy/metrics"
@@ -96,7 +97,7 @@ func (s *Server) buildParts() ([]*protocolPart, error) {
 		if err != nil {
 			return nil, err
 		}
-		frontTLS, err := serverTLS(pg.TLS)
+		frontTLS, err := s.serverTLS("postgres.tls", pg.TLS)
 		if err != nil {
 			return nil, fmt.Errorf("postgres.tls: %w", err)
 		}
@@ -155,7 +156,7 @@ func (s *Server) buildParts() ([]*protocolPart, error) {
 		if err != nil {
 			return nil, err
 		}
-		srvTLS, err := serverTLS(l.TLS)
+		srvTLS, err := s.serverTLS("ldap.tls", l.TLS)
 		if err != nil {
 			return nil, fmt.Errorf("ldap.tls: %w", err)
 		}
@@ -204,15 +205,46 @@ func postgresHubTLS(c PostgresHubTLS) (*tls.Config, error) {
 }
 
 // serverTLS loads a listener's certificate; nil when none is configured.
-func serverTLS(f TLSFiles) (*tls.Config, error) {
+// The certificate is served through a holder registered under key (the
+// config section), so a reload can rotate it without dropping clients.
+func (s *Server) serverTLS(key string, f TLSFiles) (*tls.Config, error) {
 	if !f.Enabled() {
 		return nil, nil
 	}
+	h := &certHolder{}
+	if err := h.load(f); err != nil {
+		return nil, err
+	}
+	s.certs[key] = h
+	return &tls.Config{GetCertificate: h.get, MinVersion: tls.VersionTLS12}, nil
+}
+
+// certHolder is a listener's current certificate. Handshakes read it;
+// a reload replaces it whole.
+type certHolder struct {
+	cert atomic.Pointer[tls.Certificate]
+}
+
+// parse reads a certificate and its key without installing them.
+func (h *certHolder) parse(f TLSFiles) (*tls.Certificate, error) {
 	cert, err := tls.LoadX509KeyPair(f.CertFile, f.KeyFile)
 	if err != nil {
 		return nil, err
 	}
-	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+	return &cert, nil
+}
+
+func (h *certHolder) load(f TLSFiles) error {
+	c, err := h.parse(f)
+	if err != nil {
+		return err
+	}
+	h.cert.Store(c)
+	return nil
+}
+
+func (h *certHolder) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return h.cert.Load(), nil
 }
 
 // clientTLS is the TLS config for connections to hubs: the system roots, or

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"crypto/sha256"
+	"crypto/tls"
 	"fmt"
 	"os"
 	"reflect"
@@ -23,7 +24,9 @@ type ReloadResult struct {
 	NeedRestart []string
 }
 
-// liveKeys are the keys a reload applies without a restart.
+// liveKeys are the keys a reload applies without a restart. A front's
+// TLS certificate and key are live too, while that front keeps TLS on
+// (see rotateCerts).
 var liveKeys = map[string]bool{
 	"log.level":        true,
 	"admin.token_file": true,
@@ -37,8 +40,13 @@ func (s *Server) Reload(cfg *Config) (ReloadResult, error) {
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
 	var res ReloadResult
+	rotate, err := s.certsToRotate(cfg)
+	if err != nil {
+		s.ReloadFailed(err)
+		return ReloadResult{}, err
+	}
 	for _, key := range diffConfig(s.running, cfg) {
-		if liveKeys[key] {
+		if liveKeys[key] || rotate.covers(key) {
 			res.Applied = append(res.Applied, key)
 		} else {
 			res.NeedRestart = append(res.NeedRestart, key)
@@ -46,7 +54,13 @@ func (s *Server) Reload(cfg *Config) (ReloadResult, error) {
 	}
 	now := fileDigests(cfg)
 	for _, key := range sortedKeys(now) {
-		if was, ok := s.files[key]; ok && !liveKeys[key] && was.path == now[key].path && was.sum != now[key].sum {
+		was, ok := s.files[key]
+		if !ok || was.path != now[key].path || was.sum == now[key].sum || liveKeys[key] {
+			continue
+		}
+		if rotate.covers(key) {
+			res.Applied = append(res.Applied, key+" (content)")
+		} else {
 			res.NeedRestart = append(res.NeedRestart, key+" (content)")
 		}
 	}
@@ -60,12 +74,30 @@ func (s *Server) Reload(cfg *Config) (ReloadResult, error) {
 		}
 	}
 	s.token.Store(&token)
+	for section, cert := range rotate {
+		s.certs[section].cert.Store(cert)
+		for _, k := range []string{section + ".cert_file", section + ".key_file"} {
+			if d, ok := now[k]; ok {
+				s.files[k] = d
+			}
+		}
+	}
 	if s.level != nil {
 		s.level.Set(parseLevel(cfg.Log.Level))
 	}
 	running := *s.running
 	running.Log.Level = cfg.Log.Level
 	running.Admin.TokenFile = cfg.Admin.TokenFile
+	if running.Postgres != nil && rotate["postgres.tls"] != nil {
+		pg := *running.Postgres
+		pg.TLS = cfg.Postgres.TLS
+		running.Postgres = &pg
+	}
+	if running.LDAP != nil && rotate["ldap.tls"] != nil {
+		l := *running.LDAP
+		l.TLS = cfg.LDAP.TLS
+		running.LDAP = &l
+	}
 	s.running = &running
 	s.ops.Reloaded(true)
 	attrs := []any{"applied", strings.Join(res.Applied, ",")}
@@ -76,6 +108,57 @@ func (s *Server) Reload(cfg *Config) (ReloadResult, error) {
 		s.logger.Info("config reloaded", attrs...)
 	}
 	return res, nil
+}
+
+// certRotation maps a TLS section ("postgres.tls") to its new certificate.
+type certRotation map[string]*tls.Certificate
+
+// covers reports whether key is the certificate or key file of a rotated
+// section.
+func (r certRotation) covers(key string) bool {
+	for _, suffix := range []string{".cert_file", ".key_file"} {
+		if section, ok := strings.CutSuffix(key, suffix); ok {
+			return r[section] != nil
+		}
+	}
+	return false
+}
+
+// certsToRotate loads the new certificate of every front listener whose TLS
+// files changed (path or content) and stays on TLS. A certificate that does
+// not load rejects the reload, so a bad rotation never replaces a good one.
+// Turning a front's TLS on or off changes its listeners and needs a restart.
+func (s *Server) certsToRotate(cfg *Config) (certRotation, error) {
+	sections := map[string]TLSFiles{}
+	if cfg.Postgres != nil {
+		sections["postgres.tls"] = cfg.Postgres.TLS
+	}
+	if cfg.LDAP != nil {
+		sections["ldap.tls"] = cfg.LDAP.TLS
+	}
+	now := fileDigests(cfg)
+	out := certRotation{}
+	for section, files := range sections {
+		h := s.certs[section]
+		if h == nil || !files.Enabled() {
+			continue
+		}
+		changed := false
+		for _, k := range []string{section + ".cert_file", section + ".key_file"} {
+			if s.files[k] != now[k] {
+				changed = true
+			}
+		}
+		if !changed {
+			continue
+		}
+		cert, err := h.parse(files)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", section, err)
+		}
+		out[section] = cert
+	}
+	return out, nil
 }
 
 // ReloadFailed records a reload whose config was rejected (it did not load

@@ -57,6 +57,9 @@ type Server struct {
 	reloadMu sync.Mutex            // serialises reloads; guards running
 	running  *Config               // cfg with the reloaded live keys applied
 	files    map[string]fileDigest // the *_file contents the site was built from
+	// certs holds each front listener's certificate by config section
+	// ("postgres.tls", "ldap.tls"), for rotation on reload. Filled by New.
+	certs map[string]*certHolder
 
 	refusalEvery time.Duration // see Options.RefusalLogInterval
 
@@ -94,6 +97,7 @@ func New(cfg *Config, opts Options) (*Server, error) {
 	if s.refusalEvery <= 0 {
 		s.refusalEvery = 10 * time.Second
 	}
+	s.certs = map[string]*certHolder{}
 	s.files = fileDigests(cfg) // before buildParts reads them: a change in between shows at the next reload
 	parts, err := s.buildParts()
 	if err != nil {
