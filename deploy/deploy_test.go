@@ -2,25 +2,18 @@ package deploy
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
-	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"gopkg.in/yaml.v3"
 
+	"github.com/spokeproxy/spokeproxy/internal/testcert"
 	"github.com/spokeproxy/spokeproxy/metrics"
 	"github.com/spokeproxy/spokeproxy/proxy"
 )
@@ -262,40 +255,15 @@ func TestExampleConfig(t *testing.T) {
 	}
 }
 
-// writeCerts makes hub-ca.crt and a server certificate and key signed by
-// it, valid for an hour.
+// writeCerts makes a server certificate and key, and a CA file the hub
+// TLS settings can load (a self-signed certificate is its own CA).
 func writeCerts(t *testing.T, dir string) {
 	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	ca := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
-		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
-	if err != nil {
+	c := testcert.New(t, "spokeproxy.spoke.example.org")
+	c.Write(t, dir, "spokeproxy")
+	if err := os.WriteFile(filepath.Join(dir, "hub-ca.crt"), c.CertPEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	leaf := &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "spokeproxy.spoke.example.org"},
-		DNSNames:  []string{"spokeproxy.spoke.example.org"},
-		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	leafDER, err := x509.CreateCertificate(rand.Reader, leaf, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, _ := x509.MarshalECPrivateKey(key)
-	write := func(name, typ string, der []byte) {
-		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write("hub-ca.crt", "CERTIFICATE", caDER)
-	write("spokeproxy.crt", "CERTIFICATE", leafDER)
-	write("spokeproxy.key", "EC PRIVATE KEY", keyDER)
 }
 
 // TestSystemdUnit verifies the unit with systemd-analyze (unknown keys are
