@@ -3,6 +3,7 @@ package lab
 import (
 	"bytes"
 	"context"
+	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -11,14 +12,24 @@ import (
 	"time"
 )
 
+// shortSkip is what a skipped integration test says under -short.
+const shortSkip = "-short: skipping a test that runs real PostgreSQL and slapd; make test runs it"
+
 // ForTest starts a lab for a test and stops it in t.Cleanup. It lives in a
 // non-test file so every package's integration tests share one harness. A
 // lab that cannot start fails the test loudly (t.Fatal, never Skip): the
 // error names the missing package or the failing server and its log tail.
 // If the test fails, the tails of all server logs are logged at cleanup.
 // opts.Dir "" means a directory under t.TempDir.
+//
+// Under -short (make unit, the quick loop) it skips the test: -short means
+// "no servers". make test and CI never pass -short, so there every
+// integration test runs its real servers or fails.
 func ForTest(t testing.TB, opts Options) *Lab {
 	t.Helper()
+	if testing.Short() {
+		t.Skip(shortSkip)
+	}
 	if opts.Dir == "" {
 		opts.Dir = t.TempDir()
 		// t.TempDir's parent is 0700 root when tests run as root; the
@@ -54,7 +65,14 @@ func ForTest(t testing.TB, opts Options) *Lab {
 // It starts the lab (printing where a slow start spent its time), hands it
 // to use (an error from use fails the run), runs the tests and stops the
 // lab. A lab that cannot start fails the run loudly with the reason.
+//
+// Under -short it starts nothing and runs no test of the package, saying so.
 func RunMain(m *testing.M, opts Options, use func(*Lab) error) int {
+	flag.Parse()
+	if testing.Short() {
+		fmt.Println("lab: " + shortSkip + " (the whole package)")
+		return 0
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	var progress bytes.Buffer
