@@ -1,7 +1,6 @@
 package pgfront
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -19,8 +18,8 @@ import (
 // only pid, secretKey, endpoint and hub are read by the cancel path.
 type backendConn struct {
 	conn      net.Conn
-	br        *bufio.Reader // under fe: lets the idle notification watcher peek without consuming
-	fe        *pgproto3.Frontend
+	rd        *frameReader       // everything the backend sends, as frames
+	fe        *pgproto3.Frontend // write side only: messages are encoded into its buffer
 	hub       bool
 	endpoint  string
 	pid       uint32
@@ -53,7 +52,7 @@ func (b *backendConn) target() string {
 // blocking (a read deadline in the past would not even try the socket).
 // It must only be called between requests, by the goroutine that owns b.
 func (b *backendConn) alive() bool {
-	if b.fe.ReadBufferLen() > 0 || b.br.Buffered() > 0 {
+	if b.rd.buffered() > 0 {
 		return false
 	}
 	raw := b.conn
@@ -133,11 +132,10 @@ func login(ctx context.Context, conn net.Conn, hub bool, endpoint string, params
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
 	defer stop()
 
-	br := bufio.NewReaderSize(conn, 8<<10)
 	b := &backendConn{
 		conn:     conn,
-		br:       br,
-		fe:       pgproto3.NewFrontend(br, conn),
+		rd:       newFrameReader(conn, 16<<10, 0),
+		fe:       pgproto3.NewFrontend(noReader{}, conn),
 		hub:      hub,
 		endpoint: endpoint,
 		params:   make(map[string]string),
@@ -157,7 +155,11 @@ func login(ctx context.Context, conn net.Conn, hub bool, endpoint string, params
 	}
 	var sc *scramClient
 	for {
-		msg, err := b.fe.Receive()
+		typ, frame, err := b.rd.next()
+		if err != nil {
+			return nil, err
+		}
+		msg, err := decodeBackend(typ, frame)
 		if err != nil {
 			return nil, err
 		}

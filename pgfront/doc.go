@@ -88,6 +88,24 @@
 // non-blocking MSG_PEEK before use: one that died (hub restart, failover)
 // is replaced instead of carrying a write whose outcome would be unknown.
 //
+// # Relay
+//
+// Backend answers are read as frames (frameReader, wire.go: the 5-byte
+// header, then the body) and forwarded as bytes; only ReadyForQuery's
+// status, an ErrorResponse's SQLSTATE, ParameterStatus and the position
+// query's row are looked at. They are buffered and written to the client
+// once per turn: when what arrived from the backend is used up, not per
+// message. The session goroutine does all of it (no handoff per message).
+//
+// Flush without Sync (libpq's PQsendFlushRequest, pgx's pipeline): the
+// batch so far is routed as a unit is, sent with a Flush, and its answers
+// relayed as soon as each of its messages is answered (or the first
+// error). The unit stays on that backend until its Sync, except that a
+// part that must run on the hub ends a part in flight on the replica
+// (with a Sync whose ReadyForQuery is dropped) and starts on the hub, as
+// a transaction moves at its first write. A flushed read's answers are
+// not held, so the 25006 safety net does not apply to it.
+//
 // Named prepared statements are prepared on a backend only when a batch
 // there uses them (the client's Parse is kept and injected before the
 // Bind, its ParseComplete dropped); Close of a statement prepared on the
@@ -95,8 +113,8 @@
 //
 // # Not done yet
 //
-//   - Flush without Sync: responses are sent at Sync; a client that sends
-//     Flush and waits (libpq pipeline PQsendFlushRequest) would hang.
+//   - COPY FROM STDIN started by an Execute that the client flushes
+//     before Sync is not relayed (the CopyData would be dropped).
 //   - Losing the replica mid-session ends the session (08006); sessions
 //     that log in while it is down are served by the hub (the auth query
 //     then runs on the hub too), unless RefuseWhenReplicaDown.

@@ -1,7 +1,6 @@
 package pgfront
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"io"
@@ -100,8 +99,7 @@ func FuzzSessionMessages(f *testing.F) {
 		be.SetMaxBodyLen(srv.cfg.MaxMessageSize) // as Server.handle does
 		sess := newSession(srv, proxySide, be,
 			map[string]string{"user": "app", "database": "appdb"}, &credentials{user: "app"}, srv.log)
-		br := bufio.NewReader(replicaProxySide)
-		sess.replica = &backendConn{conn: replicaProxySide, br: br, fe: pgproto3.NewFrontend(br, replicaProxySide),
+		sess.replica = &backendConn{conn: replicaProxySide, rd: newFrameReader(replicaProxySide, 8<<10, 0), fe: pgproto3.NewFrontend(noReader{}, replicaProxySide),
 			endpoint: "replica", params: map[string]string{}, prepared: map[string]bool{}}
 		sess.changes = make(chan struct{})
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -92,6 +92,13 @@ type session struct {
 
 	changes  <-chan struct{}
 	hubShown bool // in_hot_standby last told: off (true) or on (false)
+
+	// runCtx is run's context: its cancellation unblocks the active
+	// backend once per session instead of once per exchange.
+	runCtx context.Context
+	// open is the unit in flight after a Flush without Sync, until its
+	// Sync; nil otherwise.
+	open *flight
 }
 
 func newSession(srv *Server, conn net.Conn, be *pgproto3.Backend, params map[string]string, creds *credentials, log *slog.Logger) *session {
@@ -110,7 +117,7 @@ func (s *session) close() {
 	if s.replica != nil {
 		s.srv.front.ReplicaConnections.Dec()
 	}
-	if s.hub != nil && s.txOn == nil && !s.txLost && !s.pinned && s.srv.cfg.HubPoolSize > 0 && s.hub.alive() {
+	if s.hub != nil && s.txOn == nil && !s.txLost && !s.pinned && s.open == nil && s.srv.cfg.HubPoolSize > 0 && s.hub.alive() {
 		// Reset the connection's session state and offer it to the next
 		// session of the same role: its first write then costs no login.
 		b := s.hub
@@ -236,12 +243,21 @@ func (s *session) noteSiteChange() {
 
 // run serves the client until it terminates or the connection breaks.
 func (s *session) run(ctx context.Context) error {
-	stop := context.AfterFunc(ctx, func() { s.conn.Close() })
+	// Ending the session closes the client and unblocks the backend
+	// exchange in progress, if any (relay checks ctx after making its
+	// backend active, so one of the two always sees the other).
+	s.runCtx = ctx
+	stop := context.AfterFunc(ctx, func() {
+		s.conn.Close()
+		if b := s.activeBackend(); b != nil {
+			_ = b.conn.SetDeadline(time.Now())
+		}
+	})
 	defer stop()
 	var batch []batchMsg
 	for {
 		var stopWatch func()
-		if s.listens && s.hub != nil && s.txOn == nil && len(batch) == 0 {
+		if s.listens && s.hub != nil && s.txOn == nil && len(batch) == 0 && s.open == nil {
 			stopWatch = s.watchNotifications(s.hub)
 		}
 		msg, err := s.be.Receive()
@@ -261,11 +277,11 @@ func (s *session) run(ctx context.Context) error {
 		}
 		switch m := msg.(type) {
 		case *pgproto3.Query:
-			if len(batch) > 0 {
+			if len(batch) > 0 || s.open != nil {
 				// A simple Query ends an unsynced batch as PostgreSQL does
 				// implicitly; run what we have first.
 				batch = append(batch, batchMsg{raw: mustEncode(&pgproto3.Sync{}), typ: 'S'})
-				if err := s.runUnit(ctx, s.extendedUnit(batch)); err != nil {
+				if err := s.endBatch(ctx, batch); err != nil {
 					return err
 				}
 				batch = nil
@@ -295,11 +311,16 @@ func (s *session) run(ctx context.Context) error {
 			}
 			batch = append(batch, bm)
 		case *pgproto3.Flush:
-			// Responses are sent at Sync; a client that waits on Flush
-			// alone is not supported (see doc.go).
+			// The client waits for the answers so far (libpq's
+			// PQsendFlushRequest, pgx's pipeline): the batch is routed now
+			// and stays on that backend until its Sync.
+			if err := s.flushBatch(ctx, batch); err != nil {
+				return err
+			}
+			batch = nil
 		case *pgproto3.Sync:
 			batch = append(batch, batchMsg{raw: mustEncode(m), typ: 'S'})
-			if err := s.runUnit(ctx, s.extendedUnit(batch)); err != nil {
+			if err := s.endBatch(ctx, batch); err != nil {
 				return err
 			}
 			batch = nil
@@ -591,8 +612,8 @@ func (s *session) watchNotifications(b *backendConn) (stop func()) {
 	go func() {
 		defer close(done)
 		for {
-			if b.fe.ReadBufferLen() == 0 {
-				if _, err := b.br.Peek(1); err != nil {
+			if b.rd.buffered() == 0 {
+				if err := b.rd.wait(); err != nil {
 					return
 				}
 			}
@@ -601,17 +622,20 @@ func (s *session) watchNotifications(b *backendConn) (stop func()) {
 				mu.Unlock()
 				return
 			}
-			msg, err := b.fe.Receive()
+			typ, frame, err := b.rd.next()
 			if err != nil {
 				mu.Unlock()
 				return
 			}
-			switch m := msg.(type) {
-			case *pgproto3.NotificationResponse, *pgproto3.NoticeResponse:
-				s.be.Send(m)
+			switch typ {
+			case 'A', 'N':
+				s.be.Send(rawBack(frame))
 				_ = s.be.Flush()
-			case *pgproto3.ParameterStatus:
-				b.params[m.Name] = m.Value
+			case 'S':
+				if m, err := decodeBackend(typ, frame); err == nil {
+					ps := m.(*pgproto3.ParameterStatus)
+					b.params[ps.Name] = ps.Value
+				}
 			}
 			mu.Unlock()
 		}
@@ -784,18 +808,173 @@ func (e *backendIOError) Unwrap() error { return e.err }
 // without a round trip of its own.
 const positionQuery = "SELECT pg_catalog.pg_current_wal_lsn()::text"
 
+// flight is a unit in progress on one backend: what has been sent and
+// what of its answers has been read. A unit that the client flushes
+// (Flush without Sync) stays in flight across several client messages
+// until its Sync.
+type flight struct {
+	b      *backendConn
+	u      *unit
+	p      plan
+	prefix int // proxy statements sent ahead, each answered up to a ReadyForQuery
+	// injected, per Parse sent with the unit: true when the proxy added it
+	// (a statement prepared lazily on this backend); its ParseComplete is
+	// dropped.
+	injected   []bool
+	parses     int
+	parsedHere map[string]bool
+	holding    bool   // safety net: answers held until the first row or completion
+	held       []byte // the held answers, encoded
+	failed     bool   // an ErrorResponse ended the batch: the backend skips to Sync
+	res        exResult
+	start      time.Time // for the request duration of a flushed unit
+}
+
 // exchange sends a unit to b (after any queued proxy statements, and
 // followed by the position query when p.capture), relays the unit's
 // responses to the client except its final ReadyForQuery, and returns
 // what happened. Under p.safetyNet responses are held until the first
 // row or completion, so a 25006 can still be re-run elsewhere unseen.
 func (s *session) exchange(ctx context.Context, b *backendConn, u *unit, p plan) (exResult, error) {
-	var res exResult
+	f := s.begin(b, u, p)
+	s.sendUnit(f, u)
+	if err := s.sendEnd(f); err != nil {
+		return f.res, err
+	}
+	return s.relay(ctx, f, -1)
+}
+
+// begin queues on b what must precede a unit there: Closes of statements
+// the client closed while b was not in use, and proxy statements.
+func (s *session) begin(b *backendConn, u *unit, p plan) *flight {
+	f := &flight{b: b, u: u, p: p, holding: p.safetyNet}
+	fe := b.fe
+	if len(b.pendingClose) > 0 {
+		for _, name := range b.pendingClose {
+			fe.Send(&pgproto3.Close{ObjectType: 'S', Name: name})
+		}
+		fe.Send(&pgproto3.Sync{})
+		f.prefix++
+		b.pendingClose = nil
+	}
+	for _, q := range b.pendingSQL {
+		fe.Send(&pgproto3.Query{String: q})
+		f.prefix++
+	}
+	b.pendingSQL = nil
+	return f
+}
+
+// sendUnit queues the unit's messages on the flight's backend, preparing
+// lazily the named statements it uses.
+func (s *session) sendUnit(f *flight, u *unit) {
+	b, fe := f.b, f.b.fe
+	switch {
+	case u.fn:
+		fe.Send(rawFront(u.raw))
+	case u.simple:
+		q := u.query
+		if f.p.rewrite != "" {
+			q = f.p.rewrite
+		}
+		fe.Send(&pgproto3.Query{String: q})
+		b.prepared[""] = false // a simple Query drops the unnamed statement
+	default:
+		other := s.other(b)
+		if f.parsedHere == nil {
+			f.parsedHere = make(map[string]bool)
+		}
+		for _, m := range u.msgs {
+			switch {
+			case m.typ == 'P':
+				f.parsedHere[m.stmt] = true
+				f.injected = append(f.injected, false)
+				b.prepared[m.stmt] = true
+				if m.stmt == "" && other != nil {
+					other.prepared[""] = false
+				}
+			case m.usesStmt && !f.parsedHere[m.stmt] && !b.prepared[m.stmt]:
+				if st := s.stmts[m.stmt]; st != nil {
+					fe.Send(rawFront(st.parse))
+					f.injected = append(f.injected, true)
+					b.prepared[m.stmt] = true
+					f.parsedHere[m.stmt] = true
+				}
+			case m.closesStmt:
+				b.prepared[m.stmt] = false
+				if other != nil && other.prepared[m.stmt] {
+					other.prepared[m.stmt] = false
+					other.pendingClose = append(other.pendingClose, m.stmt)
+				}
+				delete(s.stmts, m.stmt)
+			}
+			fe.Send(rawFront(m.raw))
+		}
+	}
+}
+
+// copyInUnit: the unit runs COPY FROM STDIN, behind which the position
+// query must wait until CopyDone (a Query mid-COPY breaks it).
+func copyInUnit(u *unit) bool {
+	for _, st := range u.class.Stmts {
+		if st.Kind == StmtCopyIn {
+			return true
+		}
+	}
+	return false
+}
+
+// sendEnd queues the position query behind a complete unit (except
+// behind COPY FROM STDIN, where copyIn sends it after CopyDone) and
+// writes everything queued in one write.
+func (s *session) sendEnd(f *flight) error {
+	if copyInUnit(f.u) {
+		if len(f.u.class.Stmts) > 1 {
+			f.p.capture = false
+		}
+	} else {
+		s.sendSuffix(f)
+	}
+	if err := f.b.fe.Flush(); err != nil {
+		return &backendIOError{err: err}
+	}
+	return nil
+}
+
+func (s *session) sendSuffix(f *flight) {
+	if f.p.capture {
+		f.b.fe.Send(&pgproto3.Query{String: positionQuery})
+		f.b.prepared[""] = false
+	}
+}
+
+// completes reports whether a backend message ends the answer to one
+// message of an extended batch (what a Flush waits for).
+func completes(typ byte) bool {
+	switch typ {
+	case '1', '2', '3', 'T', 'n', 'C', 'I', 's', 'G':
+		return true
+	}
+	return false
+}
+
+// relay reads the flight's answers from its backend and forwards the
+// unit's to the client. With want < 0 it runs to the unit's ReadyForQuery
+// (not sent: finish sends it) and, under capture, the position query's.
+// With want >= 0 it stops after want messages of the unit are answered
+// or at its first error: the answer to a Flush.
+func (s *session) relay(ctx context.Context, f *flight, want int) (exResult, error) {
+	b := f.b
 	s.setActive(b)
 	defer s.setActive(nil)
-	stop := context.AfterFunc(ctx, func() { _ = b.conn.SetDeadline(time.Now()) })
-	defer stop()
-
+	if ctx != s.runCtx {
+		stop := context.AfterFunc(ctx, func() { _ = b.conn.SetDeadline(time.Now()) })
+		defer stop()
+	} else if ctx.Err() != nil {
+		// The session is ending; run's AfterFunc may have looked for an
+		// active backend before b was one.
+		return f.res, &backendIOError{err: ctx.Err()}
+	}
 	if b.hub {
 		// A blackholed link never fails a read by itself (the WAN proxy
 		// acknowledges what it swallows): stop waiting as soon as the
@@ -818,192 +997,137 @@ func (s *session) exchange(ctx context.Context, b *backendConn, u *unit, p plan)
 			}
 		}()
 	}
-
-	fe := b.fe
-	prefix := 0
-	if len(b.pendingClose) > 0 {
-		for _, name := range b.pendingClose {
-			fe.Send(&pgproto3.Close{ObjectType: 'S', Name: name})
-		}
-		fe.Send(&pgproto3.Sync{})
-		prefix++
-		b.pendingClose = nil
-	}
-	for _, q := range b.pendingSQL {
-		fe.Send(&pgproto3.Query{String: q})
-		prefix++
-	}
-	b.pendingSQL = nil
-
-	var injected []bool // per Parse of the unit: true when the proxy added it
-	switch {
-	case u.fn:
-		fe.Send(rawFront(u.raw))
-	case u.simple:
-		q := u.query
-		if p.rewrite != "" {
-			q = p.rewrite
-		}
-		fe.Send(&pgproto3.Query{String: q})
-		b.prepared[""] = false // a simple Query drops the unnamed statement
-	default:
-		other := s.other(b)
-		parsedHere := make(map[string]bool)
-		for _, m := range u.msgs {
-			switch {
-			case m.typ == 'P':
-				parsedHere[m.stmt] = true
-				injected = append(injected, false)
-				b.prepared[m.stmt] = true
-				if m.stmt == "" && other != nil {
-					other.prepared[""] = false
-				}
-			case m.usesStmt && !parsedHere[m.stmt] && !b.prepared[m.stmt]:
-				if st := s.stmts[m.stmt]; st != nil {
-					fe.Send(rawFront(st.parse))
-					injected = append(injected, true)
-					b.prepared[m.stmt] = true
-					parsedHere[m.stmt] = true
-				}
-			case m.closesStmt:
-				b.prepared[m.stmt] = false
-				if other != nil && other.prepared[m.stmt] {
-					other.prepared[m.stmt] = false
-					other.pendingClose = append(other.pendingClose, m.stmt)
-				}
-				delete(s.stmts, m.stmt)
-			}
-			fe.Send(rawFront(m.raw))
-		}
-	}
-	// The position query follows the unit, except behind COPY FROM STDIN:
-	// there it must wait until CopyDone (a Query mid-COPY breaks it).
-	copyIn := false
-	for _, st := range u.class.Stmts {
-		copyIn = copyIn || st.Kind == StmtCopyIn
-	}
-	if copyIn && len(u.class.Stmts) > 1 {
-		p.capture = false
-	}
-	sendSuffix := func() {
-		if p.capture {
-			fe.Send(&pgproto3.Query{String: positionQuery})
-			b.prepared[""] = false
-		}
-	}
-	if !copyIn {
-		sendSuffix()
-	}
-	if err := fe.Flush(); err != nil {
-		return res, &backendIOError{err: err}
-	}
-
-	total := prefix + 1
-	if p.capture {
-		total++
-	}
-	holding := p.safetyNet
-	var held []byte
-	parses := 0
-	for phase := 0; phase < total; {
-		msg, err := fe.Receive()
+	// The answers to proxy statements sent ahead come first.
+	for f.prefix > 0 {
+		typ, frame, err := b.rd.next()
 		if err != nil {
-			if phase > prefix {
-				res.suffixLost = err
-				return res, nil
-			}
-			return res, &backendIOError{err: err}
+			return f.res, &backendIOError{err: err}
 		}
-		if phase < prefix {
-			switch m := msg.(type) {
-			case *pgproto3.ReadyForQuery:
-				phase++
-			case *pgproto3.ErrorResponse:
-				s.log.Debug("proxy statement failed on backend", "target", b.target(), "code", m.Code, "message", m.Message)
-			}
-			continue
+		switch typ {
+		case 'Z':
+			f.prefix--
+		case 'E':
+			s.log.Debug("proxy statement failed on backend", "target", b.target(), "code", errorCode(frame[5:]))
 		}
-		if phase > prefix { // the position query
-			switch m := msg.(type) {
-			case *pgproto3.DataRow:
-				if len(m.Values) > 0 && m.Values[0] != nil {
-					if lsn, err := routing.ParseLSN(string(m.Values[0])); err == nil {
-						res.lsn = lsn
+	}
+	if want == 0 {
+		return f.res, nil
+	}
+	unitDone := false
+answers:
+	for {
+		typ, frame, err := b.rd.next()
+		if err != nil {
+			if unitDone {
+				f.res.suffixLost = err
+				return f.res, nil
+			}
+			return f.res, &backendIOError{err: err}
+		}
+		if unitDone { // the position query
+			switch typ {
+			case 'D':
+				if m, err := decodeBackend(typ, frame); err == nil {
+					if dr := m.(*pgproto3.DataRow); len(dr.Values) > 0 && dr.Values[0] != nil {
+						if lsn, err := routing.ParseLSN(string(dr.Values[0])); err == nil {
+							f.res.lsn = lsn
+						}
 					}
 				}
-			case *pgproto3.ReadyForQuery:
-				phase++
+			case 'Z':
+				return f.res, nil
 			}
 			continue
 		}
-		switch m := msg.(type) {
-		case *pgproto3.ReadyForQuery:
-			res.status = m.TxStatus
-			phase++
+		switch typ {
+		case 'Z':
+			if len(frame) > 5 {
+				f.res.status = frame[5]
+			}
+			unitDone = true
+			if !f.p.capture {
+				break answers
+			}
 			continue
-		case *pgproto3.ParseComplete:
-			if parses < len(injected) {
-				inj := injected[parses]
-				parses++
+		case '1':
+			if f.parses < len(f.injected) {
+				inj := f.injected[f.parses]
+				f.parses++
 				if inj {
 					continue
 				}
 			}
-		case *pgproto3.ErrorResponse:
-			if holding && m.Code == "25006" && !b.hub {
-				res.rerun = true
-				held = nil
-				holding = false
+		case 'E':
+			if f.holding && !b.hub && errorCode(frame[5:]) == "25006" {
+				f.res.rerun = true
+				f.held = f.held[:0]
+				f.holding = false
 			}
-		case *pgproto3.ParameterStatus:
-			b.params[m.Name] = m.Value
-			if m.Name == "in_hot_standby" {
-				continue
+			f.failed = true
+		case 'S':
+			if m, err := decodeBackend(typ, frame); err == nil {
+				ps := m.(*pgproto3.ParameterStatus)
+				b.params[ps.Name] = ps.Value
+				if ps.Name == "in_hot_standby" {
+					continue
+				}
 			}
-		case *pgproto3.DataRow, *pgproto3.CommandComplete, *pgproto3.PortalSuspended,
-			*pgproto3.EmptyQueryResponse, *pgproto3.CopyOutResponse, *pgproto3.CopyInResponse:
-			if holding {
-				holding = false
-				if len(held) > 0 {
-					s.be.Send(rawBack(held))
-					held = nil
+		case 'D', 'C', 's', 'I', 'H', 'G':
+			if f.holding {
+				f.holding = false
+				if len(f.held) > 0 {
+					s.be.Send(rawBack(f.held))
+					f.held = f.held[:0]
 				}
 			}
 		}
-		if res.rerun || p.discard {
-			continue // drop the rest of the refused attempt, or everything
+		if !f.res.rerun && !f.p.discard {
+			if f.holding {
+				f.held = append(f.held, frame...)
+			} else {
+				s.be.Send(rawBack(frame))
+			}
 		}
-		if holding {
-			if held, err = msg.Encode(held); err != nil {
-				return res, err
+		if want >= 0 && !f.res.rerun {
+			if typ == 'E' {
+				want = 0
+			} else if completes(typ) {
+				want--
+			}
+			if want <= 0 {
+				if err := s.be.Flush(); err != nil {
+					return f.res, &clientIOError{err: err}
+				}
+				return f.res, nil
+			}
+		}
+		if typ == 'G' && want < 0 && !f.res.rerun {
+			if err := s.be.Flush(); err != nil {
+				return f.res, &clientIOError{err: err}
+			}
+			if err := s.copyIn(f); err != nil {
+				return f.res, err
 			}
 			continue
 		}
-		s.be.Send(msg)
-		if _, ok := msg.(*pgproto3.CopyInResponse); ok {
+		if b.rd.buffered() == 0 && !f.holding {
+			// The end of what arrived: one write to the client per turn.
 			if err := s.be.Flush(); err != nil {
-				return res, &clientIOError{err: err}
-			}
-			if err := s.copyIn(b, sendSuffix); err != nil {
-				return res, err
-			}
-			continue
-		}
-		if fe.ReadBufferLen() == 0 {
-			if err := s.be.Flush(); err != nil {
-				return res, &clientIOError{err: err}
+				return f.res, &clientIOError{err: err}
 			}
 		}
 	}
-	if len(held) > 0 {
-		s.be.Send(rawBack(held))
+	if len(f.held) > 0 {
+		s.be.Send(rawBack(f.held))
+		f.held = f.held[:0]
 	}
-	return res, nil
+	return f.res, nil
 }
 
-// copyIn streams the client's CopyData to b until CopyDone or CopyFail,
-// then queues after (the position query) behind it.
-func (s *session) copyIn(b *backendConn, after func()) error {
+// copyIn streams the client's CopyData to the flight's backend until
+// CopyDone or CopyFail, then queues the position query behind it.
+func (s *session) copyIn(f *flight) error {
+	b := f.b
 	pending := 0
 	for {
 		msg, err := s.be.Receive()
@@ -1022,7 +1146,7 @@ func (s *session) copyIn(b *backendConn, after func()) error {
 			}
 		case *pgproto3.CopyDone, *pgproto3.CopyFail:
 			b.fe.Send(m)
-			after()
+			s.sendSuffix(f)
 			if err := b.fe.Flush(); err != nil {
 				return &backendIOError{err: err}
 			}
@@ -1094,14 +1218,29 @@ func (s *session) silent(ctx context.Context, b *backendConn, q string) error {
 // lost replica ends the session (08006); a lost hub gets 08006, or 08007
 // when what was in flight may have committed, and the session goes on.
 func (s *session) backendFailed(b *backendConn, u *unit, err error) error {
+	status, err := s.backendLost(b, u, err)
+	if err != nil {
+		return err
+	}
+	s.be.Send(&pgproto3.ReadyForQuery{TxStatus: status})
+	if err := s.be.Flush(); err != nil {
+		return &clientIOError{err: err}
+	}
+	return nil
+}
+
+// backendLost is backendFailed without the ReadyForQuery: it sends the
+// error and returns the transaction status to report at the unit's end,
+// or the error that ends the session.
+func (s *session) backendLost(b *backendConn, u *unit, err error) (byte, error) {
 	var ce *clientIOError
 	if errors.As(err, &ce) {
-		return err
+		return 0, err
 	}
 	if b == nil || !b.hub {
 		s.srv.site.ReportReplicaFailure(err)
 		sendFatal(s.be, "08006", "connection to the local replica lost: "+err.Error())
-		return err
+		return 0, err
 	}
 	s.srv.site.ReportHubFailure(b.endpoint, err)
 	inTxn := s.txOn == b
@@ -1119,11 +1258,10 @@ func (s *session) backendFailed(b *backendConn, u *unit, err error) error {
 	}
 	s.log.Warn("hub connection lost during a request", "hub", b.endpoint, "outcome_unknown", unknown, "err", err)
 	s.be.Send(errorResponseFor(&hubLostError{hub: b.endpoint, unknown: unknown, err: err}, "ERROR"))
-	s.be.Send(&pgproto3.ReadyForQuery{TxStatus: status})
 	if err := s.be.Flush(); err != nil {
-		return &clientIOError{err: err}
+		return 0, &clientIOError{err: err}
 	}
-	return nil
+	return status, nil
 }
 
 // answerLost answers for a hub transaction that was cut: everything fails
@@ -1193,4 +1331,246 @@ func (c *countingConn) Write(b []byte) (int, error) {
 	n, err := c.Conn.Write(b)
 	c.out.Add(float64(n))
 	return n, err
+}
+
+// endBatch runs an extended batch that ends with Sync: as one unit, or
+// as the end of the unit in flight since a Flush.
+func (s *session) endBatch(ctx context.Context, batch []batchMsg) error {
+	if s.open != nil {
+		return s.finishOpen(ctx, batch)
+	}
+	return s.runUnit(ctx, s.extendedUnit(batch))
+}
+
+// answers counts the messages of a batch that each get one completing
+// answer (ParseComplete, BindComplete, the end of a Describe, the end of
+// an Execute, CloseComplete): what a Flush waits for.
+func answers(batch []batchMsg) int {
+	n := 0
+	for _, m := range batch {
+		switch m.typ {
+		case 'P', 'B', 'D', 'E', 'C':
+			n++
+		}
+	}
+	return n
+}
+
+// needsHub reports whether statements of kind k cannot run on the
+// standby (plan sends them to the hub even inside a replica transaction).
+func needsHub(k StmtKind) bool {
+	return k == StmtWrite || k == StmtCopyIn || k == StmtPin
+}
+
+// flushBatch answers a Flush: the batch so far is routed (the first time)
+// or joins the unit in flight, is sent with a Flush, and its answers are
+// relayed to the client. The unit stays on its backend until Sync, except
+// that a part that must run on the hub ends a unit in flight on the
+// replica there (with a Sync whose ReadyForQuery the client never sees)
+// and opens a new one on the hub, as a transaction's first write moves it.
+// Answers are not held for the safety net: the client is waiting for
+// them.
+func (s *session) flushBatch(ctx context.Context, batch []batchMsg) error {
+	f := s.open
+	if f != nil && f.b != nil && f.b == s.replica && !f.failed && s.replica != nil && len(batch) > 0 &&
+		needsHub(s.extendedUnit(batch).class.Strongest()) {
+		if err := s.closeReplicaPart(ctx, f); err != nil {
+			return err
+		}
+		f = s.open
+	}
+	if f == nil {
+		if len(batch) == 0 {
+			return nil // nothing is waiting for an answer
+		}
+		var err error
+		if f, err = s.openFlight(ctx, s.extendedUnit(batch)); err != nil {
+			return err
+		}
+		s.open = f
+		if f.b == nil {
+			return nil // refused: the error is sent, the rest skipped until Sync
+		}
+		s.sendUnit(f, f.u)
+	} else {
+		if f.b == nil || len(batch) == 0 {
+			return nil
+		}
+		part := &unit{msgs: batch}
+		s.sendUnit(f, part)
+		f.u.msgs = append(f.u.msgs, batch...)
+		f.u.class.Stmts = append(f.u.class.Stmts, s.extendedUnit(batch).class.Stmts...)
+	}
+	want := answers(batch)
+	if f.failed {
+		want = 0 // the backend skips everything up to Sync
+	}
+	f.b.fe.Send(&pgproto3.Flush{})
+	if err := f.b.fe.Flush(); err != nil {
+		return s.flightLost(f, &backendIOError{err: err})
+	}
+	res, err := s.relay(ctx, f, want)
+	if err != nil {
+		return s.flightLost(f, err)
+	}
+	f.res = res
+	return nil
+}
+
+// closeReplicaPart ends the part of a flushed unit that ran on the
+// replica with a Sync, consuming its ReadyForQuery, so the rest can run
+// on the hub.
+func (s *session) closeReplicaPart(ctx context.Context, f *flight) error {
+	f.b.fe.Send(&pgproto3.Sync{})
+	if err := f.b.fe.Flush(); err != nil {
+		return s.flightLost(f, &backendIOError{err: err})
+	}
+	f.p.capture = false
+	res, err := s.relay(ctx, f, -1)
+	if err != nil {
+		return s.flightLost(f, err)
+	}
+	s.srv.front.Request(f.p.route, "read")
+	switch res.status {
+	case 'I':
+		s.txOn, s.txBegin, s.txLocals = nil, "", nil
+	case 'T', 'E':
+		s.txOn = f.b
+	}
+	s.open = nil
+	return nil
+}
+
+// flightLost handles a backend that failed while a flushed unit was in
+// flight: the error goes to the client now, the ReadyForQuery at Sync.
+func (s *session) flightLost(f *flight, err error) error {
+	status, err := s.backendLost(f.b, f.u, err)
+	if err != nil {
+		return err
+	}
+	s.open = &flight{u: f.u, failed: true, res: exResult{status: status}}
+	return nil
+}
+
+// openFlight plans a unit that the client flushed before its Sync, as
+// runUnit does, and queues what precedes it on the chosen backend. A
+// refused unit (hub unavailable, a lost hub transaction) gets its error
+// at once and a flight without a backend.
+func (s *session) openFlight(ctx context.Context, u *unit) (*flight, error) {
+	refused := func(status byte) *flight {
+		return &flight{u: u, failed: true, res: exResult{status: status}, p: plan{route: metrics.RouteRefuse}}
+	}
+	p, err := s.plan(ctx, u)
+	if err != nil {
+		return nil, err
+	}
+	kind := "read"
+	if k := u.class.Strongest(); k > StmtRead && k != StmtCopyOut {
+		kind = "write"
+	}
+	if p.refuse != nil {
+		s.srv.front.WritesRefused.Inc()
+		s.srv.front.Request(metrics.RouteRefuse, kind)
+		if s.txOn == s.replica && s.replica != nil {
+			// Abort the replica transaction as the standby's own 25006 would.
+			resp := errorResponseFor(p.refuse, "ERROR")
+			q := "DO $spokeproxy$BEGIN RAISE EXCEPTION USING ERRCODE = '" + resp.Code + "', MESSAGE = " +
+				quoteLiteral(resp.Message) + "; END$spokeproxy$"
+			rp := plan{to: s.replica, rewrite: q, route: metrics.RouteLocal}
+			res, xerr := s.exchange(ctx, s.replica, &unit{simple: true, query: q}, rp)
+			if xerr != nil {
+				status, lerr := s.backendLost(s.replica, u, xerr)
+				return refused(status), lerr
+			}
+			if err := s.be.Flush(); err != nil {
+				return nil, &clientIOError{err: err}
+			}
+			if res.status == 'E' || res.status == 'T' {
+				s.txOn = s.replica
+			}
+			return refused(res.status), nil
+		}
+		status := byte('I')
+		if s.txOn != nil || s.txLost {
+			status = 'E'
+		}
+		s.be.Send(errorResponseFor(p.refuse, "ERROR"))
+		if err := s.be.Flush(); err != nil {
+			return nil, &clientIOError{err: err}
+		}
+		return refused(status), nil
+	}
+	if s.txLost {
+		s.be.Send(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "25P02",
+			Message: "current transaction is aborted, commands ignored until end of transaction block"})
+		if err := s.be.Flush(); err != nil {
+			return nil, &clientIOError{err: err}
+		}
+		return refused('E'), nil
+	}
+	if p.waitForPos {
+		ok, werr := s.waitPos(ctx)
+		if werr != nil {
+			s.srv.front.Request(metrics.RouteRefuse, kind)
+			s.be.Send(errorResponseFor(werr, "ERROR"))
+			if err := s.be.Flush(); err != nil {
+				return nil, &clientIOError{err: err}
+			}
+			status := byte('I')
+			if s.txOn != nil {
+				status = 'E'
+			}
+			return refused(status), nil
+		}
+		if !ok {
+			if hb, herr := s.hubConn(ctx); herr == nil {
+				p.to, p.route, p.rewrite = hb, metrics.RouteHub, ""
+			}
+		}
+	}
+	if p.moveToHub {
+		s.moveTxnToHub(p.to)
+	}
+	p.safetyNet = false
+	f := s.begin(p.to, u, p)
+	f.start = time.Now()
+	return f, nil
+}
+
+// finishOpen ends the unit in flight since a Flush with the rest of its
+// batch (ending with Sync) and answers it as runUnit does.
+func (s *session) finishOpen(ctx context.Context, batch []batchMsg) error {
+	f := s.open
+	s.open = nil
+	if f.b == nil {
+		// Refused or lost: the error was sent; PostgreSQL skips the rest
+		// of the batch and answers its Sync.
+		s.noteSiteChange()
+		s.be.Send(&pgproto3.ReadyForQuery{TxStatus: f.res.status})
+		if err := s.be.Flush(); err != nil {
+			return &clientIOError{err: err}
+		}
+		return nil
+	}
+	s.sendUnit(f, &unit{msgs: batch})
+	f.u.msgs = append(f.u.msgs, batch...)
+	f.u.class.Stmts = append(f.u.class.Stmts, s.extendedUnit(batch).class.Stmts...)
+	if f.b.hub && s.txOn == nil && !s.pinned && s.srv.cfg.Consistency != routing.ConsistencyNone &&
+		f.u.class.Strongest() >= StmtWrite {
+		f.p.capture = true // an autocommit write: learn its position
+	}
+	if err := s.sendEnd(f); err != nil {
+		return s.backendFailed(f.b, f.u, err)
+	}
+	res, err := s.relay(ctx, f, -1)
+	if err != nil {
+		return s.backendFailed(f.b, f.u, err)
+	}
+	kind := "read"
+	if k := f.u.class.Strongest(); k > StmtRead && k != StmtCopyOut {
+		kind = "write"
+	}
+	s.srv.front.Request(f.p.route, kind)
+	s.srv.front.RequestDuration(f.p.route).Observe(time.Since(f.start).Seconds())
+	return s.finish(ctx, f.p, f.u, res)
 }

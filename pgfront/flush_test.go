@@ -1,0 +1,134 @@
+package pgfront
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/spokeproxy/spokeproxy/lab"
+)
+
+// TestLabPGFlushWithoutSync: a client that sends Flush and waits (pgx's
+// pipeline with SendFlushRequest, libpq's PQsendFlushRequest) gets its
+// answers before the Sync; a read flushed first runs on the standby and a
+// write flushed later in the same batch runs on the hub; an error skips
+// the rest of the batch; the session's next read sees the write.
+func TestLabPGFlushWithoutSync(t *testing.T) {
+	l := lab.ForTest(t, lab.Options{})
+	f := startFront(t, l, nil)
+	c := f.connect(t, nil)
+	pc := c.PgConn()
+
+	// Every wait is bounded: without Flush support GetResults would hang.
+	results := func(t *testing.T, pl *pgconn.Pipeline) any {
+		t.Helper()
+		got, err := pl.GetResults()
+		if err != nil {
+			t.Fatalf("GetResults: %v", err)
+		}
+		return got
+	}
+	rows := func(t *testing.T, got any) [][][]byte {
+		t.Helper()
+		rr, ok := got.(*pgconn.ResultReader)
+		if !ok {
+			t.Fatalf("got %T, want a result", got)
+		}
+		res := rr.Read()
+		if res.Err != nil {
+			t.Fatalf("result: %v", res.Err)
+		}
+		return res.Rows
+	}
+
+	body := fmt.Sprintf("flushed %d", time.Now().UnixNano())
+	t.Run("read then write in one batch", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		pl := pc.StartPipeline(ctx)
+		pl.SendQueryParams("SELECT pg_is_in_recovery()", nil, nil, nil, nil)
+		pl.SendFlushRequest()
+		if err := pl.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if r := rows(t, results(t, pl)); len(r) != 1 || string(r[0][0]) != "t" {
+			t.Fatalf("flushed read: rows %q, want one row 't' (run on the standby)", r)
+		}
+		pl.SendQueryParams("INSERT INTO notes (account_id, body) VALUES (1, $1) RETURNING pg_is_in_recovery()", [][]byte{[]byte(body)}, nil, nil, nil)
+		pl.SendFlushRequest()
+		if err := pl.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if r := rows(t, results(t, pl)); len(r) != 1 || string(r[0][0]) != "f" {
+			t.Fatalf("flushed write: rows %q, want one row 'f' (run on the hub)", r)
+		}
+		pl.SendPipelineSync()
+		if err := pl.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := results(t, pl).(*pgconn.PipelineSync); !ok {
+			t.Fatal("no PipelineSync after the batch's Sync")
+		}
+		if err := pl.Close(); err != nil {
+			t.Fatalf("pipeline close: %v", err)
+		}
+		var n int
+		var standby bool
+		if err := c.QueryRow(ctx, "SELECT count(*), pg_is_in_recovery() FROM notes WHERE body = $1", body).Scan(&n, &standby); err != nil {
+			t.Fatal(err)
+		}
+		if n != 1 || !standby {
+			t.Fatalf("read after the flushed write: count %d on standby %v, want 1 on the standby", n, standby)
+		}
+	})
+
+	t.Run("error skips to sync", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		pl := pc.StartPipeline(ctx)
+		pl.SendQueryParams("SELECT 1/0", nil, nil, nil, nil)
+		pl.SendFlushRequest()
+		if err := pl.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		got, err := pl.GetResults()
+		if rr, ok := got.(*pgconn.ResultReader); ok && err == nil {
+			err = rr.Read().Err
+		}
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != "22012" {
+			t.Fatalf("flushed division by zero: %v, want 22012", err)
+		}
+		pl.SendQueryParams("SELECT 2", nil, nil, nil, nil) // skipped by the server
+		pl.SendPipelineSync()
+		if err := pl.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; ; i++ {
+			if i == 5 {
+				t.Fatal("no PipelineSync after an error")
+			}
+			got, err := pl.GetResults()
+			if err != nil {
+				// pgx reports the skipped statement's result as an error
+				// of its own; what matters is reaching the Sync.
+				continue
+			}
+			if _, ok := got.(*pgconn.PipelineSync); ok {
+				break
+			}
+			if got == nil {
+				t.Fatal("no PipelineSync after an error")
+			}
+		}
+		_ = pl.Close()
+		var one int
+		if err := c.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil || one != 1 {
+			t.Fatalf("session after the failed batch: %d, %v", one, err)
+		}
+	})
+}
