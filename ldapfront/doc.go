@@ -30,6 +30,12 @@
 //	                      +--(writes)--> hub conn (dialled through Site.DialHub   |
 //	                                     on first need, bound as the client) ---+-+--> one writer --> client
 //
+// Each backend reader relays responses straight from its read buffer (no copy
+// while a message fits in it) into the client's buffered writer, flushing only
+// when no further complete message is buffered, so an entry and its result go
+// out in one write; requests go to the backend from the session reader. There
+// is no goroutine handoff per message.
+//
 // Messages are relayed as bytes with their message IDs unchanged; controls,
 // paged results, sorting, persistent and sync searches, referrals and unknown
 // extensions pass through untouched. The first error on the client connection

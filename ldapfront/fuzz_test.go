@@ -3,6 +3,7 @@ package ldapfront
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"io"
 	"reflect"
 	"testing"
@@ -56,6 +57,37 @@ func FuzzReadPDU(f *testing.F) {
 		again.Raw, again.packet, p.Raw, p.packet = nil, nil, nil, nil
 		if !reflect.DeepEqual(again, p) {
 			t.Fatalf("round trip changed the decode:\n%+v\n%+v", again, p)
+		}
+	})
+}
+
+// FuzzNextFrame checks that the borrowing framer the backend readers use
+// returns the same messages and the same kinds of errors as readFrame, over
+// a stream of several messages and with a small buffer (so that large and
+// straddling messages take both paths).
+func FuzzNextFrame(f *testing.F) {
+	f.Add(append(append(searchReq(1, "dc=example,dc=org"), entryMsg(1, "cn=x", "cn", "x")...), encodeResult(1, OpSearchResultDone, 0, "", "", "")...))
+	f.Add(append(entryMsg(2, "cn=y", "description", string(bytes.Repeat([]byte("y"), 300))), 0x30, 0x81))
+	f.Add([]byte{0x30, 0x84, 0x7f, 0xff, 0xff, 0xff})
+	f.Add([]byte{0x30, 0x80, 0x00, 0x00})
+	f.Add([]byte{0x31, 0x00})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		const max = 1 << 12
+		a := bufio.NewReaderSize(bytes.NewReader(in), 64)
+		b := bufio.NewReaderSize(bytes.NewReader(in), 64)
+		for i := 0; ; i++ {
+			want, werr := readFrame(a, max)
+			got, gerr := nextFrame(b, max)
+			if (werr == nil) != (gerr == nil) || IsMalformed(werr) != IsMalformed(gerr) || IsTooLarge(werr) != IsTooLarge(gerr) ||
+				errors.Is(werr, io.EOF) != errors.Is(gerr, io.EOF) {
+				t.Fatalf("message %d: readFrame error %v, nextFrame error %v", i, werr, gerr)
+			}
+			if werr != nil {
+				return
+			}
+			if !bytes.Equal(want, got) {
+				t.Fatalf("message %d: readFrame %x, nextFrame %x", i, want, got)
+			}
 		}
 	})
 }

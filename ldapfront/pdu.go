@@ -249,6 +249,43 @@ func readFrame(r *bufio.Reader, max int64) ([]byte, error) {
 	return buf, nil
 }
 
+// nextFrame is readFrame without the copy when the whole message fits in r's
+// buffer: the bytes returned are then r's own and valid only until the next
+// read from r (copy what you keep, as with pgproto3's Receive). Anything
+// readFrame would reject or must allocate for goes through readFrame, so the
+// errors are the same.
+func nextFrame(r *bufio.Reader, max int64) ([]byte, error) {
+	hdr, err := r.Peek(2)
+	if err != nil || hdr[0] != 0x30 {
+		return readFrame(r, max)
+	}
+	n, length := 2, uint64(hdr[1])
+	if lb := hdr[1]; lb >= 0x80 {
+		k := int(lb & 0x7f)
+		if lb == 0x80 || lb == 0xff || k > 8 {
+			return readFrame(r, max)
+		}
+		if hdr, err = r.Peek(2 + k); err != nil {
+			return readFrame(r, max)
+		}
+		length = 0
+		for _, b := range hdr[2:] {
+			length = length<<8 | uint64(b)
+		}
+		n += k
+	}
+	if length > uint64(math.MaxInt32) || int64(length)+int64(n) > max || int(length)+n > r.Size() {
+		return readFrame(r, max)
+	}
+	total := n + int(length)
+	buf, err := r.Peek(total)
+	if err != nil {
+		return readFrame(r, max) // truncated: readFrame reads what is there and says so
+	}
+	_, _ = r.Discard(total) // buf stays valid: nothing refills r until the next read
+	return buf[:total:total], nil
+}
+
 // ReadPDU reads one LDAPMessage and decodes what routing needs. max caps the
 // message size (tag and length included) before anything is allocated for it.
 // A clean EOF between messages is returned as io.EOF; other failures are

@@ -2,6 +2,7 @@ package ldapfront
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -880,7 +881,10 @@ func (s *session) readBackend(b *backend) {
 		}
 	}()
 	for {
-		raw, err := readFrame(b.br, s.srv.cfg.MaxResponseSize)
+		// raw is b.br's own buffer when the message fits there: valid until
+		// the next nextFrame. Relaying copies it into the client's writer;
+		// what outlives this iteration is cloned below.
+		raw, err := nextFrame(b.br, s.srv.cfg.MaxResponseSize)
 		if err != nil {
 			s.backendFailed(b, err)
 			return
@@ -919,6 +923,10 @@ func (s *session) readBackend(b *backend) {
 			o.onMessage(raw, h)
 		case !h.Op.isFinal():
 			s.toClient(raw, !hasCompleteFrame(b.br))
+		case o.bind != nil || o.write:
+			// Bind responses may be held (WhoAmI after SASL) and write
+			// responses wait for a contextCSN read: keep a copy.
+			s.finish(o, bytes.Clone(raw))
 		default:
 			s.finish(o, raw)
 		}
