@@ -2,6 +2,7 @@ package pgfront
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -9,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -18,8 +20,9 @@ import (
 	"github.com/spokeproxy/spokeproxy/lab"
 )
 
-// pgbenchTPS runs pgbench against addr as the app role and returns its tps.
-func pgbenchTPS(tb testing.TB, addr string, args ...string) float64 {
+// pgbenchRun runs pgbench against addr as the app role and returns its
+// tps and the number of transactions it processed.
+func pgbenchRun(tb testing.TB, addr string, args ...string) (tps float64, txns int) {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -31,47 +34,108 @@ func pgbenchTPS(tb testing.TB, addr string, args ...string) float64 {
 	if err != nil {
 		tb.Fatalf("pgbench %v: %v\n%s", args, err, out)
 	}
-	m := regexp.MustCompile(`tps = ([0-9.]+)`).FindSubmatch(out)
 	if args[0] == "-i" {
-		return 0
+		return 0, 0
 	}
-	if m == nil {
+	m := regexp.MustCompile(`tps = ([0-9.]+)`).FindSubmatch(out)
+	n := regexp.MustCompile(`number of transactions actually processed: ([0-9]+)`).FindSubmatch(out)
+	if m == nil || n == nil {
 		tb.Fatalf("pgbench %v: no tps in\n%s", args, out)
 	}
-	v, _ := strconv.ParseFloat(string(m[1]), 64)
-	return v
+	tps, _ = strconv.ParseFloat(string(m[1]), 64)
+	txns, _ = strconv.Atoi(string(n[1]))
+	return tps, txns
+}
+
+// selfCPU is the CPU time (user and system) this process has used: the
+// proxy, and the lab's embedded WAN proxy and probes, which -S leaves idle.
+func selfCPU(tb testing.TB) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		tb.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// procCPU is the CPU time (user and system) process pid has used, from
+// /proc/PID/stat in clock ticks of 10 ms (USER_HZ on Linux).
+func procCPU(tb testing.TB, pid int) time.Duration {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	f := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+2:]))
+	ut, _ := strconv.Atoi(f[11]) // fields 14 and 15 of stat, counted after "pid (comm) "
+	st, _ := strconv.Atoi(f[12])
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+func loadAvg() string {
+	raw, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	return strings.Join(strings.Fields(string(raw))[:3], " ")
 }
 
 // BenchmarkPGBenchSelect compares pgbench -S through the proxy with the
-// same directly against the standby, interleaved in one run:
-// go test ./pgfront -run XXX -bench PGBenchSelect -benchtime 1x
+// same directly against the standby and through PgBouncer (transaction
+// pooling) in front of it, interleaved in one run, and reports the CPU
+// each proxy spends per transaction (less sensitive to the machine's
+// load than tps): go test ./pgfront -run XXX -bench PGBenchSelect
+// PGFRONT_BENCH_MODES=simple|prepared picks one mode;
+// PGFRONT_BENCH_SECONDS sets each pgbench run's length (default 2).
 func BenchmarkPGBenchSelect(b *testing.B) {
 	l := lab.ForTest(b, lab.Options{})
 	f := startFrontTB(b, l, nil)
-	pgbenchTPS(b, f.addr, "-i", "-s", "1", "-q")
+	pgbenchRun(b, f.addr, "-i", "-s", "1", "-q")
 	time.Sleep(500 * time.Millisecond) // let the standby replay the init
 	modes := []string{"simple", "prepared"}
 	if m := os.Getenv("PGFRONT_BENCH_MODES"); m != "" {
 		modes = []string{m}
 	}
-	bouncer := startPgBouncer(b, l.ReplicaPGAddr())
+	secs := "2"
+	if v := os.Getenv("PGFRONT_BENCH_SECONDS"); v != "" {
+		secs = v
+	}
+	bouncer, bouncerPID := startPgBouncer(b, l.ReplicaPGAddr())
+	b.Logf("load average before: %s", loadAvg())
 	for _, mode := range modes {
+		args := []string{"-S", "-n", "-M", mode, "-c", "8", "-j", "2", "-T", secs}
 		var direct, proxied, pgb float64
-		for round := 0; round < 2; round++ {
-			direct += pgbenchTPS(b, l.ReplicaPGAddr(), "-S", "-n", "-M", mode, "-c", "8", "-j", "2", "-T", "5")
-			proxied += pgbenchTPS(b, f.addr, "-S", "-n", "-M", mode, "-c", "8", "-j", "2", "-T", "5")
+		var proxiedTxns, pgbTxns int
+		var proxiedCPU, pgbCPU time.Duration
+		const rounds = 2
+		for round := 0; round < rounds; round++ {
+			tps, _ := pgbenchRun(b, l.ReplicaPGAddr(), args...)
+			direct += tps
+			before := selfCPU(b)
+			tps, n := pgbenchRun(b, f.addr, args...)
+			proxiedCPU += selfCPU(b) - before
+			proxied += tps
+			proxiedTxns += n
 			if mode != "prepared" { // pgbouncer 1.18 in transaction mode cannot run -M prepared
-				pgb += pgbenchTPS(b, bouncer, "-S", "-n", "-M", mode, "-c", "8", "-j", "2", "-T", "5")
+				before := procCPU(b, bouncerPID)
+				tps, n := pgbenchRun(b, bouncer, args...)
+				pgbCPU += procCPU(b, bouncerPID) - before
+				pgb += tps
+				pgbTxns += n
 			}
 		}
+		perTxn := func(d time.Duration, n int) float64 { return float64(d.Microseconds()) / float64(max(n, 1)) }
 		if pgb > 0 {
-			b.Logf("pgbench -S -M %s -c 8: direct %.0f tps, through spokeproxy %.0f tps (%.2f of direct), through pgbouncer %.0f tps (spokeproxy/pgbouncer %.2f)",
-				mode, direct/2, proxied/2, proxied/direct, pgb/2, proxied/pgb)
+			b.Logf("pgbench -S -M %s -c 8 -T %s x%d: direct %.0f tps, through spokeproxy %.0f tps (%.2f of direct, %.1f µs CPU/txn), through pgbouncer %.0f tps (%.2f of direct, %.1f µs CPU/txn); spokeproxy/pgbouncer %.2f",
+				mode, secs, rounds, direct/rounds, proxied/rounds, proxied/direct, perTxn(proxiedCPU, proxiedTxns),
+				pgb/rounds, pgb/direct, perTxn(pgbCPU, pgbTxns), proxied/pgb)
+			b.ReportMetric(proxied/pgb, mode+"-vs-pgbouncer")
 		} else {
-			b.Logf("pgbench -S -M %s -c 8: direct %.0f tps, through spokeproxy %.0f tps (%.2f of direct)", mode, direct/2, proxied/2, proxied/direct)
+			b.Logf("pgbench -S -M %s -c 8 -T %s x%d: direct %.0f tps, through spokeproxy %.0f tps (%.2f of direct, %.1f µs CPU/txn)",
+				mode, secs, rounds, direct/rounds, proxied/rounds, proxied/direct, perTxn(proxiedCPU, proxiedTxns))
 		}
 		b.ReportMetric(proxied/direct, mode+"-ratio")
+		b.ReportMetric(perTxn(proxiedCPU, proxiedTxns), mode+"-cpu-µs/txn")
 	}
+	b.Logf("load average after: %s", loadAvg())
 }
 
 // BenchmarkPGWANWrite measures, with the lab's WAN at 25 ms each way, an
@@ -150,13 +214,13 @@ func median(ds []time.Duration) time.Duration {
 
 // startPgBouncer runs Debian's pgbouncer (transaction pooling) in front of
 // the standby, as the postgres user, and returns its address.
-func startPgBouncer(tb testing.TB, replica string) string {
+func startPgBouncer(tb testing.TB, replica string) (addr string, pid int) {
 	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
 	}
-	addr := ln.Addr().String()
+	addr = ln.Addr().String()
 	ln.Close()
 	host, port, _ := net.SplitHostPort(replica)
 	_, lport, _ := net.SplitHostPort(addr)
@@ -196,7 +260,7 @@ func startPgBouncer(tb testing.TB, replica string) string {
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		if c, err := net.Dial("tcp", addr); err == nil {
 			c.Close()
-			return addr
+			return addr, cmd.Process.Pid
 		}
 		if time.Now().After(deadline) {
 			log, _ := os.ReadFile(filepath.Join(dir, "pgbouncer.log"))

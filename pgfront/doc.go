@@ -126,7 +126,9 @@
 //     ISOLATION LEVEL, default_transaction_isolation) is not tracked: a
 //     plain BEGIN then starts lazily on the replica. The session default
 //     READ ONLY is tracked.
-//   - pgbench -S throughput through the proxy is 0.6-0.7 of direct on the
-//     shared 2-core machine (see BenchmarkPGBenchSelect); the proxy is
-//     syscall-bound, not yet tuned.
+//   - pgbench -S throughput through the proxy is below PgBouncer's on the
+//     shared, virtualised 2-core machine (see BenchmarkPGBenchSelect and
+//     rawConn): after the frame relay and raw socket calls most of the
+//     proxy's CPU per transaction is the kernel's loopback write and
+//     wake-up path and the runtime's park/unpark, about twice PgBouncer's.
 package pgfront

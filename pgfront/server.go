@@ -515,6 +515,7 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 		writeFatal(conn, "53300", "sorry, too many clients already")
 		return
 	}
+	conn = fastConn(conn)
 	be := pgproto3.NewBackend(conn, conn)
 	be.SetMaxBodyLen(s.cfg.MaxMessageSize)
 	if startup.ProtocolVersion != pgproto3.ProtocolVersion30 {

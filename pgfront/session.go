@@ -164,6 +164,7 @@ func (s *session) dialReplica(ctx context.Context) (*backendConn, error) {
 		s.srv.site.ReportReplicaFailure(err)
 		return nil, &replicaError{op: "connect", err: err}
 	}
+	c = fastConn(c)
 	b, err := login(ctx, c, false, s.srv.cfg.ReplicaAddr, s.params, s.creds)
 	if err != nil {
 		c.Close()
