@@ -74,6 +74,10 @@ type Statement struct {
 	DropsPrepared bool
 	// Listen: a LISTEN (StmtPin), whose notifications the front relays.
 	Listen bool
+	// Text is the statement's own text when it is a StmtSession inside a
+	// string of several statements: the front applies it to the session's
+	// other backend too.
+	Text string
 }
 
 // Classification is the result for one query string. It is shared through
@@ -214,8 +218,18 @@ func (c *Classifier) cacheLen() int {
 
 func (c *Classifier) classify(sql string) Classification {
 	var out Classification
-	for _, stmt := range splitStatements(lex(sql)) {
-		out.Stmts = append(out.Stmts, c.statement(stmt))
+	var bounds [][2]int
+	stmts := splitStatements(lex(sql), &bounds)
+	for i, stmt := range stmts {
+		st := c.statement(stmt)
+		if st.Kind == StmtSession && len(stmts) > 1 {
+			from, to := bounds[i][0], bounds[i][1]
+			if to < 0 {
+				to = len(sql)
+			}
+			st.Text = strings.TrimSpace(sql[from:to])
+		}
+		out.Stmts = append(out.Stmts, st)
 	}
 	if len(out.Stmts) == 0 {
 		out.Stmts = []Statement{{Kind: StmtEmpty}}
@@ -225,10 +239,13 @@ func (c *Classifier) classify(sql string) Classification {
 
 // splitStatements splits at top-level semicolons, dropping empty
 // statements. The body of CREATE FUNCTION/PROCEDURE ... BEGIN ATOMIC ... END
-// holds semicolons of its own and is kept whole.
-func splitStatements(toks []token) [][]token {
+// holds semicolons of its own and is kept whole. bounds, when not nil,
+// gets each statement's byte range in the input (between the semicolons
+// around it; -1 as the end means the end of the input).
+func splitStatements(toks []token, bounds *[][2]int) [][]token {
 	var out [][]token
 	start := 0
+	from := 0   // byte offset after the last top-level semicolon
 	atomic := 0 // depth of BEGIN ATOMIC / CASE blocks inside a CREATE
 	isCreate := false
 	for i := 0; i < len(toks); i++ {
@@ -255,12 +272,19 @@ func splitStatements(toks []token) [][]token {
 		if t.kind == tokSemicolon && atomic == 0 {
 			if i > start {
 				out = append(out, toks[start:i])
+				if bounds != nil {
+					*bounds = append(*bounds, [2]int{from, t.pos})
+				}
 			}
 			start = i + 1
+			from = t.pos + 1
 		}
 	}
 	if start < len(toks) {
 		out = append(out, toks[start:])
+		if bounds != nil {
+			*bounds = append(*bounds, [2]int{from, -1})
+		}
 	}
 	return out
 }

@@ -206,6 +206,29 @@ func TestClassifyMultiStatement(t *testing.T) {
 	}
 }
 
+// TestClassifySessionText: a SET among other statements carries its own
+// text (what the front applies to the session's other backend); a lone
+// SET does not need it.
+func TestClassifySessionText(t *testing.T) {
+	c := NewClassifier(nil, 0, 0)
+	got := c.Classify("SELECT ';'; SET search_path = 'a;b', public ;INSERT INTO t VALUES (1); /* c */ RESET work_mem").Stmts
+	want := []struct {
+		kind StmtKind
+		text string
+	}{{StmtRead, ""}, {StmtSession, "SET search_path = 'a;b', public"}, {StmtWrite, ""}, {StmtSession, "/* c */ RESET work_mem"}}
+	if len(got) != len(want) {
+		t.Fatalf("got %d statements %+v, want %d", len(got), got, len(want))
+	}
+	for i, w := range want {
+		if got[i].Kind != w.kind || got[i].Text != w.text {
+			t.Errorf("statement %d: %v %q, want %v %q", i, got[i].Kind, got[i].Text, w.kind, w.text)
+		}
+	}
+	if st := c.Classify("SET work_mem = '64MB'").Stmts[0]; st.Kind != StmtSession || st.Text != "" {
+		t.Errorf("lone SET: %v %q", st.Kind, st.Text)
+	}
+}
+
 func TestClassifierCacheBounded(t *testing.T) {
 	c := NewClassifier(nil, 10, 1<<20)
 	for i := 0; i < 100; i++ {

@@ -118,10 +118,11 @@
 //   - Losing the replica mid-session ends the session (08006); sessions
 //     that log in while it is down are served by the hub (the auth query
 //     then runs on the hub too), unless RefuseWhenReplicaDown.
-//   - Multi-statement simple queries that mix SET with other statements,
-//     and SET sent through the extended protocol, apply the SET on the
-//     backend that ran them only (simple-protocol SETs, what drivers send,
-//     are tracked and replayed).
+//   - A SET inside an explicit transaction that was sent through the
+//     extended protocol or beside other statements in one Query applies
+//     on the backend that ran it only (outside transactions such SETs are
+//     mirrored to the other backend once the unit has committed, see
+//     mirrorSets; a lone simple-protocol SET is mirrored everywhere).
 //   - A session default isolation (SET SESSION CHARACTERISTICS ...
 //     ISOLATION LEVEL, default_transaction_isolation) is not tracked: a
 //     plain BEGIN then starts lazily on the replica. The session default

@@ -27,6 +27,7 @@ const (
 type token struct {
 	kind tokenKind
 	text string
+	pos  int // byte offset in the input; set for semicolons only (statement boundaries)
 }
 
 // lex splits sql into tokens, dropping whitespace and comments. It never
@@ -131,7 +132,7 @@ func lex(sql string) []token {
 			toks = append(toks, token{kind: tokRParen})
 			i++
 		case c == ';':
-			toks = append(toks, token{kind: tokSemicolon})
+			toks = append(toks, token{kind: tokSemicolon, pos: i})
 			i++
 		case c == ',':
 			toks = append(toks, token{kind: tokComma})

@@ -34,6 +34,7 @@ func (r rawBack) Encode(dst []byte) ([]byte, error) { return append(dst, r...), 
 // is prepared on each backend only when a batch there uses it.
 type preparedStmt struct {
 	parse []byte // the client's Parse, encoded
+	query string // its text
 	class Classification
 }
 
@@ -292,7 +293,7 @@ func (s *session) run(ctx context.Context) error {
 				return err
 			}
 		case *pgproto3.Parse:
-			st := &preparedStmt{parse: mustEncode(m), class: s.srv.classifier.Classify(m.Query)}
+			st := &preparedStmt{parse: mustEncode(m), query: m.Query, class: s.srv.classifier.Classify(m.Query)}
 			s.stmts[m.Name] = st
 			batch = append(batch, batchMsg{raw: st.parse, typ: 'P', stmt: m.Name})
 		case *pgproto3.Bind:
@@ -788,6 +789,7 @@ type exResult struct {
 	// suffixLost: the unit completed, then the connection broke while the
 	// position query was in flight.
 	suffixLost error
+	failed     bool // the unit got an ErrorResponse
 }
 
 // clientIOError: the client connection failed; the session ends.
@@ -1065,6 +1067,7 @@ answers:
 				f.holding = false
 			}
 			f.failed = true
+			f.res.failed = true
 		case 'S':
 			if m, err := decodeBackend(typ, frame); err == nil {
 				ps := m.(*pgproto3.ParameterStatus)
@@ -1201,6 +1204,7 @@ func (s *session) finish(ctx context.Context, p plan, u *unit, res exResult) err
 			s.dropHub()
 		}
 	}
+	s.mirrorSets(ctx, b, u, res)
 	s.noteSiteChange()
 	s.be.Send(&pgproto3.ReadyForQuery{TxStatus: res.status})
 	if err := s.be.Flush(); err != nil {
@@ -1574,4 +1578,51 @@ func (s *session) finishOpen(ctx context.Context, batch []batchMsg) error {
 	s.srv.front.Request(f.p.route, kind)
 	s.srv.front.RequestDuration(f.p.route).Observe(time.Since(f.start).Seconds())
 	return s.finish(ctx, f.p, f.u, res)
+}
+
+// mirrorSets applies the session SET/RESETs that ran on b as part of a
+// unit routed by its other statements (a SET beside a write in one simple
+// Query, or a SET through the extended protocol) to the session's other
+// backend, and keeps them for a hub connection attached later, as plan
+// does for a simple Query of SETs and reads. Only after the unit
+// committed: a SET is undone with the transaction it ran in, and one made
+// inside an explicit transaction is not mirrored (see doc.go).
+func (s *session) mirrorSets(ctx context.Context, b *backendConn, u *unit, res exResult) {
+	if res.failed || res.status != 'I' || u.fn || (u.simple && u.class.Strongest() <= StmtSession) {
+		return
+	}
+	var texts []string
+	if u.simple {
+		for _, st := range u.class.Stmts {
+			if st.Kind == StmtSession && st.Text != "" {
+				texts = append(texts, st.Text)
+			}
+		}
+	} else {
+		for _, m := range u.msgs {
+			if m.typ != 'B' {
+				continue
+			}
+			if st := s.stmts[m.stmt]; st != nil {
+				if one, ok := st.class.Single(); ok && one.Kind == StmtSession {
+					texts = append(texts, st.query)
+				}
+			}
+		}
+	}
+	for _, q := range texts {
+		s.sets = append(s.sets, q)
+		other := s.other(b)
+		if other == nil {
+			continue // a hub connection gets s.sets when it attaches
+		}
+		if err := s.silent(ctx, other, q); err != nil {
+			if other.hub {
+				s.srv.site.ReportHubFailure(other.endpoint, err)
+				s.dropHub()
+			} else {
+				s.log.Warn("could not apply a session SET on the replica", "err", err)
+			}
+		}
+	}
 }
