@@ -2,6 +2,7 @@ package pgfront
 
 import (
 	"fmt"
+	"strconv"
 	"testing"
 )
 
@@ -285,4 +286,21 @@ func FuzzClassify(f *testing.F) {
 			}
 		}
 	})
+}
+
+// BenchmarkClassifyDistinct classifies pgbench -S's query with a new
+// literal each time (every call misses the cache and evicts), the simple
+// protocol's worst case.
+func BenchmarkClassifyDistinct(b *testing.B) {
+	c := NewClassifier(nil, 10000, 4<<20)
+	qs := make([]string, 1<<16)
+	for i := range qs {
+		qs[i] = "SELECT abalance FROM pgbench_accounts WHERE aid = " + strconv.Itoa(i) + ";"
+	}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		if c.Classify(qs[i%len(qs)]).Strongest() != StmtRead {
+			b.Fatal("not a read")
+		}
+	}
 }

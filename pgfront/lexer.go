@@ -42,7 +42,8 @@ type token struct {
 // identifiers, dollar quoting with optional tags, $n parameters, and
 // identifiers that may contain $.
 func lex(sql string) []token {
-	var toks []token
+	toks := make([]token, 0, 16) // most statements: one allocation
+
 	i := 0
 	n := len(sql)
 	for i < n {
