@@ -131,4 +131,42 @@ func TestLabPGFlushWithoutSync(t *testing.T) {
 			t.Fatalf("session after the failed batch: %d, %v", one, err)
 		}
 	})
+
+	t.Run("hub down: a flushed write is refused at once", func(t *testing.T) {
+		f.cut(t)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		pl := pc.StartPipeline(ctx)
+		pl.SendQueryParams("INSERT INTO notes (account_id, body) VALUES (1, 'refused')", nil, nil, nil, nil)
+		pl.SendFlushRequest()
+		if err := pl.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		got, err := pl.GetResults()
+		if rr, ok := got.(*pgconn.ResultReader); ok && err == nil {
+			err = rr.Read().Err
+		}
+		wantCode(t, err, "25006")
+		pl.SendPipelineSync()
+		if err := pl.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; ; i++ {
+			if i == 5 {
+				t.Fatal("no PipelineSync after the refusal")
+			}
+			got, err := pl.GetResults()
+			if err != nil {
+				continue
+			}
+			if _, ok := got.(*pgconn.PipelineSync); ok {
+				break
+			}
+		}
+		_ = pl.Close()
+		var standby bool
+		if err := c.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&standby); err != nil || !standby {
+			t.Fatalf("read after the refused flushed write: %v, %v", standby, err)
+		}
+	})
 }
