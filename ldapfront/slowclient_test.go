@@ -1,14 +1,19 @@
 package ldapfront
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/go-ldap/ldap/v3"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/spokeproxy/spokeproxy/lab"
 )
 
 func (s *Server) sessionCount() int {
@@ -136,5 +141,88 @@ func TestSlowButReadingClientIsNotClosed(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(r.m.SlowClients); got != 0 {
 		t.Errorf("slow_clients_total = %v, want 0", got)
+	}
+}
+
+// TestLabClientThatStopsReading: against the real consumer, a client that
+// sends a large subtree search and never reads is closed after WriteTimeout,
+// its replica connection is released, and another client is served meanwhile.
+func TestLabClientThatStopsReading(t *testing.T) {
+	l := lab.ForTest(t, lab.Options{})
+	const writeTimeout = 500 * time.Millisecond
+	f := startFront(t, l, func(c *Config) { c.WriteTimeout = writeTimeout })
+
+	// 8 entries of 1 MB under their own OU, written on the hub: 8 MB of
+	// answer, far beyond the socket buffers of a client that never reads.
+	admin := f.dial(t, lab.AdminDN, l.AdminPassword())
+	ou := uniqueName("bulk")
+	base := "ou=" + ou + "," + lab.BaseDN
+	a := ldap.NewAddRequest(base, nil)
+	a.Attribute("objectClass", []string{"organizationalUnit"})
+	a.Attribute("ou", []string{ou})
+	if err := admin.Add(a); err != nil {
+		t.Fatal(err)
+	}
+	big := strings.Repeat("z", 1<<20)
+	var last string
+	for i := range 8 {
+		p := ldap.NewAddRequest(fmt.Sprintf("cn=big%d,%s", i, base), nil)
+		p.Attribute("objectClass", []string{"person"})
+		p.Attribute("cn", []string{fmt.Sprintf("big%d", i)})
+		p.Attribute("sn", []string{"Big"})
+		p.Attribute("description", []string{big})
+		if err := admin.Add(p); err != nil {
+			t.Fatalf("add a 1 MB entry: %v", err)
+		}
+		last = p.DN
+	}
+	searchOne(t, admin, last, "cn") // read-your-writes: the consumer has them all
+	replicaConns := testutil.ToFloat64(f.m.ReplicaConnections)
+
+	slow := dialRaw(t, f.addr)
+	slow.send(simpleBind(1, lab.UserDN, lab.UserPassword))
+	if code, _ := slow.result(1); code != 0 {
+		t.Fatalf("bind: %d", code)
+	}
+	if got := testutil.ToFloat64(f.m.ReplicaConnections); got != replicaConns+1 {
+		t.Fatalf("replica connections with the slow client: %v, want %v", got, replicaConns+1)
+	}
+	sr := searchReq(2, base)
+	// searchReq is a base-scope search: make it a subtree one (scope is the
+	// first ENUMERATED after the base DN).
+	i := bytes.Index(sr, []byte(base)) + len(base)
+	if sr[i] != 0x0a || sr[i+1] != 1 || sr[i+2] != 0 {
+		t.Fatalf("unexpected search encoding % x", sr[i:i+3])
+	}
+	sr[i+2] = 2
+	slow.send(sr)
+	start := time.Now()
+
+	other := f.dial(t, lab.UserDN, lab.UserPassword)
+	searchOne(t, other, lab.UserDN, "cn")
+
+	deadline := time.Now().Add(10 * time.Second)
+	for testutil.ToFloat64(f.m.SlowClients) < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("a client that stopped reading an 8 MB search was not closed within 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("closed %v after the search was sent (write_timeout %v)", time.Since(start).Round(time.Millisecond), writeTimeout)
+	// Left: the ones before the slow client, and the other client's.
+	waitUntilTB(t, "the slow client's replica connection to close", func() bool {
+		return testutil.ToFloat64(f.m.ReplicaConnections) == replicaConns+1
+	})
+	searchOne(t, other, lab.UserDN, "cn")
+}
+
+func waitUntilTB(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
