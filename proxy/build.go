@@ -171,6 +171,7 @@ func (s *Server) buildParts() ([]*protocolPart, error) {
 			MaxPDUSize:     int64(l.MaxPDUSize),
 			MaxOutstanding: l.MaxOutstanding,
 			IdleTimeout:    l.IdleTimeout,
+			WriteTimeout:   l.WriteTimeout,
 			MaxConnections: l.MaxConnections,
 		}
 		if l.ProxyAuth.Configured() {

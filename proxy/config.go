@@ -148,6 +148,9 @@ type LDAPConfig struct {
 	MaxPDUSize     ByteSize      `yaml:"max_pdu_size"`
 	MaxOutstanding int           `yaml:"max_outstanding"`
 	IdleTimeout    time.Duration `yaml:"idle_timeout"`
+	// WriteTimeout ends a session whose client has not taken a response
+	// for this long, releasing its backend connections.
+	WriteTimeout   time.Duration `yaml:"write_timeout"`
 	MaxConnections int           `yaml:"max_connections"`
 }
 
@@ -277,6 +280,7 @@ func (c *Config) applyDefaults() {
 		defSize(&l.MaxPDUSize, 4<<20)
 		defInt(&l.MaxOutstanding, 64)
 		defDur(&l.IdleTimeout, 15*time.Minute)
+		defDur(&l.WriteTimeout, 30*time.Second)
 		defInt(&l.MaxConnections, 1000)
 	}
 }
@@ -614,6 +618,7 @@ func (c *Config) validate() []string {
 		}
 		positive("ldap.max_outstanding", l.MaxOutstanding)
 		positiveDur("ldap.idle_timeout", l.IdleTimeout)
+		positiveDur("ldap.write_timeout", l.WriteTimeout)
 		positive("ldap.max_connections", l.MaxConnections)
 	}
 	return p
