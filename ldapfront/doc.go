@@ -35,7 +35,7 @@
 // when no further complete message is buffered, so an entry and its result go
 // out in one write; requests go to the backend from the session reader. There
 // is no goroutine handoff per message. Plain TCP connections (client, replica,
-// hub) read and write with raw non-blocking socket calls (sockconn.go), which
+// hub) read and write with raw non-blocking socket calls (internal/rawconn), which
 // spares the runtime's per-syscall scheduling work on every relayed message.
 //
 // Messages are relayed as bytes with their message IDs unchanged; controls,

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/spokeproxy/spokeproxy/internal/rawconn"
 	"github.com/spokeproxy/spokeproxy/metrics"
 	"github.com/spokeproxy/spokeproxy/routing"
 )
@@ -123,7 +124,7 @@ type session struct {
 }
 
 func newSession(srv *Server, c net.Conn) *session {
-	c = fastConn(c)
+	c = rawconn.Wrap(c)
 	s := &session{
 		srv:          srv,
 		log:          srv.log.With("client", c.RemoteAddr().String()),
@@ -663,7 +664,7 @@ func (s *session) replicaConn() (*backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dial replica %s: %w", s.srv.cfg.ReplicaURL, err)
 	}
-	conn = fastConn(conn)
+	conn = rawconn.Wrap(conn)
 	if s.srv.replicaLDAPS {
 		tc := tls.Client(conn, s.srv.cfg.ReplicaTLS)
 		if err := tc.HandshakeContext(ctx); err != nil {
@@ -731,7 +732,7 @@ func (s *session) dialHub(endpoint string, ident identity, gen int) (*backend, e
 		s.srv.site.ReportHubFailure(endpoint, err)
 		return nil, fmt.Errorf("dial hub: %w", err)
 	}
-	conn = fastConn(conn)
+	conn = rawconn.Wrap(conn)
 	b, err := s.setup(ctx, conn, metrics.TargetHub, endpoint, ident, gen, s.srv.cfg.HubStartTLS && !isLDAPS(endpoint))
 	if err != nil {
 		var be *bindError

@@ -1,0 +1,163 @@
+package rawconn
+
+import (
+	"bytes"
+	"errors"
+	"golang.org/x/net/nettest"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+)
+
+// tcpPair returns both ends of a loopback TCP connection, the first
+// wrapped by Wrap.
+func tcpPair(t *testing.T) (fast, peer net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			accepted <- nil
+			return
+		}
+		accepted <- c
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := <-accepted
+	if p == nil {
+		t.Fatal("accept failed")
+	}
+	fast = Wrap(c)
+	if _, ok := fast.(*conn); !ok {
+		t.Fatalf("Wrap of a TCP connection is %T", fast)
+	}
+	t.Cleanup(func() { fast.Close(); p.Close() })
+	return fast, p
+}
+
+func TestRawConn(t *testing.T) {
+	t.Run("large write while the peer reads (EAGAIN path)", func(t *testing.T) {
+		fast, peer := tcpPair(t)
+		want := bytes.Repeat([]byte("0123456789abcdef"), 1<<18) // 4 MiB, beyond the socket buffers
+		got := make(chan []byte, 1)
+		go func() {
+			b, _ := io.ReadAll(peer)
+			got <- b
+		}()
+		n, err := fast.Write(want)
+		if err != nil || n != len(want) {
+			t.Fatalf("Write: %d, %v", n, err)
+		}
+		fast.Close()
+		if b := <-got; !bytes.Equal(b, want) {
+			t.Fatalf("peer read %d bytes, want %d identical", len(b), len(want))
+		}
+	})
+	t.Run("read what arrives, then EOF", func(t *testing.T) {
+		fast, peer := tcpPair(t)
+		go func() {
+			time.Sleep(20 * time.Millisecond) // the read waits in the poller first
+			_, _ = peer.Write([]byte("hello"))
+			peer.Close()
+		}()
+		b, err := io.ReadAll(fast)
+		if err != nil || string(b) != "hello" {
+			t.Fatalf("ReadAll: %q, %v", b, err)
+		}
+		if n, err := fast.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+			t.Fatalf("Read after EOF: %d, %v", n, err)
+		}
+	})
+	t.Run("deadline", func(t *testing.T) {
+		fast, _ := tcpPair(t)
+		_ = fast.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+		_, err := fast.Read(make([]byte, 1))
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("Read past the deadline: %v", err)
+		}
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			t.Fatalf("deadline error %v is not a net.Error timeout", err)
+		}
+	})
+	t.Run("close unblocks a read", func(t *testing.T) {
+		fast, _ := tcpPair(t)
+		done := make(chan error, 1)
+		go func() {
+			_, err := fast.Read(make([]byte, 1))
+			done <- err
+		}()
+		time.Sleep(20 * time.Millisecond)
+		fast.Close()
+		select {
+		case err := <-done:
+			if !errors.Is(err, net.ErrClosed) {
+				t.Fatalf("Read after Close: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("Close did not unblock Read")
+		}
+	})
+	t.Run("write to a closed peer fails", func(t *testing.T) {
+		fast, peer := tcpPair(t)
+		peer.Close()
+		var err error
+		for i := 0; i < 100 && err == nil; i++ {
+			_, err = fast.Write(make([]byte, 64<<10))
+			time.Sleep(time.Millisecond)
+		}
+		if err == nil {
+			t.Fatal("writes to a closed peer kept succeeding")
+		}
+	})
+	t.Run("not TCP: unchanged", func(t *testing.T) {
+		a, b := net.Pipe()
+		defer a.Close()
+		defer b.Close()
+		if Wrap(a) != a {
+			t.Fatal("Wrap wrapped a pipe")
+		}
+	})
+}
+
+// TestConnConformance runs the standard net.Conn conformance suite
+// (deadlines, Close unblocking IO, concurrent use) over wrapped loopback
+// TCP connections.
+func TestConnConformance(t *testing.T) {
+	nettest.TestConn(t, func() (c1, c2 net.Conn, stop func(), err error) {
+		ln, err := nettest.NewLocalListener("tcp")
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		defer ln.Close()
+		accepted := make(chan net.Conn, 1)
+		go func() {
+			c, _ := ln.Accept()
+			accepted <- c
+		}()
+		d, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		a := <-accepted
+		if a == nil {
+			d.Close()
+			return nil, nil, nil, io.ErrUnexpectedEOF
+		}
+		c1, c2 = Wrap(d), Wrap(a)
+		if _, ok := c1.(*conn); !ok {
+			return nil, nil, nil, errors.New("Wrap did not wrap a TCP connection")
+		}
+		return c1, c2, func() { c1.Close(); c2.Close() }, nil
+	})
+}
