@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/spokeproxy/spokeproxy/internal/rawconn"
 	"github.com/spokeproxy/spokeproxy/metrics"
 	"github.com/spokeproxy/spokeproxy/routing"
 )
@@ -515,7 +516,7 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 		writeFatal(conn, "53300", "sorry, too many clients already")
 		return
 	}
-	conn = fastConn(conn)
+	conn = rawconn.Wrap(conn) // see internal/rawconn: raw socket calls skip the runtime's sysmon wake-ups
 	be := pgproto3.NewBackend(conn, conn)
 	be.SetMaxBodyLen(s.cfg.MaxMessageSize)
 	if startup.ProtocolVersion != pgproto3.ProtocolVersion30 {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/spokeproxy/spokeproxy/internal/rawconn"
 	"github.com/spokeproxy/spokeproxy/metrics"
 	"github.com/spokeproxy/spokeproxy/routing"
 )
@@ -165,7 +166,7 @@ func (s *session) dialReplica(ctx context.Context) (*backendConn, error) {
 		s.srv.site.ReportReplicaFailure(err)
 		return nil, &replicaError{op: "connect", err: err}
 	}
-	c = fastConn(c)
+	c = rawconn.Wrap(c)
 	b, err := login(ctx, c, false, s.srv.cfg.ReplicaAddr, s.params, s.creds)
 	if err != nil {
 		c.Close()
