@@ -68,14 +68,19 @@ func startFrontTB(t testing.TB, l *lab.Lab, mutate func(*Config), hubs ...string
 		mutate(&cfg)
 	}
 	site, err := routing.NewSite(routing.Config{
-		Protocol:      routing.Postgres,
-		Hubs:          hubs,
-		Replica:       cfg.ReplicaAddr,
-		User:          lab.AuthUser,
-		Password:      l.AuthPassword(),
-		Database:      lab.AppDatabase,
+		Protocol: routing.Postgres,
+		Hubs:     hubs,
+		Replica:  cfg.ReplicaAddr,
+		User:     lab.AuthUser,
+		Password: l.AuthPassword(),
+		Database: lab.AppDatabase,
+		// Fast probes so link changes show quickly, but tolerant ones: on a
+		// loaded CI machine under -race, two 300 ms timeouts in a row once
+		// marked a healthy hub down mid-test. Cuts are still seen at once
+		// through the data path's reports.
 		ProbeInterval: 100 * time.Millisecond,
-		ProbeTimeout:  300 * time.Millisecond,
+		ProbeTimeout:  time.Second,
+		DownAfter:     3,
 		Policy:        policy,
 		Logger:        logger,
 	})
