@@ -151,6 +151,11 @@ type Server struct {
 	hubPool   map[string][]*backendConn
 	shutdown  bool
 
+	// draining ends when Shutdown starts: idle sessions then get 57P01 at
+	// once, and sessions in a transaction when it ends.
+	draining     context.Context
+	stopDraining context.CancelFunc
+
 	wg sync.WaitGroup // one per client connection goroutine
 }
 
@@ -185,6 +190,7 @@ func New(cfg Config, site Site, m *metrics.PG, logger *slog.Logger) *Server {
 		sessions:   make(map[cancelKey]*session),
 		hubPool:    make(map[string][]*backendConn),
 	}
+	s.draining, s.stopDraining = context.WithCancel(context.Background())
 	s.auth = newAuthLookup(cfg)
 	return s
 }
@@ -263,6 +269,7 @@ func (s *Server) untrack(c net.Conn) {
 // Shutdown stops accepting, then waits for client sessions to end until
 // ctx is done, then closes the rest. It closes the auth pool.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.stopDraining()
 	s.mu.Lock()
 	s.shutdown = true
 	for ln := range s.listeners {
@@ -642,6 +649,9 @@ func writeFatal(w io.Writer, code, msg string) {
 		_, _ = w.Write(buf)
 	}
 }
+
+// adminShutdownMessage is PostgreSQL's own text for 57P01 (admin_shutdown).
+const adminShutdownMessage = "terminating connection due to administrator command"
 
 func sendFatal(be *pgproto3.Backend, code, msg string) {
 	sendError(be, &pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: code, Message: msg})

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -101,6 +103,9 @@ type session struct {
 	// open is the unit in flight after a Flush without Sync, until its
 	// Sync; nil otherwise.
 	open *flight
+	// idle is set while the session waits for the client with no batch,
+	// flushed unit or transaction open: the moment a drain may end it.
+	idle atomic.Bool
 }
 
 func newSession(srv *Server, conn net.Conn, be *pgproto3.Backend, params map[string]string, creds *credentials, log *slog.Logger) *session {
@@ -257,15 +262,43 @@ func (s *session) run(ctx context.Context) error {
 		}
 	})
 	defer stop()
+	// On Shutdown an idle session is woken from its read to be ended; one
+	// that is busy ends at its next idle point (checked below). The session
+	// sets idle before it checks the drain, and the drain ends before this
+	// reads idle, so one of the two always sees the other.
+	stopDrain := context.AfterFunc(s.srv.draining, func() {
+		if s.idle.Load() {
+			_ = s.conn.SetReadDeadline(time.Now())
+		}
+	})
+	defer stopDrain()
 	var batch []batchMsg
 	for {
+		idle := len(batch) == 0 && s.open == nil && s.txOn == nil && !s.txLost
+		if idle {
+			s.idle.Store(true)
+			if s.srv.draining.Err() != nil {
+				sendFatal(s.be, "57P01", adminShutdownMessage)
+				return nil
+			}
+		}
 		var stopWatch func()
 		if s.listens && s.hub != nil && s.txOn == nil && len(batch) == 0 && s.open == nil {
 			stopWatch = s.watchNotifications(s.hub)
 		}
 		msg, err := s.be.Receive()
+		s.idle.Store(false)
+		if err == nil && idle && s.srv.draining.Err() != nil {
+			// The drain may have set a read deadline just as this message
+			// arrived: the session is busy now and may finish its work.
+			_ = s.conn.SetReadDeadline(time.Time{})
+		}
 		if stopWatch != nil {
 			stopWatch()
+		}
+		if err != nil && idle && s.srv.draining.Err() != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+			sendFatal(s.be, "57P01", adminShutdownMessage)
+			return nil
 		}
 		if err != nil {
 			var tooBig *pgproto3.ExceededMaxBodyLenErr

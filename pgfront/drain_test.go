@@ -1,0 +1,83 @@
+package pgfront
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/spokeproxy/spokeproxy/lab"
+)
+
+// On Shutdown an idle session gets PostgreSQL's 57P01 at once, and a
+// session in a transaction may finish it (its COMMIT succeeds) and gets
+// 57P01 at its next idle point; Shutdown returns without waiting out its
+// deadline.
+func TestLabPGDrain(t *testing.T) {
+	l := lab.ForTest(t, lab.Options{})
+	f := startFront(t, l, nil)
+	ctx := ctxT(t)
+	idle := f.connect(t, nil)
+	busy := f.connect(t, nil)
+	if _, err := idle.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := busy.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := busy.Exec(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'during the drain')"); err != nil {
+		t.Fatal(err)
+	}
+
+	start := time.Now()
+	shut := make(chan error, 1)
+	go func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		shut <- f.srv.Shutdown(sctx)
+	}()
+
+	// The idle session is ended by the proxy with 57P01: only the busy one
+	// stays registered.
+	for deadline := time.Now().Add(5 * time.Second); f.srv.sessionCount() != 1; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d sessions still open 5s into the drain, want only the one in a transaction", f.srv.sessionCount())
+		}
+	}
+	_, err := idle.Exec(ctx, "SELECT 1")
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "57P01" || pgErr.Message != adminShutdownMessage {
+		t.Fatalf("idle session during the drain: %v, want 57P01 %q", err, adminShutdownMessage)
+	}
+
+	// The transaction still commits, then its session ends the same way.
+	if _, err := busy.Exec(ctx, "COMMIT"); err != nil {
+		t.Fatalf("COMMIT of a transaction open at Shutdown: %v", err)
+	}
+	_, err = busy.Exec(ctx, "SELECT 1")
+	if !errors.As(err, &pgErr) || pgErr.Code != "57P01" {
+		t.Fatalf("session after its transaction ended, during the drain: %v, want 57P01", err)
+	}
+	select {
+	case err := <-shut:
+		if err != nil {
+			t.Fatalf("Shutdown: %v (it had to force sessions closed)", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown did not return 10s after every session ended")
+	}
+	t.Logf("drain with one idle and one transaction session took %s", time.Since(start).Round(time.Millisecond))
+
+	check := l.HubAppDSN()
+	hub, err := pgconn.Connect(ctx, check)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hub.Close(ctx)
+	res := hub.ExecParams(ctx, "SELECT count(*) FROM notes WHERE body = 'during the drain'", nil, nil, nil, nil).Read()
+	if res.Err != nil || len(res.Rows) != 1 || string(res.Rows[0][0]) != "1" {
+		t.Fatalf("the transaction committed during the drain is not on the hub: %v %v", res.Rows, res.Err)
+	}
+}
