@@ -771,7 +771,12 @@ func (s *session) hubConn(ctx context.Context) (*backendConn, error) {
 	c, err := s.srv.site.DialHub(dctx, endpoint)
 	if err != nil {
 		s.srv.site.ReportHubFailure(endpoint, err)
-		return nil, s.srv.site.HubUnavailable()
+		if uerr := s.srv.site.HubUnavailable(); uerr != nil {
+			return nil, uerr
+		}
+		// The site moved on (a failover between the snapshot and the
+		// report): this endpoint is still unusable for this request.
+		return nil, &routing.HubUnavailableError{Protocol: routing.Postgres, Hub: endpoint, Reason: routing.ReasonHubDown, Err: err}
 	}
 	c = &countingConn{Conn: c, in: s.srv.front.WANBytesFromHub, out: s.srv.front.WANBytesToHub}
 	if s.srv.cfg.HubTLS != nil {
