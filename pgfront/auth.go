@@ -134,8 +134,8 @@ func (a *authLookup) close() {
 }
 
 // hubAuthConfig is the auth role's connection to the current writable
-// hub, dialled through the routing core, for lookups while the replica is
-// down.
+// hub, dialled through the routing core with the hub TLS settings, for
+// lookups while the replica is down.
 func (s *Server) hubAuthConfig(ctx context.Context) (*pgx.ConnConfig, error) {
 	if err := s.site.HubUnavailable(); err != nil {
 		return nil, err
@@ -158,6 +158,11 @@ func (s *Server) hubAuthConfig(ctx context.Context) (*pgx.ConnConfig, error) {
 	cc.ConnectTimeout = s.cfg.BackendTimeout
 	cc.RuntimeParams["application_name"] = "spokeproxy auth"
 	cc.DialFunc = func(ctx context.Context, _, _ string) (net.Conn, error) { return s.site.DialHub(ctx, endpoint) }
+	if s.cfg.HubTLS != nil {
+		// Role secrets cross the WAN here: they get the hub connections'
+		// TLS, and a hub without TLS fails the lookup rather than see them.
+		cc.TLSConfig = hubTLSFor(s.cfg.HubTLS, endpoint)
+	}
 	return cc, nil
 }
 

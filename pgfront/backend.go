@@ -93,6 +93,18 @@ func (b *backendConn) close() {
 
 // startTLS asks a PostgreSQL server for TLS (SSLRequest) and runs the
 // handshake; a server that declines is an error, never a silent downgrade.
+// hubTLSFor is cfg for one hub endpoint: its ServerName defaults to the
+// endpoint's host, so verify-full checks the name the hub is reached by.
+func hubTLSFor(cfg *tls.Config, endpoint string) *tls.Config {
+	tc := cfg.Clone()
+	if tc.ServerName == "" {
+		if host, _, err := net.SplitHostPort(endpoint); err == nil {
+			tc.ServerName = host
+		}
+	}
+	return tc
+}
+
 func startTLS(ctx context.Context, conn net.Conn, cfg *tls.Config, endpoint string) (net.Conn, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(dl)
@@ -109,13 +121,7 @@ func startTLS(ctx context.Context, conn net.Conn, cfg *tls.Config, endpoint stri
 	if answer[0] != 'S' {
 		return nil, fmt.Errorf("pgfront: hub %s does not offer TLS (answered %q to SSLRequest)", endpoint, answer[0])
 	}
-	tc := cfg.Clone()
-	if tc.ServerName == "" {
-		if host, _, err := net.SplitHostPort(endpoint); err == nil {
-			tc.ServerName = host
-		}
-	}
-	c := tls.Client(conn, tc)
+	c := tls.Client(conn, hubTLSFor(cfg, endpoint))
 	if err := c.HandshakeContext(ctx); err != nil {
 		return nil, fmt.Errorf("pgfront: TLS to hub %s: %w", endpoint, err)
 	}

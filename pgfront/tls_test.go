@@ -163,6 +163,30 @@ func TestLabPGHubTLS(t *testing.T) {
 		t.Fatalf("write over TLS to the hub: ssl=%v err=%v", ssl, err2)
 	}
 
+	// With the replica down, logins look the role's secret up on the hub:
+	// that lookup crosses the WAN and must use the hub TLS settings too.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	h := startFront(t, l, func(c *Config) { c.HubTLS = &tls.Config{RootCAs: pool}; c.ReplicaAddr = dead })
+	h.waitHub(t, true)
+	e := h.connect(t, nil)
+	if _, err := e.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatalf("a session logged in through the hub lookup: %v", err)
+	}
+	var lookups int
+	var allSSL bool
+	if err := super.QueryRow(ctx, `SELECT count(*), coalesce(bool_and(s.ssl), false) FROM pg_stat_activity a
+		JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = 'spokeproxy auth'`).Scan(&lookups, &allSSL); err != nil {
+		t.Fatal(err)
+	}
+	if lookups == 0 || !allSSL {
+		t.Fatalf("auth lookups on the hub: %d connections, all over TLS: %v; want at least one, all TLS", lookups, allSSL)
+	}
+
 	// A hub whose certificate the configured CA does not sign is refused.
 	_, _, otherPool := serverCert(t)
 	g := startFront(t, l, func(c *Config) { c.HubTLS = &tls.Config{RootCAs: otherPool} })
