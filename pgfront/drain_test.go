@@ -81,3 +81,47 @@ func TestLabPGDrain(t *testing.T) {
 		t.Fatalf("the transaction committed during the drain is not on the hub: %v %v", res.Rows, res.Err)
 	}
 }
+
+// A drill refuses new writes but does not cut a statement already running
+// on the healthy hub, nor report a link failure that did not happen.
+func TestLabPGDrillSparesStatementsInFlight(t *testing.T) {
+	l := lab.ForTest(t, lab.Options{})
+	f := startFront(t, l, nil)
+	f.waitHub(t, true)
+	ctx := ctxT(t)
+	c := f.connect(t, nil)
+	if _, err := c.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'in flight at a drill')"); err != nil {
+		t.Fatal(err)
+	}
+	super, err := pgconn.Connect(ctx, l.HubSuperDSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer super.Close(ctx)
+	go func() {
+		// Start the drill once pg_sleep below is running on the hub.
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			res := super.ExecParams(ctx, "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query = 'SELECT pg_sleep(1)'", nil, nil, nil, nil).Read()
+			if res.Err == nil && len(res.Rows) > 0 {
+				break
+			}
+		}
+		f.site.StartDrill(time.Minute)
+	}()
+	if _, err := c.Exec(ctx, "SELECT pg_sleep(1)"); err != nil {
+		t.Fatalf("a hub statement running when the drill started: %v", err)
+	}
+	if !f.site.Snapshot().Drill {
+		t.Fatal("the drill did not start during the statement")
+	}
+	if !f.site.Snapshot().Hub.Up {
+		t.Error("the drill made the routing core see the healthy hub down")
+	}
+	f.site.StopDrill()
+	if _, err := c.Exec(ctx, "COMMIT"); err != nil {
+		t.Fatalf("COMMIT after the drill: %v", err)
+	}
+}

@@ -1020,7 +1020,10 @@ func (s *session) relay(ctx context.Context, f *flight, want int) (exResult, err
 	if b.hub {
 		// A blackholed link never fails a read by itself (the WAN proxy
 		// acknowledges what it swallows): stop waiting as soon as the
-		// routing core's probes see the hub down.
+		// routing core's probes see the hub down. A drill alone does not
+		// cut: the hub is healthy, and cutting would turn statements in
+		// flight into outcome-unknown writes and report a link failure that
+		// never happened. The drill refuses new writes; these finish.
 		done := make(chan struct{})
 		defer close(done)
 		changes := s.srv.site.Changes()
@@ -1030,7 +1033,7 @@ func (s *session) relay(ctx context.Context, f *flight, want int) (exResult, err
 				case <-done:
 					return
 				case <-changes:
-					if s.srv.site.HubUnavailable() != nil {
+					if !s.srv.site.Snapshot().Hub.Up {
 						_ = b.conn.SetDeadline(time.Now())
 						return
 					}
