@@ -86,6 +86,16 @@ type Classification struct {
 	Stmts []Statement
 }
 
+// Has reports whether any statement is of kind k.
+func (c Classification) Has(k StmtKind) bool {
+	for _, s := range c.Stmts {
+		if s.Kind == k {
+			return true
+		}
+	}
+	return false
+}
+
 // Strongest is the strongest kind among the statements (StmtEmpty for none).
 func (c Classification) Strongest() StmtKind {
 	k := StmtEmpty

@@ -1294,8 +1294,12 @@ func (s *session) backendLost(b *backendConn, u *unit, err error) (byte, error) 
 	s.dropHub()
 	k := u.class.Strongest()
 	single, isSingle := u.class.Single()
-	ends := isSingle && (single.Kind == StmtCommit || single.Kind == StmtRollback)
-	unknown := (!inTxn && (k >= StmtWrite || u.fn)) || (inTxn && isSingle && single.Kind == StmtCommit)
+	// A COMMIT anywhere in the unit ("UPDATE ...; COMMIT", or a batch
+	// ending in one) may have committed before the link broke: its outcome
+	// is unknown, never "failed", and the transaction is over either way.
+	commits := u.class.Has(StmtCommit)
+	ends := commits || (isSingle && single.Kind == StmtRollback)
+	unknown := (!inTxn && (k >= StmtWrite || u.fn)) || (inTxn && commits)
 	status := byte('I')
 	if inTxn && !ends {
 		s.txOn, s.txLost = nil, true

@@ -125,3 +125,31 @@ func TestLabPGDrillSparesStatementsInFlight(t *testing.T) {
 		t.Fatalf("COMMIT after the drill: %v", err)
 	}
 }
+
+// A COMMIT sent in one query with other statements, whose answer the WAN
+// swallows, is reported as outcome unknown (08007), never as a failure.
+func TestLabPGLostCommitInAMultiStatementQuery(t *testing.T) {
+	l := lab.ForTest(t, lab.Options{})
+	f := startFront(t, l, nil)
+	f.waitHub(t, true)
+	ctx := ctxT(t)
+	c := f.connect(t, nil)
+	if _, err := c.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'before the lost commit')"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Blackhole(lab.LinkPG); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.ClearToxics(lab.LinkPG) })
+	// No arguments: pgx sends this as one simple Query.
+	_, err := c.Exec(ctx, "UPDATE accounts SET balance = balance + 1 WHERE id = 1; COMMIT")
+	wantCode(t, err, "08007")
+	// The transaction is over whatever happened: the session goes on.
+	var n int
+	if err := c.QueryRow(ctx, "SELECT count(*) FROM accounts").Scan(&n); err != nil || n == 0 {
+		t.Fatalf("read after the lost COMMIT: %d %v", n, err)
+	}
+}
