@@ -704,6 +704,11 @@ func (s *session) pin() {
 // session's position, else (per config) the hub or an error.
 func (s *session) planRead(ctx context.Context) (plan, error) {
 	d := s.srv.site.Decide(routing.Request{Kind: routing.KindRead})
+	if d.Route == routing.RouteRefuse {
+		// The replica is down or stale and the policy (or the hub's state)
+		// leaves no one to answer: say so rather than serve stale rows.
+		return plan{refuse: &routing.ReplicaUnavailableError{Protocol: routing.Postgres, Replica: s.srv.cfg.ReplicaAddr, Reason: d.Reason}}, nil
+	}
 	if d.Route == routing.RouteHub {
 		hb, err := s.hubConn(ctx)
 		if err == nil {
