@@ -1,9 +1,6 @@
 package ldapfront
 
 import (
-	"context"
-	"log/slog"
-	"net"
 	"runtime"
 	"strings"
 	"sync"
@@ -561,59 +558,5 @@ func TestUnbindClosesBothSides(t *testing.T) {
 	defer r.site.mu.Unlock()
 	if r.site.replicaReports != 0 || len(r.site.hubFailures) != 0 {
 		t.Fatalf("an Unbind was reported as a failure: replica %d, hub %v", r.site.replicaReports, r.site.hubFailures)
-	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger written from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func TestRefusedWritesLoggedAsABurstWithoutCredentials(t *testing.T) {
-	replica, hub := startFake(t, nil), startFake(t, nil)
-	site := &fakeSite{hubUp: false, replicaUp: true, hub: hub.url()}
-	var logs syncBuffer
-	srv := New(Config{ReplicaURL: replica.url(), BaseDN: "dc=example,dc=org"}, site, nil,
-		slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(context.Background(), ln) }()
-	c := dialRaw(t, ln.Addr().String())
-	c.send(simpleBind(1, "uid=alice,dc=example,dc=org", "s3cret-pw"))
-	c.result(1)
-	for id := int64(2); id < 7; id++ {
-		c.send(modifyReq(id, "cn=x"))
-		if code, _ := c.result(id); code != ResultUnavailable {
-			t.Fatalf("write %d: %d", id, code)
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(ctx); err != nil {
-		t.Fatal(err)
-	}
-	<-done
-	out := logs.String()
-	if n := strings.Count(out, "writes refused"); n != 1 {
-		t.Fatalf("%d refused-write log lines for one burst, want 1:\n%s", n, out)
-	}
-	if strings.Contains(out, "s3cret-pw") {
-		t.Fatalf("a password reached the log:\n%s", out)
 	}
 }

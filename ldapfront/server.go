@@ -172,28 +172,6 @@ type Server struct {
 	syncAt    time.Time
 	wg        sync.WaitGroup // one per running session
 
-	refusedMu     sync.Mutex // guards the refused-write burst log below
-	refusedSince  int        // writes refused since the last log line
-	refusedLogged time.Time
-}
-
-// refusedBurstEvery is how often at most a burst of refused writes is logged.
-const refusedBurstEvery = 10 * time.Second
-
-// logRefused logs refused writes as bursts: the first at once, then one line
-// per refusedBurstEvery with the count, so an outage does not flood the log.
-func (s *Server) logRefused(why string) {
-	s.refusedMu.Lock()
-	s.refusedSince++
-	now := time.Now()
-	if now.Sub(s.refusedLogged) < refusedBurstEvery {
-		s.refusedMu.Unlock()
-		return
-	}
-	n := s.refusedSince
-	s.refusedSince, s.refusedLogged = 0, now
-	s.refusedMu.Unlock()
-	s.log.Warn("writes refused: the site is read-only", "refused", n, "reason", why)
 }
 
 // New builds a Server. m and logger may be nil (no metrics, no logs).

@@ -591,7 +591,6 @@ func (s *session) refuse(p *PDU, kind routing.Kind, d routing.Decision, cause er
 			if m := s.metrics(); m != nil {
 				m.WritesRefused.Inc()
 			}
-			s.srv.logRefused(e.Error())
 			s.reply(p, ResultUnavailable, "spokeproxy: "+e.Error())
 			return
 		}

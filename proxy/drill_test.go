@@ -159,7 +159,9 @@ func TestDrillAgainstTheLab(t *testing.T) {
 	cfg.Admin.TokenFile = tokenFile
 	reg := prometheus.NewRegistry()
 	var logs lockedLog
-	logger, _ := proxy.NewLogger(&logs, proxy.LogConfig{Level: "info"})
+	// Debug level: the most the site ever logs, all of which must stay free
+	// of credentials (checked at the end).
+	logger, _ := proxy.NewLogger(&logs, proxy.LogConfig{Level: "debug"})
 	srv, err := proxy.New(cfg, proxy.Options{Registry: reg, Version: "test", Logger: logger, RefusalLogInterval: 300 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -268,6 +270,14 @@ func TestDrillAgainstTheLab(t *testing.T) {
 	})
 	if n := strings.Count(logs.String(), `msg="writes refused" site=lab-spoke protocol=pg refused=1`); n != 1 {
 		t.Errorf("%d pg refused-write summaries for one refusal, want 1:\n%s", n, logs.String())
+	}
+	// Logins, binds and refusals went through the site: no password of any
+	// of them is in its log.
+	for name, secret := range map[string]string{"app": lab.AppPassword, "LDAP user": lab.UserPassword,
+		"LDAP admin": l.AdminPassword(), "auth role": l.AuthPassword(), "admin token": "drill-token"} {
+		if strings.Contains(logs.String(), secret) {
+			t.Errorf("the %s password reached the site's log", name)
+		}
 	}
 
 	// The live scrape, mid-drill, is what promtool checks.
