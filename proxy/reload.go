@@ -74,6 +74,9 @@ func (s *Server) Reload(cfg *Config) (ReloadResult, error) {
 		}
 	}
 	s.token.Store(&token)
+	if token == "" && !s.adminLoopback.Load() {
+		s.logger.Warn("the admin API listens beyond loopback and the reload left it without admin.token_file: anyone who reaches it can start a drill", "admin", s.Addrs().Admin)
+	}
 	for section, cert := range rotate {
 		s.certs[section].cert.Store(cert)
 		for _, k := range []string{section + ".cert_file", section + ".key_file"} {

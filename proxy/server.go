@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -57,6 +58,8 @@ type Server struct {
 	reloadMu sync.Mutex            // serialises reloads; guards running
 	running  *Config               // cfg with the reloaded live keys applied
 	files    map[string]fileDigest // the *_file contents the site was built from
+	// adminLoopback: the admin API listens on loopback only. Set by Start.
+	adminLoopback atomic.Bool
 	// certs holds each front listener's certificate by config section
 	// ("postgres.tls", "ldap.tls"), for rotation on reload. Filled by New.
 	certs map[string]*certHolder
@@ -229,10 +232,32 @@ func (s *Server) Start(ctx context.Context) error {
 	s.run(func() error { return ServeAdmin(runCtx, adminLn, admin.Handler(), s.logger) })
 	s.run(func() error { s.logRefusals(runCtx, s.refusalEvery); return nil })
 	s.logger.Info("serving", "admin", s.addrs.Admin, "pg", s.addrs.Postgres, "ldap", s.addrs.LDAP)
-	if token == "" && !isLoopback(adminLn.Addr()) {
-		s.logger.Warn("the admin API listens beyond loopback without admin.token_file: anyone who reaches it can start a drill", "admin", s.addrs.Admin)
+	s.adminLoopback.Store(isLoopback(adminLn.Addr()))
+	for _, w := range exposureWarnings(s.cfg, token, s.adminLoopback.Load()) {
+		s.logger.Warn(w, "admin", s.addrs.Admin)
 	}
 	return nil
+}
+
+// exposureWarnings lists what a config leaves open that an operator should
+// know about: an admin API beyond loopback without a token, and
+// credentials crossing the WAN without TLS.
+func exposureWarnings(c *Config, token string, adminLoopback bool) []string {
+	var w []string
+	if token == "" && !adminLoopback {
+		w = append(w, "the admin API listens beyond loopback without admin.token_file: anyone who reaches it can start a drill")
+	}
+	if l := c.LDAP; l != nil && !l.HubTLS.StartTLS {
+		for _, h := range l.Hubs {
+			if strings.HasPrefix(h.URL, "ldap://") {
+				w = append(w, "ldap hub "+h.URL+" without ldap.hub_tls.start_tls: clients' bind passwords cross the WAN in clear")
+			}
+		}
+	}
+	if pg := c.Postgres; pg != nil && pg.HubTLS.Mode == "disable" {
+		w = append(w, "postgres.hub_tls.mode is disable: queries, results and md5 secrets cross the WAN unencrypted")
+	}
+	return w
 }
 
 // run starts a serving goroutine whose failure ends the server.
