@@ -135,7 +135,7 @@ func (s *session) bindOnHub(o *op) bool {
 		mine := s.ops[o.id] == retry
 		delete(s.ops, o.id)
 		s.mu.Unlock()
-		go s.backendFailed(b, err)
+		s.goBackendFailed(b, err)
 		return !mine // if the failure handler already answered, we are done
 	}
 	return true
@@ -173,7 +173,7 @@ func (s *session) learnAuthzID(b *backend, gen int, bindResp []byte) {
 	s.ops[id] = o
 	s.mu.Unlock()
 	if err := b.send(encodeExtended(id, OIDWhoAmI), s.metrics()); err != nil {
-		go s.backendFailed(b, err)
+		s.goBackendFailed(b, err)
 	}
 }
 
@@ -199,7 +199,7 @@ func (s *session) abandon(p *PDU) {
 		return
 	}
 	if err := o.b.send(p.Raw, s.metrics()); err != nil {
-		go s.backendFailed(o.b, err)
+		s.goBackendFailed(o.b, err)
 	}
 }
 

@@ -566,7 +566,7 @@ func (s *session) send(o *op, raw []byte, p *PDU, kind routing.Kind, d routing.D
 			delete(s.ops, o.id)
 		}
 		s.mu.Unlock()
-		go s.backendFailed(o.b, err)
+		s.goBackendFailed(o.b, err)
 		if mine {
 			s.failBeforeSend(p, kind, d, err)
 		}
@@ -963,6 +963,18 @@ func (s *session) dropHub(why error) {
 	}
 }
 
+// goBackendFailed runs backendFailed on its own goroutine (its callers hold
+// locks or are the backend's reader), counted in s.wg so that it never
+// outlives the session. Callers are the session goroutine, before it
+// waits, or a reader goroutine, which keeps the count above zero.
+func (s *session) goBackendFailed(b *backend, err error) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.backendFailed(b, err)
+	}()
+}
+
 // backendFailed handles the end of a backend connection: operations in flight
 // on it are answered (80 for writes on the hub: outcome unknown), and a
 // failure the session did not cause is reported to the Site.
@@ -1151,6 +1163,6 @@ func (s *session) readHubCSN(b *backend, done func(routing.Position)) {
 	s.ops[id] = o
 	s.mu.Unlock()
 	if err := b.send(encodeBaseSearch(id, s.srv.cfg.BaseDN, "contextCSN"), s.metrics()); err != nil {
-		go s.backendFailed(b, err)
+		s.goBackendFailed(b, err)
 	}
 }
