@@ -145,13 +145,7 @@ func (s *session) bindOnHub(o *op) bool {
 // the Proxied Authorization control on its writes, then sends the held bind
 // response.
 func (s *session) learnAuthzID(b *backend, gen int, bindResp []byte) {
-	s.mu.Lock()
-	s.nextInternal++
-	if s.nextInternal >= setupID {
-		s.nextInternal = internalBase
-	}
-	id := s.nextInternal
-	o := &op{id: id, req: OpExtendedRequest, b: b, start: time.Now()}
+	o := &op{req: OpExtendedRequest, b: b, start: time.Now()}
 	o.onMessage = func(raw []byte, h ResponseHeader) {
 		if h.Op == OpExtendedResponse {
 			if v, err := extendedResponseValue(raw); err == nil {
@@ -165,16 +159,7 @@ func (s *session) learnAuthzID(b *backend, gen int, bindResp []byte) {
 		}
 	}
 	o.onFail = func() { s.toClient(bindResp, true) }
-	if b.dead {
-		s.mu.Unlock()
-		s.toClient(bindResp, true)
-		return
-	}
-	s.ops[id] = o
-	s.mu.Unlock()
-	if err := b.send(encodeExtended(id, OIDWhoAmI), s.metrics()); err != nil {
-		s.goBackendFailed(b, err)
-	}
+	s.sendInternal(o, func(id int64) []byte { return encodeExtended(id, OIDWhoAmI) })
 }
 
 // abandon forwards an Abandon to the connection running its target; an

@@ -560,3 +560,38 @@ func TestUnbindClosesBothSides(t *testing.T) {
 		t.Fatalf("an Unbind was reported as a failure: replica %d, hub %v", r.site.replicaReports, r.site.hubFailures)
 	}
 }
+
+// A client may use message IDs in the proxy's internal range: the proxy's own
+// requests (here the contextCSN read after a write) skip IDs in flight, so the
+// client's operation keeps its answer.
+func TestInternalIDsSkipClientIDsInFlight(t *testing.T) {
+	clientID := int64(internalBase + 1) // the proxy's first internal ID
+	hold := make(chan struct{})
+	hub := func(c *fakeConn, p *PDU) {
+		if p.Op == OpSearchRequest && p.MessageID == clientID {
+			go func() {
+				<-hold
+				defaultHandler(c, p)
+			}()
+			return
+		}
+		defaultHandler(c, p)
+	}
+	r := startRig(t, nil, hub, nil)
+	c := r.client(t)
+	c.send(searchReq(clientID, "dc=example,dc=org", Control{OID: OIDDontUseCopy, Critical: true}))
+	waitUntil(t, "the client's search at the hub", func() bool { return len(r.hub.requests(OpSearchRequest)) == 1 })
+	c.send(deleteReq(2, "cn=y"))
+	if code, _ := c.result(2); code != 0 {
+		t.Fatalf("delete: %d", code)
+	}
+	for _, p := range r.hub.requests(OpSearchRequest)[1:] {
+		if p.MessageID == clientID {
+			t.Fatalf("the proxy's contextCSN read reused message ID %d of the client's search in flight", clientID)
+		}
+	}
+	close(hold)
+	if code, _ := c.result(clientID); code != 0 {
+		t.Fatalf("client search: %d", code)
+	}
+}

@@ -21,8 +21,9 @@ import (
 )
 
 // internalBase is the first message ID the proxy uses for its own requests on
-// backend connections (contextCSN reads, WhoAmI after SASL). Client IDs in this
-// range still work unless they collide with one in flight.
+// backend connections (contextCSN reads, WhoAmI after SASL), allocated by
+// nextInternalID. Client IDs in this range still work: the proxy skips those in
+// flight, and a client reusing one of the proxy's in flight gets protocolError.
 const internalBase = math.MaxInt32 - 1<<20
 
 // setupID is the message ID of the proxy's synchronous requests on a backend
@@ -1126,13 +1127,7 @@ func (s *session) ack(raw []byte) {
 func (s *session) readHubCSN(b *backend, done func(routing.Position)) {
 	var vals []string
 	finished := false
-	s.mu.Lock()
-	s.nextInternal++
-	if s.nextInternal >= setupID {
-		s.nextInternal = internalBase
-	}
-	id := s.nextInternal
-	o := &op{id: id, req: OpSearchRequest, b: b, start: time.Now()}
+	o := &op{req: OpSearchRequest, b: b, start: time.Now()}
 	o.onMessage = func(raw []byte, h ResponseHeader) {
 		switch h.Op {
 		case OpSearchResultEntry:
@@ -1155,14 +1150,38 @@ func (s *session) readHubCSN(b *backend, done func(routing.Position)) {
 			done(nil)
 		}
 	}
-	if b.dead {
+	s.sendInternal(o, func(id int64) []byte { return encodeBaseSearch(id, s.srv.cfg.BaseDN, "contextCSN") })
+}
+
+// sendInternal sends a request of the proxy's own on o.b under the next
+// internal message ID (in [internalBase, setupID), wrapping around), encoded
+// by encode. o.onMessage gets its responses; o.onFail runs instead when the
+// connection is already dead, or when it dies first.
+func (s *session) sendInternal(o *op, encode func(id int64) []byte) {
+	s.mu.Lock()
+	if o.b.dead {
 		s.mu.Unlock()
-		done(nil)
+		o.onFail()
 		return
 	}
-	s.ops[id] = o
+	o.id = s.nextInternalID()
+	s.ops[o.id] = o
 	s.mu.Unlock()
-	if err := b.send(encodeBaseSearch(id, s.srv.cfg.BaseDN, "contextCSN"), s.metrics()); err != nil {
-		s.goBackendFailed(b, err)
+	if err := o.b.send(encode(o.id), s.metrics()); err != nil {
+		s.goBackendFailed(o.b, err)
+	}
+}
+
+// nextInternalID allocates a message ID for a request of the proxy's own,
+// skipping IDs in flight (a client may use the range too). s.mu must be held.
+func (s *session) nextInternalID() int64 {
+	for {
+		s.nextInternal++
+		if s.nextInternal >= setupID {
+			s.nextInternal = internalBase
+		}
+		if _, used := s.ops[s.nextInternal]; !used {
+			return s.nextInternal
+		}
 	}
 }
