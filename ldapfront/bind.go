@@ -97,25 +97,36 @@ func (s *session) bindResponse(o *op, raw []byte) {
 			return
 		}
 	case code == ResultInvalidCredentials && req.Simple && req.DN != "" && !o.triedHub && o.b.side == metrics.TargetReplica:
-		if s.bindOnHub(o) {
-			return
+		d := s.srv.site.Decide(routing.Request{Kind: routing.KindWrite})
+		if d.Route != routing.RouteHub {
+			break
 		}
+		// Dialling the hub costs WAN round trips (a silent link: up to
+		// DialTimeout), and this is the replica's reader, which relays every
+		// other answer the replica has for this client: dial on another
+		// goroutine. The client waits for this bind's answer, which is still
+		// exactly one: the hub's, or the replica's 49 if the hub fails.
+		s.mu.Lock()
+		gen := s.idGen
+		s.mu.Unlock()
+		s.wg.Add(1) // the reader's own count keeps the session waiting meanwhile
+		go func() {
+			defer s.wg.Done()
+			if !s.bindOnHub(o, d.Hub, gen) {
+				s.toClient(raw, true)
+			}
+		}()
+		return
 	}
 	s.toClient(raw, true)
 }
 
 // bindOnHub retries a bind the replica rejected on a fresh, anonymous hub
-// connection while the hub is up. It reports whether it took over the answer.
-func (s *session) bindOnHub(o *op) bool {
-	d := s.srv.site.Decide(routing.Request{Kind: routing.KindWrite})
-	if d.Route != routing.RouteHub {
-		return false
-	}
-	s.mu.Lock()
-	gen := s.idGen
-	s.mu.Unlock()
+// connection to endpoint, for identity generation gen (the bind's). It
+// reports whether it took over the answer.
+func (s *session) bindOnHub(o *op, endpoint string, gen int) bool {
 	s.setupMu.Lock()
-	b, err := s.dialHub(d.Hub, identity{}, gen)
+	b, err := s.dialHub(endpoint, identity{}, gen)
 	s.setupMu.Unlock()
 	if err != nil {
 		return false
@@ -124,7 +135,7 @@ func (s *session) bindOnHub(o *op) bool {
 	retry := &op{id: o.id, req: OpBindRequest, name: "bind", kind: "bind", route: metrics.RouteHub, b: b,
 		bind: o.bind, triedHub: true, start: o.start}
 	s.mu.Lock()
-	if b.dead || s.closed {
+	if b.dead || s.closed || s.idGen != gen { // gen: the client did not wait and bound again
 		s.mu.Unlock()
 		return false
 	}

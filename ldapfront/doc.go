@@ -62,7 +62,8 @@
 // Identity: a simple Bind is checked on the replica and its answer relayed; the
 // hub connection is bound as the same DN when first needed, and a new Bind
 // closes it. A bind the replica rejects with 49 is tried on the hub while it is
-// up; such a session is then served from the hub (metric hub_only_binds). SASL
+// up (dialled off the replica's reader, so a slow WAN holds up only that bind's
+// answer); such a session is then served from the hub (metric hub_only_binds). SASL
 // binds are relayed to the replica; writes after them use proxy_auth with the
 // Proxied Authorization control naming the client (learnt with WhoAmI), or are
 // refused with 53 and a message saying so.

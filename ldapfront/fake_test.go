@@ -27,6 +27,8 @@ type fakeSite struct {
 	hubFailures    []string
 	replicaReports int
 	waits          int
+	// dialGate, when set, holds every hub dial until it is closed (a slow WAN).
+	dialGate chan struct{}
 }
 
 func (s *fakeSite) Decide(r routing.Request) routing.Decision {
@@ -63,6 +65,16 @@ func (s *fakeSite) WaitFor(ctx context.Context, pos routing.Position) error {
 }
 
 func (s *fakeSite) DialHub(ctx context.Context, endpoint string) (net.Conn, error) {
+	s.mu.Lock()
+	gate := s.dialGate
+	s.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 	addr, _ := ldapHostPort(endpoint)
 	var d net.Dialer
 	return d.DialContext(ctx, "tcp", addr)

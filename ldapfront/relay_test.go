@@ -274,6 +274,46 @@ func TestHubOnlyBind(t *testing.T) {
 	}
 }
 
+// Retrying a bind on the hub dials it; a slow dial must not hold up the
+// replica's other responses to the same client.
+func TestHubOnlyBindDialDoesNotStallReplicaResponses(t *testing.T) {
+	var held *PDU
+	replica := func(c *fakeConn, p *PDU) {
+		switch {
+		case p.Op == OpSearchRequest && searchBase(p) == "ou=slow,dc=example,dc=org":
+			held = p // answered right after the bind's 49
+		case p.Op == OpBindRequest && p.Bind.DN == "uid=new,dc=example,dc=org":
+			c.send(EncodeResult(p, ResultInvalidCredentials, ""))
+			if held != nil {
+				defaultHandler(c, held)
+			}
+		default:
+			defaultHandler(c, p)
+		}
+	}
+	r := startRig(t, replica, nil, nil)
+	gate := make(chan struct{})
+	r.site.mu.Lock()
+	r.site.dialGate = gate
+	r.site.mu.Unlock()
+	c := r.client(t)
+	c.send(searchReq(1, "ou=slow,dc=example,dc=org"))
+	waitUntil(t, "the search at the replica", func() bool { return len(r.replica.requests(OpSearchRequest)) == 1 })
+	c.send(simpleBind(2, "uid=new,dc=example,dc=org", "pw"))
+	// The hub dial for the bind's retry hangs; the search's answer, which the
+	// replica sent after the bind's 49, arrives all the same.
+	if code, _ := c.result(1); code != 0 {
+		t.Fatalf("search: %d", code)
+	}
+	close(gate)
+	if code, _ := c.result(2); code != 0 {
+		t.Fatalf("bind known only to the hub: %d", code)
+	}
+	if got := testutil.ToFloat64(r.m.HubOnlyBinds); got != 1 {
+		t.Fatalf("hub-only binds = %v", got)
+	}
+}
+
 func TestNewBindResetsHubIdentity(t *testing.T) {
 	r := startRig(t, nil, nil, nil)
 	c := r.client(t)
