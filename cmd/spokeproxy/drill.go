@@ -96,7 +96,8 @@ func cmdDrill(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.PGTable, "pg-table", "spokeproxy_drill", "table the drill creates if missing and inserts its rows into")
 	fs.StringVar(&o.LDAPURL, "ldap", "", "LDAP URL of the proxy, e.g. ldap://127.0.0.1:3389")
 	fs.StringVar(&o.LDAPDN, "ldap-dn", "", "DN to bind as")
-	fs.StringVar(&o.LDAPPassword, "ldap-password", "", "its password (or -ldap-password-file)")
+	// The password comes from a file only: a command-line argument is
+	// visible to every user of the machine (ps, /proc/PID/cmdline).
 	ldapPWFile := fs.String("ldap-password-file", "", "file holding the bind password")
 	fs.StringVar(&o.LDAPEntry, "ldap-entry", "", "entry the drill modifies (default: the bind DN's own)")
 	fs.StringVar(&o.LDAPAttr, "ldap-attr", "description", "attribute of that entry the drill overwrites with a marker")

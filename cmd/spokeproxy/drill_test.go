@@ -139,6 +139,12 @@ func TestDrillUsage(t *testing.T) {
 			t.Errorf("%v: exit %d, stderr %q; want 2 with a message", args, code, errs)
 		}
 	}
+	// A password on the command line is visible in ps: there is no flag
+	// for it, and the usage names the file flag instead.
+	code, _, errs := runCmd("drill", "-admin", "http://a", "-ldap", "ldap://x", "-ldap-dn", "cn=x", "-ldap-password", "secret")
+	if code != 2 || !strings.Contains(errs, "-ldap-password-file") {
+		t.Errorf("-ldap-password: exit %d, stderr %q; want 2 and a usage naming -ldap-password-file", code, errs)
+	}
 }
 
 // tokenProxy is labProxy with admin.token_file set, so the drill endpoint
