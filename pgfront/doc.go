@@ -110,6 +110,16 @@
 // a transaction moves at its first write. A flushed read's answers are
 // not held, so the 25006 safety net does not apply to it.
 //
+// COPY FROM STDIN runs on the hub with the client's CopyData streamed
+// (written on every 64 KiB and at CopyDone). Through the extended
+// protocol the server ignores Flush and Sync during COPY and answers the
+// Execute only after the client's next Flush or Sync, so the unit stays in
+// flight until the client's Sync after CopyDone, whether it sent Sync
+// right after the Execute (libpq's PQsendQueryParams, tokio-postgres) or
+// Flush and waited for CopyInResponse; its read-your-writes position query
+// follows that Sync. A hub lost while the data streams, or before that
+// Sync, cannot have committed the COPY: 08006, not 08007.
+//
 // Named prepared statements are prepared on a backend only when a batch
 // there uses them (the client's Parse is kept and injected before the
 // Bind, its ParseComplete dropped); Close of a statement prepared on the
@@ -117,8 +127,6 @@
 //
 // # Not done yet
 //
-//   - COPY FROM STDIN started by an Execute that the client flushes
-//     before Sync is not relayed (the CopyData would be dropped).
 //   - Losing the replica mid-session ends the session (08006); sessions
 //     that log in while it is down are served by the hub (the auth query
 //     then runs on the hub too), unless RefuseWhenReplicaDown.

@@ -464,7 +464,16 @@ func (s *session) runUnit(ctx context.Context, u *unit) error {
 	}
 	res, err := s.exchange(ctx, p.to, u, p)
 	if err != nil {
+		if res.open != nil {
+			return s.flightLost(res.open, err)
+		}
 		return s.backendFailed(p.to, u, err)
+	}
+	if res.open != nil {
+		// An extended COPY FROM STDIN: the unit ends at the client's next Sync.
+		res.open.start = start
+		s.open = res.open
+		return nil
 	}
 	if res.rerun {
 		s.srv.m.SafetyNetReruns.Inc()
@@ -834,6 +843,11 @@ type exResult struct {
 	// position query was in flight.
 	suffixLost error
 	failed     bool // the unit got an ErrorResponse
+	// open: an extended unit's COPY FROM STDIN has begun (CopyInResponse);
+	// the server answers the rest of the unit only after the client's next
+	// Flush or Sync (it ignores those sent during COPY), so the unit stays
+	// in flight until its Sync. The flight is this one.
+	open *flight
 }
 
 // clientIOError: the client connection failed; the session ends.
@@ -846,6 +860,10 @@ func (e *clientIOError) Unwrap() error { return e.err }
 // ReadyForQuery arrived.
 type backendIOError struct {
 	err error
+	// uncommitted: the failure came before anything that could commit the
+	// unit reached the backend (COPY data still streaming, or an extended
+	// COPY before its final Sync), so its outcome is known: not done.
+	uncommitted bool
 }
 
 func (e *backendIOError) Error() string { return "pgfront: backend connection: " + e.err.Error() }
@@ -875,6 +893,13 @@ type flight struct {
 	failed     bool   // an ErrorResponse ended the batch: the backend skips to Sync
 	res        exResult
 	start      time.Time // for the request duration of a flushed unit
+	// copied: the unit's COPY FROM STDIN data went through; the position
+	// query may follow its Sync.
+	copied bool
+	// owed: answers of messages already sent that the backend has yet to
+	// send (an Execute whose COPY FROM STDIN ended, and what followed it
+	// before the client's Flush): the next Flush waits for them too.
+	owed int
 }
 
 // exchange sends a unit to b (after any queued proxy statements, and
@@ -975,7 +1000,7 @@ func copyInUnit(u *unit) bool {
 // behind COPY FROM STDIN, where copyIn sends it after CopyDone) and
 // writes everything queued in one write.
 func (s *session) sendEnd(f *flight) error {
-	if copyInUnit(f.u) {
+	if copyInUnit(f.u) && !f.copied {
 		if len(f.u.class.Stmts) > 1 {
 			f.p.capture = false
 		}
@@ -996,10 +1021,12 @@ func (s *session) sendSuffix(f *flight) {
 }
 
 // completes reports whether a backend message ends the answer to one
-// message of an extended batch (what a Flush waits for).
+// message of an extended batch (what a Flush waits for). CopyInResponse
+// does not: the Execute's answer ends after the COPY, with CommandComplete
+// or an error.
 func completes(typ byte) bool {
 	switch typ {
-	case '1', '2', '3', 'T', 'n', 'C', 'I', 's', 'G':
+	case '1', '2', '3', 'T', 'n', 'C', 'I', 's':
 		return true
 	}
 	return false
@@ -1012,6 +1039,7 @@ func completes(typ byte) bool {
 // or at its first error: the answer to a Flush.
 func (s *session) relay(ctx context.Context, f *flight, want int) (exResult, error) {
 	b := f.b
+	f.res.open = nil
 	s.setActive(b)
 	defer s.setActive(nil)
 	if ctx != s.runCtx {
@@ -1152,14 +1180,28 @@ answers:
 				return f.res, nil
 			}
 		}
-		if typ == 'G' && want < 0 && !f.res.rerun {
+		if typ == 'G' && !f.res.rerun {
 			if err := s.be.Flush(); err != nil {
 				return f.res, &clientIOError{err: err}
+			}
+			if !f.u.simple {
+				// Whatever becomes of the COPY, the server now answers the
+				// rest of the unit only after the client's next Flush or
+				// Sync: the unit stays in flight until then.
+				f.res.open = f
 			}
 			if err := s.copyIn(f); err != nil {
 				return f.res, err
 			}
-			continue
+			if f.u.simple {
+				continue // CommandComplete and ReadyForQuery follow unasked
+			}
+			f.copied = true
+			f.owed = 1 // the COPY's Execute
+			if want > 0 {
+				f.owed = want
+			}
+			return f.res, nil
 		}
 		if b.rd.buffered() == 0 && !f.holding {
 			// The end of what arrived: one write to the client per turn.
@@ -1176,7 +1218,9 @@ answers:
 }
 
 // copyIn streams the client's CopyData to the flight's backend until
-// CopyDone or CopyFail, then queues the position query behind it.
+// CopyDone or CopyFail, then queues the position query behind a simple
+// Query's COPY. Flush and Sync are dropped: the server ignores them during
+// COPY (libpq sends Sync right after an extended COPY's Execute).
 func (s *session) copyIn(f *flight) error {
 	b := f.b
 	pending := 0
@@ -1192,14 +1236,18 @@ func (s *session) copyIn(f *flight) error {
 			if pending >= 64<<10 {
 				pending = 0
 				if err := b.fe.Flush(); err != nil {
-					return &backendIOError{err: err}
+					return &backendIOError{err: err, uncommitted: true}
 				}
 			}
 		case *pgproto3.CopyDone, *pgproto3.CopyFail:
 			b.fe.Send(m)
-			s.sendSuffix(f)
+			if f.u.simple {
+				// An extended unit's position query follows its Sync.
+				s.sendSuffix(f)
+			}
 			if err := b.fe.Flush(); err != nil {
-				return &backendIOError{err: err}
+				// An extended unit commits at its Sync, not sent yet.
+				return &backendIOError{err: err, uncommitted: !f.u.simple}
 			}
 			return nil
 		case *pgproto3.Flush, *pgproto3.Sync:
@@ -1305,6 +1353,9 @@ func (s *session) backendLost(b *backendConn, u *unit, err error) (byte, error) 
 	commits := u.class.Has(StmtCommit)
 	ends := commits || (isSingle && single.Kind == StmtRollback)
 	unknown := (!inTxn && (k >= StmtWrite || u.fn)) || (inTxn && commits)
+	if bio := (*backendIOError)(nil); errors.As(err, &bio) && bio.uncommitted && !commits {
+		unknown = false
+	}
 	status := byte('I')
 	if inTxn && !ends {
 		s.txOn, s.txLost = nil, true
@@ -1449,15 +1500,17 @@ func (s *session) flushBatch(ctx context.Context, batch []batchMsg) error {
 		}
 		s.sendUnit(f, f.u)
 	} else {
-		if f.b == nil || len(batch) == 0 {
+		if f.b == nil || (len(batch) == 0 && f.owed == 0) {
 			return nil
 		}
-		part := &unit{msgs: batch}
-		s.sendUnit(f, part)
-		f.u.msgs = append(f.u.msgs, batch...)
-		f.u.class.Stmts = append(f.u.class.Stmts, s.extendedUnit(batch).class.Stmts...)
+		if len(batch) > 0 {
+			s.sendUnit(f, &unit{msgs: batch})
+			f.u.msgs = append(f.u.msgs, batch...)
+			f.u.class.Stmts = append(f.u.class.Stmts, s.extendedUnit(batch).class.Stmts...)
+		}
 	}
-	want := answers(batch)
+	want := answers(batch) + f.owed
+	f.owed = 0
 	if f.failed {
 		want = 0 // the backend skips everything up to Sync
 	}
@@ -1620,7 +1673,15 @@ func (s *session) finishOpen(ctx context.Context, batch []batchMsg) error {
 	}
 	res, err := s.relay(ctx, f, -1)
 	if err != nil {
+		if res.open != nil {
+			return s.flightLost(f, err)
+		}
 		return s.backendFailed(f.b, f.u, err)
+	}
+	if res.open != nil {
+		// The Sync just sent went to a COPY FROM STDIN, which ignores it.
+		s.open = f
+		return nil
 	}
 	kind := "read"
 	if k := f.u.class.Strongest(); k > StmtRead && k != StmtCopyOut {
