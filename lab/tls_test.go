@@ -2,63 +2,24 @@ package lab
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
-	"math/big"
-	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-)
 
-// selfSigned makes a server certificate for 127.0.0.1 and the pool that
-// trusts it.
-func selfSigned(t *testing.T) (certPEM, keyPEM []byte, pool *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "lab hub"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool = x509.NewCertPool()
-	pool.AddCert(cert)
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), pool
-}
+	"github.com/spokeproxy/spokeproxy/internal/testcert"
+)
 
 func TestEnableHubPGTLS(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	l := ForTest(t, Options{})
-	certPEM, keyPEM, pool := selfSigned(t)
-	if err := l.EnableHubPGTLS(ctx, certPEM, keyPEM); err != nil {
+	cert := testcert.New(t)
+	pool := cert.Pool
+	if err := l.EnableHubPGTLS(ctx, cert.CertPEM, cert.KeyPEM); err != nil {
 		t.Fatalf("EnableHubPGTLS: %v", err)
 	}
 	// A verified TLS session with the given certificate, through the WAN
@@ -94,10 +55,9 @@ func TestEnableHubPGTLS(t *testing.T) {
 	}
 	// A new certificate with a key that does not load is never taken for
 	// served: the error says so with the hub's own words.
-	otherCert, _, _ := selfSigned(t)
 	bctx, bcancel := context.WithTimeout(ctx, 2*time.Second)
 	defer bcancel()
-	err := l.EnableHubPGTLS(bctx, otherCert, []byte("not a key"))
+	err := l.EnableHubPGTLS(bctx, testcert.New(t).CertPEM, []byte("not a key"))
 	var serr *StartError
 	if !errors.As(err, &serr) || !strings.Contains(serr.LogTail, "key") {
 		t.Fatalf("EnableHubPGTLS with a broken key: %v, want a *StartError showing the hub's complaint", err)

@@ -2,60 +2,26 @@ package ldapfront
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"math/big"
 	"net"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/go-ldap/ldap/v3"
+
+	"github.com/spokeproxy/spokeproxy/internal/testcert"
 )
 
-// testCert returns a server certificate for 127.0.0.1 and a pool trusting it.
-func testCert(t *testing.T) (tls.Certificate, *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "spokeproxy test"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IsCA:         true, BasicConstraintsValid: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(leaf)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
-}
-
 func TestStartTLSTerminatedByTheProxy(t *testing.T) {
-	cert, pool := testCert(t)
-	r := startRig(t, nil, nil, func(c *Config) { c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}} })
+	crt := testcert.New(t)
+	r := startRig(t, nil, nil, func(c *Config) { c.TLS = &tls.Config{Certificates: []tls.Certificate{crt.TLS}} })
 	c, err := ldap.DialURL("ldap://" + r.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if err := c.StartTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}); err != nil {
+	if err := c.StartTLS(&tls.Config{RootCAs: crt.Pool, ServerName: "127.0.0.1"}); err != nil {
 		t.Fatalf("StartTLS: %v", err)
 	}
 	if err := c.Bind("uid=alice,dc=example,dc=org", "pw"); err != nil {
@@ -69,7 +35,7 @@ func TestStartTLSTerminatedByTheProxy(t *testing.T) {
 	if got := r.replica.requests(OpBindRequest); len(got) != 1 || got[0].Bind.DN != "uid=alice,dc=example,dc=org" {
 		t.Fatalf("replica binds: %+v", got)
 	}
-	if err := c.StartTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}); err == nil {
+	if err := c.StartTLS(&tls.Config{RootCAs: crt.Pool, ServerName: "127.0.0.1"}); err == nil {
 		t.Fatal("a second StartTLS succeeded")
 	}
 }
@@ -88,7 +54,7 @@ func TestStartTLSNotConfigured(t *testing.T) {
 }
 
 func TestLDAPSListener(t *testing.T) {
-	cert, pool := testCert(t)
+	crt := testcert.New(t)
 	r := startRig(t, nil, nil, nil)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -96,9 +62,9 @@ func TestLDAPSListener(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() {
-		done <- r.srv.Serve(context.Background(), tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}}))
+		done <- r.srv.Serve(context.Background(), tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{crt.TLS}}))
 	}()
-	c, err := ldap.DialURL("ldaps://"+ln.Addr().String(), ldap.DialWithTLSConfig(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}))
+	c, err := ldap.DialURL("ldaps://"+ln.Addr().String(), ldap.DialWithTLSConfig(&tls.Config{RootCAs: crt.Pool, ServerName: "127.0.0.1"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,10 +79,10 @@ func TestLDAPSListener(t *testing.T) {
 }
 
 func TestStartTLSToTheHub(t *testing.T) {
-	cert, pool := testCert(t)
-	r := startRigTLS(t, nil, nil, &tls.Config{Certificates: []tls.Certificate{cert}}, func(c *Config) {
+	crt := testcert.New(t)
+	r := startRigTLS(t, nil, nil, &tls.Config{Certificates: []tls.Certificate{crt.TLS}}, func(c *Config) {
 		c.HubStartTLS = true
-		c.HubTLS = &tls.Config{RootCAs: pool}
+		c.HubTLS = &tls.Config{RootCAs: crt.Pool}
 	})
 	c := r.client(t)
 	c.send(simpleBind(1, "uid=alice,dc=example,dc=org", "pw"))
@@ -143,7 +109,7 @@ func TestStartTLSToTheHub(t *testing.T) {
 	}
 
 	// A hub whose certificate is not trusted: the write is refused, not sent in clear.
-	r2 := startRigTLS(t, nil, nil, &tls.Config{Certificates: []tls.Certificate{cert}}, func(c *Config) {
+	r2 := startRigTLS(t, nil, nil, &tls.Config{Certificates: []tls.Certificate{crt.TLS}}, func(c *Config) {
 		c.HubStartTLS = true
 		c.HubTLS = &tls.Config{RootCAs: x509.NewCertPool()}
 	})
@@ -173,8 +139,8 @@ func TestConfigValidate(t *testing.T) {
 }
 
 func TestStartTLSToTheHubWithoutHubTLSConfig(t *testing.T) {
-	cert, _ := testCert(t)
-	r := startRigTLS(t, nil, nil, &tls.Config{Certificates: []tls.Certificate{cert}}, func(c *Config) { c.HubStartTLS = true })
+	crt := testcert.New(t)
+	r := startRigTLS(t, nil, nil, &tls.Config{Certificates: []tls.Certificate{crt.TLS}}, func(c *Config) { c.HubStartTLS = true })
 	c := r.client(t)
 	c.send(modifyReq(1, "cn=x"))
 	// System roots do not trust the test certificate: refused, and no panic.

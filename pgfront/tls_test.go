@@ -1,50 +1,19 @@
 package pgfront
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
-	"os"
-	"os/user"
-	"path/filepath"
-	"strconv"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/spokeproxy/spokeproxy/internal/testcert"
 	"github.com/spokeproxy/spokeproxy/lab"
 )
 
-func selfSignedTLS(t *testing.T) *tls.Config {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "127.0.0.1"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		DNSNames:     []string{"localhost"},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
-}
-
 func TestLabPGClientTLS(t *testing.T) {
 	l := lab.ForTest(t, lab.Options{})
-	f := startFront(t, l, func(c *Config) { c.TLS = selfSignedTLS(t) })
+	f := startFront(t, l, func(c *Config) { c.TLS = &tls.Config{Certificates: []tls.Certificate{testcert.New(t).TLS}} })
 	ctx := ctxT(t)
 	for _, mode := range []string{"require", "disable"} {
 		cc, err := pgx.ParseConfig(f.dsn(lab.AppUser, lab.AppPassword))
@@ -75,92 +44,25 @@ func TestLabPGClientTLS(t *testing.T) {
 	}
 }
 
-// serverCert makes a self-signed certificate for 127.0.0.1 and returns
-// its PEM files' contents and a pool trusting it.
-func serverCert(t *testing.T) (certPEM, keyPEM []byte, pool *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(2),
-		Subject:               pkix.Name{CommonName: "spokeproxy test hub"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pool = x509.NewCertPool()
-	pool.AddCert(cert)
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), pool
-}
-
 func TestLabPGHubTLS(t *testing.T) {
 	l := lab.ForTest(t, lab.Options{})
-	certPEM, keyPEM, pool := serverCert(t)
-	// Turn TLS on at the hub primary.
-	pgUser, err := user.Lookup("postgres")
-	if err != nil {
+	ctx := ctxT(t)
+	crt := testcert.New(t)
+	pool := crt.Pool
+	if err := l.EnableHubPGTLS(ctx, crt.CertPEM, crt.KeyPEM); err != nil {
 		t.Fatal(err)
 	}
-	uid, _ := strconv.Atoi(pgUser.Uid)
-	gid, _ := strconv.Atoi(pgUser.Gid)
-	dir := filepath.Join(l.Dir(), "pg", "hub")
-	for name, data := range map[string][]byte{"test-server.crt": certPEM, "test-server.key": keyPEM} {
-		path := filepath.Join(dir, name)
-		if err := os.WriteFile(path, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chown(path, uid, gid); err != nil {
-			t.Fatal(err)
-		}
-	}
-	ctx := ctxT(t)
 	super, err := pgx.Connect(ctx, l.HubSuperDSN("postgres"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer super.Close(ctx)
-	for _, q := range []string{
-		"ALTER SYSTEM SET ssl_cert_file = '" + filepath.Join(dir, "test-server.crt") + "'",
-		"ALTER SYSTEM SET ssl_key_file = '" + filepath.Join(dir, "test-server.key") + "'",
-		"ALTER SYSTEM SET ssl = on",
-		"SELECT pg_reload_conf()",
-	} {
-		if _, err := super.Exec(ctx, q); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
-	}
-	// The postmaster reloads asynchronously: the first write below retries
-	// until the hub offers TLS.
 
 	f := startFront(t, l, func(c *Config) { c.HubTLS = &tls.Config{RootCAs: pool} })
 	c := f.connect(t, nil)
 	var ssl bool
-	var err2 error
-	for i := 0; i < 20; i++ {
-		err2 = c.QueryRow(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'over tls') RETURNING (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid())").Scan(&ssl)
-		if err2 == nil {
-			break
-		}
-		f.waitHub(t, true)
-	}
-	if err2 != nil || !ssl {
-		t.Fatalf("write over TLS to the hub: ssl=%v err=%v", ssl, err2)
+	if err := c.QueryRow(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'over tls') RETURNING (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid())").Scan(&ssl); err != nil || !ssl {
+		t.Fatalf("write over TLS to the hub: ssl=%v err=%v", ssl, err)
 	}
 
 	// With the replica down, logins look the role's secret up on the hub:
@@ -188,7 +90,7 @@ func TestLabPGHubTLS(t *testing.T) {
 	}
 
 	// A hub whose certificate the configured CA does not sign is refused.
-	_, _, otherPool := serverCert(t)
+	otherPool := testcert.New(t).Pool
 	g := startFront(t, l, func(c *Config) { c.HubTLS = &tls.Config{RootCAs: otherPool} })
 	d := g.connect(t, nil)
 	if _, err := d.Exec(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'wrong ca')"); err == nil {
