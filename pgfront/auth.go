@@ -8,9 +8,12 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/spokeproxy/spokeproxy/routing"
 )
 
 // credentials are what a session holds to log in upstream as its client's
@@ -33,48 +36,56 @@ func (e *authError) Error() string { return "pgfront: authentication failed: " +
 // errNoRole: the auth query returned no row (or a NULL secret).
 var errNoRole = errors.New("pgfront: no such role or no password")
 
-// authLookup runs the auth query on the local replica (so logins work
-// during a WAN outage) over one connection owned by the auth role, opened
-// on first use and reopened after an error. Lookups are serialised: each
-// is one local round trip.
+// authLookup reads role secrets with the auth query: on the local replica
+// (so logins work during a WAN outage), or on the hub while the replica
+// cannot answer. A lookup must never hold up logins of other roles: each
+// runs on a connection of its own (kept idle for the next one, up to
+// authConnsMax per server), concurrent lookups of the same role share one
+// query, and every query is bounded by BackendTimeout and cut short when
+// the routing core judges its server down, so a replica that stops
+// answering (blackholed) costs a login one probe cycle, not a TCP timeout.
 type authLookup struct {
-	cfg Config
+	cfg  Config
+	site Site
+	// hubConfig dials the writable hub for a lookup there; nil: no fallback.
+	hubConfig func(ctx context.Context) (*pgx.ConnConfig, error)
 
-	mu      sync.Mutex // guards conn and hubConn and serialises lookups
-	conn    *pgx.Conn  // to the replica
-	hubConn *pgx.Conn  // to the hub, only while the replica cannot answer
+	replica, hub *authConns
+
+	ctx    context.Context // ends at close: lookups in flight stop
+	cancel context.CancelFunc
+
+	mu       sync.Mutex           // guards inflight
+	inflight map[string]*authCall // lookups running, by role
 }
 
-// query runs the auth query over *conn, connecting it with cfg first.
-func (a *authLookup) query(ctx context.Context, conn **pgx.Conn, cfg func() (*pgx.ConnConfig, error), role string) (*string, error) {
-	if *conn == nil {
-		cc, err := cfg()
-		if err != nil {
-			return nil, err
-		}
-		c, err := pgx.ConnectConfig(ctx, cc)
-		if err != nil {
-			return nil, &replicaError{op: "look up the role", err: err}
-		}
-		*conn = c
-	}
-	var name string
-	var passwd *string
-	err := (*conn).QueryRow(ctx, a.cfg.AuthQuery, role).Scan(&name, &passwd)
-	if errors.Is(err, pgx.ErrNoRows) || (err == nil && passwd == nil) {
-		return nil, errNoRole
-	}
-	if err != nil {
-		(*conn).Close(context.Background())
-		*conn = nil
-		return nil, &replicaError{op: "look up the role", err: err}
-	}
-	return passwd, nil
+// authCall is one lookup that concurrent logins of its role share.
+type authCall struct {
+	done    chan struct{} // closed once sec and err are set
+	sec     Secret
+	err     error
+	waiters int // logins waiting for it (guarded by authLookup.mu; for tests)
 }
 
-func newAuthLookup(cfg Config) *authLookup { return &authLookup{cfg: cfg} }
+// authConnsMax bounds the auth role's connections to one server: as many
+// lookups of different roles run at once; more wait for one to end.
+const authConnsMax = 8
 
-func (a *authLookup) connConfig() (*pgx.ConnConfig, error) {
+func newAuthLookup(cfg Config, site Site, hubConfig func(ctx context.Context) (*pgx.ConnConfig, error)) *authLookup {
+	a := &authLookup{cfg: cfg, site: site, hubConfig: hubConfig, inflight: make(map[string]*authCall),
+		replica: newAuthConns(), hub: newAuthConns()}
+	a.ctx, a.cancel = context.WithCancel(context.Background())
+	return a
+}
+
+// close stops the lookups in flight and closes the idle connections.
+func (a *authLookup) close() {
+	a.cancel()
+	a.replica.close()
+	a.hub.close()
+}
+
+func (a *authLookup) connConfig(context.Context) (*pgx.ConnConfig, error) {
 	host, portStr, err := net.SplitHostPort(a.cfg.ReplicaAddr)
 	if err != nil {
 		return nil, fmt.Errorf("pgfront: replica address %q: %w", a.cfg.ReplicaAddr, err)
@@ -97,19 +108,71 @@ func (a *authLookup) connConfig() (*pgx.ConnConfig, error) {
 	return cc, nil
 }
 
-// lookup returns the role's secret, errNoRole if it has none. When the
-// replica cannot answer, hub (if not nil) dials the writable hub and the
-// query runs there instead, over one connection kept for the purpose.
-func (a *authLookup) lookup(ctx context.Context, role string, hub func(ctx context.Context) (*pgx.ConnConfig, error)) (Secret, error) {
+// lookup returns the role's secret, errNoRole if it has none. It waits for
+// the role's lookup in flight if there is one, else starts it; ctx ends
+// only this caller's wait.
+func (a *authLookup) lookup(ctx context.Context, role string) (Secret, error) {
+	a.mu.Lock()
+	c := a.inflight[role]
+	if c == nil {
+		c = &authCall{done: make(chan struct{})}
+		a.inflight[role] = c
+		go func() {
+			c.sec, c.err = a.run(role)
+			a.mu.Lock()
+			delete(a.inflight, role)
+			a.mu.Unlock()
+			close(c.done)
+		}()
+	}
+	c.waiters++
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		c.waiters--
+		a.mu.Unlock()
+	}()
+	select {
+	case <-c.done:
+		return c.sec, c.err
+	case <-ctx.Done():
+		return Secret{}, &replicaError{op: "look up the role", err: ctx.Err()}
+	}
+}
+
+// waiting is the number of logins waiting for role's lookup (for tests).
+func (a *authLookup) waiting(role string) int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	passwd, err := a.query(ctx, &a.conn, a.connConfig, role)
-	if err != nil && !errors.Is(err, errNoRole) && hub != nil {
-		var herr error
-		if passwd, herr = a.query(ctx, &a.hubConn, func() (*pgx.ConnConfig, error) { return hub(ctx) }, role); herr == nil || errors.Is(herr, errNoRole) {
-			err = herr
-		} else {
-			err = &replicaError{op: "look up the role (and on the hub: " + herr.Error() + ")", err: err}
+	if c := a.inflight[role]; c != nil {
+		return c.waiters
+	}
+	return 0
+}
+
+// run is one lookup: on the replica unless the routing core judges it down
+// while the hub is usable, then on the hub if the replica could not answer.
+func (a *authLookup) run(role string) (Secret, error) {
+	var passwd *string
+	var err error = errJudgedDown
+	replicaUp := a.site.Snapshot().Replica.Up
+	if replicaUp || a.hubConfig == nil || a.site.HubUnavailable() != nil {
+		var down func(routing.Snapshot) bool // nil: tried although judged down, as the last resort
+		if replicaUp {
+			down = func(s routing.Snapshot) bool { return !s.Replica.Up }
+		}
+		passwd, err = a.query(a.replica, a.connConfig, role, down)
+	}
+	if err != nil && !errors.Is(err, errNoRole) {
+		err = &replicaError{op: "look up the role", err: err}
+		if a.hubConfig != nil {
+			var herr error
+			passwd, herr = a.query(a.hub, a.hubConfig, role, func(s routing.Snapshot) bool { return !s.Hub.Up })
+			if herr == nil || errors.Is(herr, errNoRole) {
+				err = herr
+			} else {
+				err = &replicaError{op: "look up the role (and on the hub: " + herr.Error() + ")", err: err.(*replicaError).err}
+			}
 		}
 	}
 	if err != nil {
@@ -122,15 +185,144 @@ func (a *authLookup) lookup(ctx context.Context, role string, hub func(ctx conte
 	return sec, nil
 }
 
-func (a *authLookup) close() {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for _, c := range []**pgx.Conn{&a.conn, &a.hubConn} {
-		if *c != nil {
-			(*c).Close(context.Background())
-			*c = nil
+// errJudgedDown: a server not asked because the routing core judges it down.
+var errJudgedDown = errors.New("the routing core judges it down")
+
+// query runs the auth query for role on a connection of conns (dialled
+// with cfg when none is idle), within BackendTimeout, giving up as soon
+// as down (if not nil) says so of the routing core's snapshot. A query
+// that fails on a connection that had idled runs once more on a fresh
+// one: the server may have closed it (a restart).
+func (a *authLookup) query(conns *authConns, cfg func(context.Context) (*pgx.ConnConfig, error), role string, down func(routing.Snapshot) bool) (*string, error) {
+	ctx, cancel := context.WithCancelCause(a.ctx)
+	defer cancel(nil)
+	ctx, stop := context.WithTimeoutCause(ctx, a.cfg.BackendTimeout, fmt.Errorf("no answer within %v", a.cfg.BackendTimeout))
+	defer stop()
+	if down != nil {
+		// The routing core's probes see a silent server within a probe
+		// cycle; the query alone would only see it at its deadline.
+		watchDone := make(chan struct{})
+		defer close(watchDone)
+		go func() {
+			for {
+				changes := a.site.Changes()
+				if down(a.site.Snapshot()) {
+					cancel(errJudgedDown)
+					return
+				}
+				select {
+				case <-changes:
+				case <-watchDone:
+					return
+				}
+			}
+		}()
+	}
+	for try := 0; ; try++ {
+		conn, reused, err := conns.get(ctx, cfg)
+		if err != nil {
+			return nil, withCause(ctx, err)
+		}
+		var name string
+		var passwd *string
+		err = conn.QueryRow(ctx, a.cfg.AuthQuery, role).Scan(&name, &passwd)
+		if err == nil || errors.Is(err, pgx.ErrNoRows) {
+			conns.put(conn)
+			if passwd == nil {
+				return nil, errNoRole
+			}
+			return passwd, nil
+		}
+		conns.discard(conn)
+		if !reused || try > 0 || ctx.Err() != nil {
+			return nil, withCause(ctx, err)
 		}
 	}
+}
+
+// withCause adds why ctx ended (deadline, server judged down) to err.
+func withCause(ctx context.Context, err error) error {
+	if ctx.Err() == nil {
+		return err
+	}
+	return fmt.Errorf("%w (%w)", err, context.Cause(ctx))
+}
+
+// authConns is the auth role's connections to one server: at most
+// authConnsMax in use at once, the idle ones kept for the next lookups.
+type authConns struct {
+	slots chan struct{} // one per connection in use
+
+	mu     sync.Mutex // guards idle and closed
+	idle   []*pgx.Conn
+	closed bool
+}
+
+func newAuthConns() *authConns { return &authConns{slots: make(chan struct{}, authConnsMax)} }
+
+// get returns an idle connection (reused) or a new one dialled with cfg.
+// The caller gives it back with put or discard.
+func (p *authConns) get(ctx context.Context, cfg func(context.Context) (*pgx.ConnConfig, error)) (c *pgx.Conn, reused bool, err error) {
+	select {
+	case p.slots <- struct{}{}:
+	case <-ctx.Done():
+		return nil, false, fmt.Errorf("all %d auth connections busy", authConnsMax)
+	}
+	p.mu.Lock()
+	if n := len(p.idle); n > 0 {
+		c = p.idle[n-1]
+		p.idle = p.idle[:n-1]
+	}
+	p.mu.Unlock()
+	if c != nil {
+		return c, true, nil
+	}
+	cc, err := cfg(ctx)
+	if err == nil {
+		c, err = pgx.ConnectConfig(ctx, cc)
+	}
+	if err != nil {
+		<-p.slots
+		return nil, false, err
+	}
+	return c, false, nil
+}
+
+// put keeps a healthy connection for the next lookup.
+func (p *authConns) put(c *pgx.Conn) {
+	p.mu.Lock()
+	closed := p.closed
+	if !closed {
+		p.idle = append(p.idle, c)
+	}
+	p.mu.Unlock()
+	if closed {
+		closeAuthConn(c)
+	}
+	<-p.slots
+}
+
+// discard closes a connection that failed.
+func (p *authConns) discard(c *pgx.Conn) {
+	closeAuthConn(c)
+	<-p.slots
+}
+
+// close closes the idle connections; those in use close when given back.
+func (p *authConns) close() {
+	p.mu.Lock()
+	idle := p.idle
+	p.idle, p.closed = nil, true
+	p.mu.Unlock()
+	for _, c := range idle {
+		closeAuthConn(c)
+	}
+}
+
+func closeAuthConn(c *pgx.Conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	_ = c.Close(ctx)
 }
 
 // hubAuthConfig is the auth role's connection to the current writable
@@ -171,7 +363,7 @@ func (s *Server) hubAuthConfig(ctx context.Context) (*pgx.ConnConfig, error) {
 // without the password). It leaves AuthenticationSASLFinal unflushed; the
 // caller sends AuthenticationOk once the replica accepted the login.
 func (s *Server) authenticate(ctx context.Context, be *pgproto3.Backend, user string) (*credentials, error) {
-	sec, err := s.auth.lookup(ctx, user, s.hubAuthConfig)
+	sec, err := s.auth.lookup(ctx, user)
 	known := true
 	if errors.Is(err, errNoRole) {
 		known = false

@@ -51,6 +51,12 @@
 // failed for user" (unknown roles run the exchange against a mock
 // verifier so nothing leaks before the proof).
 //
+// The auth query (authLookup, auth.go) runs on a small pool of the auth
+// role's connections: lookups of different roles never wait for each
+// other, concurrent logins of one role share one query, and each query
+// is bounded by BackendTimeout and abandoned when the routing core judges
+// its server down, the hub being asked next.
+//
 // # Routing
 //
 //	unit arrives ---- pinned / hub transaction ------------------> hub

@@ -191,7 +191,7 @@ func New(cfg Config, site Site, m *metrics.PG, logger *slog.Logger) *Server {
 		hubPool:    make(map[string][]*backendConn),
 	}
 	s.draining, s.stopDraining = context.WithCancel(context.Background())
-	s.auth = newAuthLookup(cfg)
+	s.auth = newAuthLookup(cfg, site, s.hubAuthConfig)
 	return s
 }
 
