@@ -13,13 +13,15 @@
 // needs none of it.
 //
 // Wrap returns anything that is not a *net.TCPConn unchanged (TLS, pipes).
-// The wrapper passes golang.org/x/net/nettest.TestConn.
+// The wrapper passes golang.org/x/net/nettest.TestConn, allocates nothing per
+// Read or Write, and offers TryWrite (TryWriter), a write that never waits.
 package rawconn
 
 import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"unsafe"
 )
@@ -27,7 +29,20 @@ import (
 // conn is a plain TCP connection with raw socket reads and writes.
 type conn struct {
 	*net.TCPConn
-	rc syscall.RawConn
+	rc   syscall.RawConn
+	r, w rawOp // net.Conn allows one Read and one Write at a time
+}
+
+// rawOp is one direction's call in progress. The function RawConn runs is
+// bound to it once, in Wrap: a closure per call would be two allocations
+// per relayed message.
+type rawOp struct {
+	mu     sync.Mutex // concurrent Reads (or Writes) take turns
+	p      []byte
+	n      int
+	errno  syscall.Errno
+	noWait bool // TryWrite: stop at EAGAIN instead of waiting
+	fn     func(fd uintptr) bool
 }
 
 // Wrap returns c with raw socket reads and writes when it is a plain TCP
@@ -41,32 +56,59 @@ func Wrap(c net.Conn) net.Conn {
 	if err != nil {
 		return c
 	}
-	return &conn{TCPConn: tc, rc: rc}
+	w := &conn{TCPConn: tc, rc: rc}
+	w.r.fn, w.w.fn = w.r.read, w.w.write
+	return w
 }
 
 func (c *conn) opError(op string, err error) error {
 	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }
 
+// read is the RawConn.Read function: one read(2) into o.p.
+func (o *rawOp) read(fd uintptr) bool {
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&o.p[0])), uintptr(len(o.p)))
+		switch e {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false // wait in the poller, then try again
+		}
+		o.n, o.errno = int(r), e
+		return true
+	}
+}
+
+// write is the RawConn.Write function: write(2) until o.p is all written.
+func (o *rawOp) write(fd uintptr) bool {
+	for o.n < len(o.p) {
+		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&o.p[o.n])), uintptr(len(o.p)-o.n))
+		switch e {
+		case 0:
+			o.n += int(r)
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return o.noWait
+		default:
+			o.errno = e
+			return true
+		}
+	}
+	return true
+}
+
 func (c *conn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	var n int
-	var errno syscall.Errno
-	err := c.rc.Read(func(fd uintptr) bool {
-		for {
-			r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-			switch e {
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-				return false // wait in the poller, then try again
-			}
-			n, errno = int(r), e
-			return true
-		}
-	})
+	o := &c.r
+	o.mu.Lock()
+	o.p, o.n, o.errno = p, 0, 0
+	err := c.rc.Read(o.fn)
+	n, errno := o.n, o.errno
+	o.p = nil
+	o.mu.Unlock()
 	if err != nil {
 		return 0, c.opError("read", unwrapOp(err))
 	}
@@ -79,25 +121,22 @@ func (c *conn) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-func (c *conn) Write(p []byte) (int, error) {
-	written := 0
-	var errno syscall.Errno
-	err := c.rc.Write(func(fd uintptr) bool {
-		for written < len(p) {
-			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[written])), uintptr(len(p)-written))
-			switch e {
-			case 0:
-				written += int(r)
-			case syscall.EINTR:
-			case syscall.EAGAIN:
-				return false
-			default:
-				errno = e
-				return true
-			}
-		}
-		return true
-	})
+func (c *conn) Write(p []byte) (int, error) { return c.write(p, false) }
+
+// TryWrite writes as much of p as the socket takes now, without waiting
+// for room: n < len(p) with a nil error means the socket buffer is full.
+// A writer that bounds its waits with a deadline can so skip setting one
+// (a runtime timer update) on every write that does not wait.
+func (c *conn) TryWrite(p []byte) (int, error) { return c.write(p, true) }
+
+func (c *conn) write(p []byte, noWait bool) (int, error) {
+	o := &c.w
+	o.mu.Lock()
+	o.p, o.n, o.errno, o.noWait = p, 0, 0, noWait
+	err := c.rc.Write(o.fn)
+	written, errno := o.n, o.errno
+	o.p = nil
+	o.mu.Unlock()
 	if err != nil {
 		return written, c.opError("write", unwrapOp(err))
 	}
@@ -105,6 +144,11 @@ func (c *conn) Write(p []byte) (int, error) {
 		return written, c.opError("write", os.NewSyscallError("write", errno))
 	}
 	return written, nil
+}
+
+// TryWriter is implemented by the connections Wrap wraps.
+type TryWriter interface {
+	TryWrite(p []byte) (int, error)
 }
 
 // unwrapOp strips the "raw-read"/"raw-write" OpError of RawConn so the

@@ -161,3 +161,59 @@ func TestConnConformance(t *testing.T) {
 		return c1, c2, func() { c1.Close(); c2.Close() }, nil
 	})
 }
+
+// TestNoAllocations: a relay makes one Read and one Write per message on
+// each connection; neither may allocate (a closure per call did).
+func TestNoAllocations(t *testing.T) {
+	fast, peer := tcpPair(t)
+	msg := make([]byte, 64)
+	buf := make([]byte, 64)
+	allocs := testing.AllocsPerRun(1000, func() {
+		if _, err := fast.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(peer, buf); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := peer.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(fast, buf); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("%v allocations per Write and Read, want 0", allocs)
+	}
+}
+
+// TestTryWrite: TryWrite returns what the socket took, without waiting,
+// once the peer stops reading; what it wrote arrives in order.
+func TestTryWrite(t *testing.T) {
+	fast, peer := tcpPair(t)
+	tw, ok := fast.(TryWriter)
+	if !ok {
+		t.Fatalf("%T is not a TryWriter", fast)
+	}
+	want := bytes.Repeat([]byte("0123456789abcdef"), 1<<18) // 4 MiB, beyond the socket buffers
+	start := time.Now()
+	n, err := tw.TryWrite(want)
+	if err != nil || n <= 0 || n >= len(want) {
+		t.Fatalf("TryWrite of 4 MiB to a peer that does not read: %d, %v; want a partial write", n, err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("TryWrite took %v: it waited", d)
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(peer)
+		got <- b
+	}()
+	if _, err := fast.Write(want[n:]); err != nil {
+		t.Fatal(err)
+	}
+	fast.Close()
+	if b := <-got; !bytes.Equal(b, want) {
+		t.Fatalf("peer read %d bytes, want the %d written, in order", len(b), len(want))
+	}
+}
