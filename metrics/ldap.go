@@ -68,6 +68,21 @@ func NewLDAP(reg prometheus.Registerer, front *Front) *LDAPFront {
 // ("read", "write", "bind", "other"), in both the LDAP-only and the shared
 // request counters.
 func (m *LDAPFront) Operation(op, route, kind string) {
-	m.operations.WithLabelValues(op, route).Inc()
-	m.Request(route, kind)
+	m.OperationCounter(op, route, kind).Inc()
+}
+
+// OperationCounter is Operation for one op name, route and kind with its
+// series looked up once, for callers that count many: WithLabelValues
+// hashes the label values on every call.
+func (m *LDAPFront) OperationCounter(op, route, kind string) OperationCounter {
+	return OperationCounter{operations: m.operations.WithLabelValues(op, route), requests: m.requestCounter(route, kind)}
+}
+
+// OperationCounter counts operations of one op name, route and kind.
+type OperationCounter struct{ operations, requests prometheus.Counter }
+
+// Inc counts one operation.
+func (c OperationCounter) Inc() {
+	c.operations.Inc()
+	c.requests.Inc()
 }

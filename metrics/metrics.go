@@ -95,6 +95,9 @@ type FrontProtocol struct {
 	HubConnections     prometheus.Gauge
 	WANBytesToHub      prometheus.Counter
 	WANBytesFromHub    prometheus.Counter
+
+	// The request duration series of the routes, looked up once.
+	durationLocal, durationHub prometheus.Observer
 }
 
 // Protocol returns the view for one protocol (Postgres or LDAP). Series are
@@ -111,20 +114,29 @@ func (f *Front) Protocol(protocol string) *FrontProtocol {
 		WANBytesToHub:      f.wanBytes.WithLabelValues(protocol, DirectionToHub),
 		WANBytesFromHub:    f.wanBytes.WithLabelValues(protocol, DirectionFromHub),
 	}
-	for _, route := range []string{RouteLocal, RouteHub} {
-		f.requestDuration.WithLabelValues(protocol, route)
-	}
+	p.durationLocal = f.requestDuration.WithLabelValues(protocol, RouteLocal)
+	p.durationHub = f.requestDuration.WithLabelValues(protocol, RouteHub)
 	return p
 }
 
 // Request counts one request by route and kind; kind is a bounded value
 // chosen by the front (for example "read", "write", "bind").
 func (p *FrontProtocol) Request(route, kind string) {
-	p.f.requests.WithLabelValues(p.protocol, route, kind).Inc()
+	p.requestCounter(route, kind).Inc()
+}
+
+func (p *FrontProtocol) requestCounter(route, kind string) prometheus.Counter {
+	return p.f.requests.WithLabelValues(p.protocol, route, kind)
 }
 
 // RequestDuration returns the observer of request durations for route.
 func (p *FrontProtocol) RequestDuration(route string) prometheus.Observer {
+	switch route {
+	case RouteLocal:
+		return p.durationLocal
+	case RouteHub:
+		return p.durationHub
+	}
 	return p.f.requestDuration.WithLabelValues(p.protocol, route)
 }
 
