@@ -48,9 +48,7 @@ func (s *session) bind(p *PDU) {
 	if b == nil && err == nil {
 		route = metrics.RouteRefuse
 	}
-	if m := s.metrics(); m != nil {
-		m.Operation("bind", route, "bind")
-	}
+	s.srv.countOp("bind", route, "bind")
 	if b == nil {
 		if err == nil {
 			err = fmt.Errorf("%s", d.Reason)
@@ -58,7 +56,7 @@ func (s *session) bind(p *PDU) {
 		s.reply(p, ResultUnavailable, fmt.Sprintf("spokeproxy: cannot check the bind: local replica and hub unavailable: %v", err))
 		return
 	}
-	o := &op{id: p.MessageID, req: p.Op, name: "bind", kind: "bind", route: route, b: b, bind: p.Bind, start: time.Now()}
+	o := &op{id: p.MessageID, req: p.Op, name: "bind", kind: "bind", route: route, b: b, bind: p.Bind, start: s.arrived}
 	s.send(o, p.Raw, p, routing.KindRead, d)
 }
 
@@ -184,13 +182,11 @@ func (s *session) abandon(p *PDU) {
 		o = nil
 	}
 	s.mu.Unlock()
-	if m := s.metrics(); m != nil {
-		route := metrics.RouteLocal
-		if o != nil && o.b.side == metrics.TargetHub {
-			route = metrics.RouteHub
-		}
-		m.Operation("abandon", route, "other")
+	route := metrics.RouteLocal
+	if o != nil && o.b.side == metrics.TargetHub {
+		route = metrics.RouteHub
 	}
+	s.srv.countOp("abandon", route, "other")
 	if o == nil {
 		return
 	}
@@ -215,10 +211,8 @@ func (s *session) cancelOp(p *PDU) {
 	if t.b.side == metrics.TargetHub {
 		route = metrics.RouteHub
 	}
-	if m := s.metrics(); m != nil {
-		m.Operation("cancel", route, "other")
-	}
-	o := &op{id: p.MessageID, req: p.Op, name: "cancel", kind: "other", route: route, b: t.b, start: time.Now()}
+	s.srv.countOp("cancel", route, "other")
+	o := &op{id: p.MessageID, req: p.Op, name: "cancel", kind: "other", route: route, b: t.b, start: s.arrived}
 	s.send(o, p.Raw, p, routing.KindRead, routing.Decision{Route: routing.RouteLocal})
 }
 

@@ -37,6 +37,11 @@
 // is no goroutine handoff per message. Plain TCP connections (client, replica,
 // hub) read and write with raw non-blocking socket calls (internal/rawconn), which
 // spares the runtime's per-syscall scheduling work on every relayed message.
+// Per search the relay makes about one read and one write per direction, plus
+// the read that finds a socket empty before waiting in the poller; nothing on
+// that path allocates beyond the request and its op, sets a deadline (a write
+// to a client gets WriteTimeout only once it must wait for the client to
+// read), or looks up a metric series by its labels.
 //
 // Messages are relayed as bytes with their message IDs unchanged; controls,
 // paged results, sorting, persistent and sync searches, referrals and unknown

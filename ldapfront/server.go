@@ -172,6 +172,30 @@ type Server struct {
 	syncAt    time.Time
 	wg        sync.WaitGroup // one per running session
 
+	countersMu sync.RWMutex
+	counters   map[opLabels]metrics.OperationCounter
+}
+
+// opLabels are the labels an operation is counted by.
+type opLabels struct{ name, route, kind string }
+
+// countOp counts one operation in the metrics. Each label combination's
+// series are looked up once (they are few: op names and routes are bounded).
+func (s *Server) countOp(name, route, kind string) {
+	if s.m == nil {
+		return
+	}
+	k := opLabels{name, route, kind}
+	s.countersMu.RLock()
+	c, ok := s.counters[k]
+	s.countersMu.RUnlock()
+	if !ok {
+		c = s.m.OperationCounter(name, route, kind)
+		s.countersMu.Lock()
+		s.counters[k] = c
+		s.countersMu.Unlock()
+	}
+	c.Inc()
 }
 
 // New builds a Server. m and logger may be nil (no metrics, no logs).
@@ -184,6 +208,7 @@ func New(cfg Config, site Site, m *metrics.LDAPFront, logger *slog.Logger) *Serv
 		cfg: cfg, site: site, m: m, log: logger.With("front", "ldap"),
 		listeners: make(map[net.Listener]struct{}),
 		sessions:  make(map[*session]struct{}),
+		counters:  make(map[opLabels]metrics.OperationCounter),
 	}
 	s.replicaAddr, s.replicaLDAPS = ldapHostPort(cfg.ReplicaURL)
 	return s

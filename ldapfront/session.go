@@ -120,6 +120,7 @@ type session struct {
 	idle         *time.Timer // idle timeout; set in run, re-armed by checkIdle
 
 	lastActive atomic.Int64 // unix nanos of the last client message or response
+	arrived    time.Time    // when the client message being handled arrived; session goroutine only
 	wg         sync.WaitGroup
 	closeOnce  sync.Once
 }
@@ -144,7 +145,9 @@ func newSession(srv *Server, c net.Conn) *session {
 
 func (s *session) metrics() *metrics.LDAPFront { return s.srv.m }
 
-func (s *session) touch() { s.lastActive.Store(time.Now().UnixNano()) }
+func (s *session) touch() { s.touchAt(time.Now()) }
+
+func (s *session) touchAt(t time.Time) { s.lastActive.Store(t.UnixNano()) }
 
 // run serves the client until it unbinds, fails or the server stops; it returns
 // only when every goroutine of the session has ended.
@@ -180,7 +183,8 @@ func (s *session) run(parent context.Context) {
 			}
 			break
 		}
-		s.touch()
+		s.arrived = time.Now()
+		s.touchAt(s.arrived)
 		if !s.handle(pdu) {
 			break
 		}
@@ -240,18 +244,47 @@ func (s *session) close() {
 }
 
 // clientWriter is what the session's bufio.Writer writes through: the current
-// client connection (plain or TLS), with a fresh write deadline for every
-// write that reaches the socket. Only ever used under wmu.
+// client connection (plain or TLS). A write that has to wait for the client
+// to read waits at most writeTimeout. Only ever used under wmu.
 type clientWriter struct{ s *session }
 
 func (w clientWriter) Write(b []byte) (int, error) {
-	_ = w.s.raw.SetWriteDeadline(time.Now().Add(w.s.writeTimeout))
-	n, err := w.s.client.Write(b)
-	var ne net.Error
-	if err != nil && errors.As(err, &ne) && ne.Timeout() {
-		err = &slowClientError{timeout: w.s.writeTimeout, err: err}
+	s := w.s
+	n := 0
+	tw, plain := s.client.(rawconn.TryWriter)
+	if plain {
+		// Nearly every response fits in the socket buffer at once: only a
+		// write that must wait needs a deadline (setting one updates a
+		// runtime timer, as costly as the rest of the relaying in Go).
+		var err error
+		n, err = tw.TryWrite(b)
+		if n == len(b) || (err != nil && !isTimeout(err)) {
+			return n, s.clientWriteError(err)
+		}
+		// A timeout here is a deadline disconnect set, now past: the
+		// fresh one below still gives its notice a chance.
 	}
-	return n, err
+	_ = s.raw.SetWriteDeadline(time.Now().Add(s.writeTimeout))
+	m, err := s.client.Write(b[n:])
+	n += m
+	if plain && err == nil {
+		// TryWrite fails at once when a deadline has passed: clear it.
+		_ = s.raw.SetWriteDeadline(time.Time{})
+	}
+	return n, s.clientWriteError(err)
+}
+
+// clientWriteError names a write timeout for what it is: a slow client.
+func (s *session) clientWriteError(err error) error {
+	if err != nil && isTimeout(err) {
+		return &slowClientError{timeout: s.writeTimeout, err: err}
+	}
+	return err
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // slowClientError says a client did not take a response within WriteTimeout.
@@ -293,7 +326,9 @@ func (s *session) toClient(raw []byte, flush bool) {
 		s.clientWriteFailed(err)
 		return
 	}
-	s.touch()
+	if flush {
+		s.touch() // once per batch: the clock is no cheap read on a VM
+	}
 }
 
 // clientWriteFailed ends the session after a failed write to the client.
@@ -461,8 +496,8 @@ func (s *session) forward(p *PDU) {
 	if n >= s.srv.cfg.MaxOutstanding {
 		if m := s.metrics(); m != nil {
 			m.Busy.Inc()
-			m.Operation(name, metrics.RouteRefuse, kindLabel)
 		}
+		s.srv.countOp(name, metrics.RouteRefuse, kindLabel)
 		s.reply(p, ResultBusy, fmt.Sprintf("spokeproxy: %d operations already in flight on this connection (max_outstanding)", n))
 		return
 	}
@@ -471,9 +506,7 @@ func (s *session) forward(p *PDU) {
 		return
 	}
 	if kind == routing.KindWrite && ident.kind == identSASL && s.srv.cfg.ProxyAuthDN == "" {
-		if m := s.metrics(); m != nil {
-			m.Operation(name, metrics.RouteRefuse, kindLabel)
-		}
+		s.srv.countOp(name, metrics.RouteRefuse, kindLabel)
 		s.reply(p, ResultUnwillingToPerform, "spokeproxy: writes after a SASL bind need proxy_auth in the LDAP configuration; bind with a simple bind to write")
 		return
 	}
@@ -499,9 +532,7 @@ func (s *session) forward(p *PDU) {
 		b, err = s.hubConn(d.Hub)
 	}
 	route := routeLabel(d.Route)
-	if m := s.metrics(); m != nil {
-		m.Operation(name, route, kindLabel)
-	}
+	s.srv.countOp(name, route, kindLabel)
 	if d.Route == routing.RouteRefuse {
 		s.refuse(p, kind, d, nil)
 		return
@@ -512,7 +543,7 @@ func (s *session) forward(p *PDU) {
 	}
 
 	o := &op{id: p.MessageID, req: p.Op, name: name, kind: kindLabel, route: route, b: b,
-		write: kind == routing.KindWrite, start: time.Now()}
+		write: kind == routing.KindWrite, start: s.arrived}
 	if _, ok := p.Control(OIDTxnSpec); ok || (p.Op == OpExtendedRequest && p.ExtOID == OIDStartTxn) {
 		o.noCSN = true
 	}
