@@ -83,29 +83,45 @@ func loadAvg() string {
 // pooling) in front of it, interleaved in one run, and reports the CPU
 // each proxy spends per transaction (less sensitive to the machine's
 // load than tps): go test ./pgfront -run XXX -bench PGBenchSelect
-// PGFRONT_BENCH_MODES=simple|prepared picks one mode;
-// PGFRONT_BENCH_SECONDS sets each pgbench run's length (default 2).
+// PGFRONT_BENCH_MODES=simple,extended picks the modes (default all three);
+// PGFRONT_BENCH_SECONDS sets each pgbench run's length (default 2),
+// PGFRONT_BENCH_ROUNDS the number of interleaved rounds (default 2),
+// PGFRONT_BENCH_CLIENTS pgbench's -c (default 8).
 func BenchmarkPGBenchSelect(b *testing.B) {
 	l := lab.ForTest(b, lab.Options{})
 	f := startFrontTB(b, l, nil)
 	pgbenchRun(b, f.addr, "-i", "-s", "1", "-q")
 	time.Sleep(500 * time.Millisecond) // let the standby replay the init
-	modes := []string{"simple", "prepared"}
+	modes := []string{"simple", "extended", "prepared"}
 	if m := os.Getenv("PGFRONT_BENCH_MODES"); m != "" {
-		modes = []string{m}
+		modes = strings.Split(m, ",")
 	}
-	secs := "2"
-	if v := os.Getenv("PGFRONT_BENCH_SECONDS"); v != "" {
-		secs = v
+	env := func(name, def string) string {
+		if v := os.Getenv(name); v != "" {
+			return v
+		}
+		return def
+	}
+	secs := env("PGFRONT_BENCH_SECONDS", "2")
+	clients := env("PGFRONT_BENCH_CLIENTS", "8")
+	rounds, err := strconv.Atoi(env("PGFRONT_BENCH_ROUNDS", "2"))
+	if err != nil || rounds < 1 {
+		b.Fatalf("PGFRONT_BENCH_ROUNDS: %q", os.Getenv("PGFRONT_BENCH_ROUNDS"))
 	}
 	bouncer, bouncerPID := startPgBouncer(b, l.ReplicaPGAddr())
 	b.Logf("load average before: %s", loadAvg())
+	perTxn := func(d time.Duration, n int) float64 { return float64(d.Nanoseconds()) / 1e3 / float64(max(n, 1)) }
+	var summary strings.Builder
+	fmt.Fprintf(&summary, "pgbench -S -c %s -j 2 -T %s, %d interleaved rounds (tps: mean of rounds; CPU: µs per transaction)\n", clients, secs, rounds)
+	fmt.Fprintf(&summary, "%-9s %9s %9s %9s %10s %10s %10s %10s %11s\n", "mode", "direct", "proxy", "pgbouncer", "proxy/dir", "pgb/dir", "proxy/pgb", "proxy CPU", "pgb CPU")
 	for _, mode := range modes {
-		args := []string{"-S", "-n", "-M", mode, "-c", "8", "-j", "2", "-T", secs}
+		args := []string{"-S", "-n", "-M", mode, "-c", clients, "-j", "2", "-T", secs}
+		// PgBouncer 1.18 in transaction mode cannot run -M prepared (no
+		// max_prepared_statements).
+		withBouncer := mode != "prepared"
 		var direct, proxied, pgb float64
 		var proxiedTxns, pgbTxns int
 		var proxiedCPU, pgbCPU time.Duration
-		const rounds = 2
 		for round := 0; round < rounds; round++ {
 			tps, _ := pgbenchRun(b, l.ReplicaPGAddr(), args...)
 			direct += tps
@@ -114,7 +130,7 @@ func BenchmarkPGBenchSelect(b *testing.B) {
 			proxiedCPU += selfCPU(b) - before
 			proxied += tps
 			proxiedTxns += n
-			if mode != "prepared" { // pgbouncer 1.18 in transaction mode cannot run -M prepared
+			if withBouncer {
 				before := procCPU(b, bouncerPID)
 				tps, n := pgbenchRun(b, bouncer, args...)
 				pgbCPU += procCPU(b, bouncerPID) - before
@@ -122,20 +138,21 @@ func BenchmarkPGBenchSelect(b *testing.B) {
 				pgbTxns += n
 			}
 		}
-		perTxn := func(d time.Duration, n int) float64 { return float64(d.Microseconds()) / float64(max(n, 1)) }
-		if pgb > 0 {
-			b.Logf("pgbench -S -M %s -c 8 -T %s x%d: direct %.0f tps, through spokeproxy %.0f tps (%.2f of direct, %.1f µs CPU/txn), through pgbouncer %.0f tps (%.2f of direct, %.1f µs CPU/txn); spokeproxy/pgbouncer %.2f",
-				mode, secs, rounds, direct/rounds, proxied/rounds, proxied/direct, perTxn(proxiedCPU, proxiedTxns),
-				pgb/rounds, pgb/direct, perTxn(pgbCPU, pgbTxns), proxied/pgb)
-			b.ReportMetric(proxied/pgb, mode+"-vs-pgbouncer")
-		} else {
-			b.Logf("pgbench -S -M %s -c 8 -T %s x%d: direct %.0f tps, through spokeproxy %.0f tps (%.2f of direct, %.1f µs CPU/txn)",
-				mode, secs, rounds, direct/rounds, proxied/rounds, proxied/direct, perTxn(proxiedCPU, proxiedTxns))
-		}
-		b.ReportMetric(proxied/direct, mode+"-ratio")
+		r := float64(rounds)
+		b.ReportMetric(proxied/direct, mode+"-vs-direct")
 		b.ReportMetric(perTxn(proxiedCPU, proxiedTxns), mode+"-cpu-µs/txn")
+		if withBouncer {
+			b.ReportMetric(proxied/pgb, mode+"-vs-pgbouncer")
+			b.ReportMetric(perTxn(pgbCPU, pgbTxns), mode+"-pgbouncer-cpu-µs/txn")
+			fmt.Fprintf(&summary, "%-9s %9.0f %9.0f %9.0f %10.2f %10.2f %10.2f %10.1f %11.1f\n", mode,
+				direct/r, proxied/r, pgb/r, proxied/direct, pgb/direct, proxied/pgb, perTxn(proxiedCPU, proxiedTxns), perTxn(pgbCPU, pgbTxns))
+		} else {
+			fmt.Fprintf(&summary, "%-9s %9.0f %9.0f %9s %10.2f %10s %10s %10.1f %11s\n", mode,
+				direct/r, proxied/r, "-", proxied/direct, "-", "-", perTxn(proxiedCPU, proxiedTxns), "-")
+		}
 	}
 	b.Logf("load average after: %s", loadAvg())
+	b.Logf("targets: proxy/direct >= 0.85, proxy/pgb >= 1.00 (proxy CPU includes the lab's probes)\n%s", summary.String())
 }
 
 // BenchmarkPGWANWrite measures, with the lab's WAN at 25 ms each way, an
