@@ -1203,8 +1203,10 @@ answers:
 			}
 			return f.res, nil
 		}
-		if b.rd.buffered() == 0 && !f.holding {
-			// The end of what arrived: one write to the client per turn.
+		if !b.rd.complete() && !f.holding {
+			// The end of what arrived (at most a partial message is left):
+			// one write to the client per read from the backend, so a long
+			// result streams instead of piling up in the write buffer.
 			if err := s.be.Flush(); err != nil {
 				return f.res, &clientIOError{err: err}
 			}

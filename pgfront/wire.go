@@ -32,6 +32,17 @@ func newFrameReader(r io.Reader, size, max int) *frameReader {
 // returned as frames.
 func (f *frameReader) buffered() int { return f.end - f.start }
 
+// complete reports whether a whole frame is buffered, so that next will
+// not read from the connection.
+func (f *frameReader) complete() bool {
+	n := f.end - f.start
+	if n < 5 {
+		return false
+	}
+	length := int(int32(binary.BigEndian.Uint32(f.buf[f.start+1:])))
+	return length >= 4 && n >= 1+length
+}
+
 // fill reads until at least n bytes are buffered.
 func (f *frameReader) fill(n int) error {
 	if f.start == f.end {
