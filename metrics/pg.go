@@ -16,6 +16,7 @@ type PG struct {
 	Cancels         prometheus.Counter // CancelRequests forwarded to a backend
 	ProtocolErrors  prometheus.Counter // client connections closed for a protocol violation
 	HubPoolHits     prometheus.Counter // first hub use of a session served by a warm pooled connection
+	SlowClients     prometheus.Counter // client connections closed for not reading their results within write_timeout
 }
 
 // NewPG registers the PostgreSQL front's own metrics with reg.
@@ -45,7 +46,11 @@ func NewPG(reg prometheus.Registerer) *PG {
 			Name: "spokeproxy_pg_hub_pool_hits_total",
 			Help: "Sessions whose first hub request used a warm, already authenticated hub connection instead of dialling and logging in over the WAN.",
 		}),
+		SlowClients: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "spokeproxy_pg_slow_clients_total",
+			Help: "Client connections closed because the client did not read its results within write_timeout.",
+		}),
 	}
-	reg.MustRegister(m.SafetyNetReruns, m.SessionsPinned, m.AuthFailures, m.Cancels, m.ProtocolErrors, m.HubPoolHits)
+	reg.MustRegister(m.SafetyNetReruns, m.SessionsPinned, m.AuthFailures, m.Cancels, m.ProtocolErrors, m.HubPoolHits, m.SlowClients)
 	return m
 }

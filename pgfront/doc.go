@@ -131,6 +131,14 @@
 // Bind, its ParseComplete dropped); Close of a statement prepared on the
 // other backend is queued there.
 //
+// Results stream: the relay writes to the client whenever no whole
+// backend message is left in its read buffer. A client that takes
+// nothing of what is written to it for WriteTimeout (default 30s; it
+// stopped reading a large result) is closed, which ends its backend
+// connections (log line, metric slow_clients). The deadline is set only
+// when the client's socket is full (rawconn.TryWriter), so clients that
+// keep up pay nothing for it; over TLS it is set once per write.
+//
 // # Not done yet
 //
 //   - Losing the replica mid-session ends the session (08006); sessions

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -85,6 +86,10 @@ type Config struct {
 	StartupTimeout time.Duration
 	// BackendTimeout bounds dialing and logging in to a backend (default 10s).
 	BackendTimeout time.Duration
+	// WriteTimeout ends a session whose client has taken nothing of what
+	// the proxy writes to it for this long (it stopped reading a large
+	// result), releasing its backends; default 30s.
+	WriteTimeout time.Duration
 	// RefuseWhenReplicaDown refuses logins while the local replica is
 	// unreachable (replica.when_unavailable: refuse); by default such
 	// sessions are served by the hub while it is reachable.
@@ -118,6 +123,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.BackendTimeout <= 0 {
 		c.BackendTimeout = 10 * time.Second
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = 30 * time.Second
 	}
 	if c.HubPoolSize == 0 {
 		c.HubPoolSize = 4
@@ -524,7 +532,8 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 		return
 	}
 	conn = rawconn.Wrap(conn) // see internal/rawconn: raw socket calls skip the runtime's sysmon wake-ups
-	be := pgproto3.NewBackend(conn, conn)
+	cw := &clientWriter{conn: conn}
+	be := pgproto3.NewBackend(conn, cw)
 	be.SetMaxBodyLen(s.cfg.MaxMessageSize)
 	if startup.ProtocolVersion != pgproto3.ProtocolVersion30 {
 		// A 3.x client with x > 0: tell it we speak 3.0 (what PostgreSQL 15 does).
@@ -569,10 +578,83 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 		return
 	}
 	_ = conn.SetDeadline(time.Time{})
-	if err := sess.run(ctx); err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+	cw.setTimeout(s.cfg.WriteTimeout)
+	err = sess.run(ctx)
+	var ce *clientIOError
+	if errors.As(err, &ce) {
+		// The client went away in the middle of a unit: the backends may
+		// still be sending, so none of them is clean enough to pool.
+		sess.broken = true
+	}
+	var slow *slowClientError
+	switch {
+	case errors.As(err, &slow):
+		s.m.SlowClients.Inc()
+		log.Warn("closing a client that does not read its results", "write_timeout", slow.timeout)
+	case err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed):
 		log.Debug("session ended", "err", err)
 	}
 }
+
+// clientWriter is what a session's pgproto3.Backend writes through: the
+// client connection, bounded by the write timeout once the session runs.
+// On a connection from internal/rawconn a write first goes as far as the
+// socket takes at once (TryWrite), and only the rest, if any, waits under
+// a deadline, so a client that keeps up costs no deadline (a runtime
+// timer update) per flush; on TLS a deadline is set before each write.
+// A write that times out returns a *slowClientError.
+type clientWriter struct {
+	conn    net.Conn
+	tw      rawconn.TryWriter // conn, when it can write without waiting
+	timeout time.Duration     // 0 until setTimeout
+}
+
+// setTimeout bounds the writes from now on (the startup has its own deadline).
+func (w *clientWriter) setTimeout(d time.Duration) {
+	w.timeout = d
+	w.tw, _ = w.conn.(rawconn.TryWriter)
+}
+
+func (w *clientWriter) Write(p []byte) (int, error) {
+	if w.timeout == 0 {
+		return w.conn.Write(p)
+	}
+	n := 0
+	if w.tw != nil {
+		var err error
+		if n, err = w.tw.TryWrite(p); n == len(p) || err != nil {
+			return n, w.slow(err)
+		}
+	}
+	_ = w.conn.SetWriteDeadline(time.Now().Add(w.timeout))
+	m, err := w.conn.Write(p[n:])
+	n += m
+	if w.tw != nil && err == nil {
+		_ = w.conn.SetWriteDeadline(time.Time{}) // TryWrite fails at once past a deadline
+	}
+	return n, w.slow(err)
+}
+
+// slow names a write timeout for what it is.
+func (w *clientWriter) slow(err error) error {
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		return &slowClientError{timeout: w.timeout, err: err}
+	}
+	return err
+}
+
+// slowClientError: the client did not take what the proxy wrote within
+// WriteTimeout.
+type slowClientError struct {
+	timeout time.Duration
+	err     error
+}
+
+func (e *slowClientError) Error() string {
+	return fmt.Sprintf("pgfront: client did not read its results for %v: %v", e.timeout, e.err)
+}
+
+func (e *slowClientError) Unwrap() error { return e.err }
 
 func (s *Server) register(sess *session) {
 	s.mu.Lock()

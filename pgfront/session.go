@@ -106,6 +106,9 @@ type session struct {
 	// idle is set while the session waits for the client with no batch,
 	// flushed unit or transaction open: the moment a drain may end it.
 	idle atomic.Bool
+	// broken: the client failed in the middle of a unit; close pools no
+	// backend then.
+	broken bool
 }
 
 func newSession(srv *Server, conn net.Conn, be *pgproto3.Backend, params map[string]string, creds *credentials, log *slog.Logger) *session {
@@ -124,7 +127,7 @@ func (s *session) close() {
 	if s.replica != nil {
 		s.srv.front.ReplicaConnections.Dec()
 	}
-	if s.hub != nil && s.txOn == nil && !s.txLost && !s.pinned && s.open == nil && s.srv.cfg.HubPoolSize > 0 && s.hub.alive() {
+	if s.hub != nil && !s.broken && s.txOn == nil && !s.txLost && !s.pinned && s.open == nil && s.srv.cfg.HubPoolSize > 0 && s.hub.alive() {
 		// Reset the connection's session state and offer it to the next
 		// session of the same role: its first write then costs no login.
 		b := s.hub

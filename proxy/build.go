@@ -120,6 +120,7 @@ func (s *Server) buildParts() ([]*protocolPart, error) {
 			MaxConnections:   pg.MaxConnections,
 			MaxMessageSize:   int(pg.MaxMessageSize),
 			StartupTimeout:   pg.StartupTimeout,
+			WriteTimeout:     pg.WriteTimeout,
 			HubPoolSize:      pg.HubPoolSize,
 			// Logins need the replica's auth query; with "refuse" a site
 			// does not fall back to the hub for them either.

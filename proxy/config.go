@@ -109,7 +109,11 @@ type PostgresConfig struct {
 	MaxConnections int               `yaml:"max_connections"`
 	MaxMessageSize ByteSize          `yaml:"max_message_size"`
 	StartupTimeout time.Duration     `yaml:"startup_timeout"`
-	HubPoolSize    int               `yaml:"hub_pool_size"`
+	// WriteTimeout ends a session whose client has taken nothing the proxy
+	// wrote to it for this long (it stopped reading a large result),
+	// releasing its backend connections.
+	WriteTimeout time.Duration `yaml:"write_timeout"`
+	HubPoolSize  int           `yaml:"hub_pool_size"`
 }
 
 // PostgresBackend is one PostgreSQL server, as host:port.
@@ -273,6 +277,7 @@ func (c *Config) applyDefaults() {
 		defInt(&p.MaxConnections, 1000)
 		defSize(&p.MaxMessageSize, 64<<20)
 		defDur(&p.StartupTimeout, 10*time.Second)
+		defDur(&p.WriteTimeout, 30*time.Second)
 		defInt(&p.HubPoolSize, 4)
 	}
 	if l := c.LDAP; l != nil {
@@ -575,6 +580,7 @@ func (c *Config) validate() []string {
 			bad("postgres.max_message_size", "%s is too small (at least 1KiB)", pg.MaxMessageSize)
 		}
 		positiveDur("postgres.startup_timeout", pg.StartupTimeout)
+		positiveDur("postgres.write_timeout", pg.WriteTimeout)
 	}
 	if l := c.LDAP; l != nil {
 		hostPort("ldap.listen", l.Listen, true)
