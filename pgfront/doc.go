@@ -81,7 +81,9 @@
 //
 // LISTEN pins the session to the hub; while such a session is idle a
 // watcher relays the hub's NotificationResponses (it only peeks while
-// waiting, so stopping it never splits a message).
+// waiting, so stopping it never splits a message; it writes to the client
+// outside its lock, and a write that fails, a slow client's included,
+// ends the session).
 //
 // Hub connections are dialled through Site.DialHub (the routing core's
 // keepalive and TCP_USER_TIMEOUT) and, with Config.HubTLS, upgraded with

@@ -285,7 +285,7 @@ func (s *session) run(ctx context.Context) error {
 				return nil
 			}
 		}
-		var stopWatch func()
+		var stopWatch func() error
 		if s.listens && s.hub != nil && s.txOn == nil && len(batch) == 0 && s.open == nil {
 			stopWatch = s.watchNotifications(s.hub)
 		}
@@ -297,7 +297,9 @@ func (s *session) run(ctx context.Context) error {
 			_ = s.conn.SetReadDeadline(time.Time{})
 		}
 		if stopWatch != nil {
-			stopWatch()
+			if werr := stopWatch(); werr != nil {
+				return &clientIOError{err: werr}
+			}
 		}
 		if err != nil && idle && s.srv.draining.Err() != nil && errors.Is(err, os.ErrDeadlineExceeded) {
 			sendFatal(s.be, "57P01", adminShutdownMessage)
@@ -651,12 +653,17 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 // asynchronous messages) that the hub sends while the client is idle. It
 // owns b's reader until the returned stop function returns. The watcher
 // only blocks in Peek, which a read deadline interrupts without losing
-// data; it reads a message only under mu, which stop takes before setting
-// the deadline, so a message is never cut in half.
-func (s *session) watchNotifications(b *backendConn) (stop func()) {
+// data; it reads messages only under mu, which stop takes before setting
+// the deadline, so a message is never cut in half. It writes to the
+// client outside mu: stop sets the deadline at once and then waits only
+// for the write in progress (the client must see it before the session's
+// next answer), which the write timeout bounds. A failed write closes the
+// client connection, ending the session's read, and stop returns it.
+func (s *session) watchNotifications(b *backendConn) (stop func() error) {
 	var mu sync.Mutex
 	stopped := false
 	done := make(chan struct{})
+	var werr error // set before done is closed
 	go func() {
 		defer close(done)
 		for {
@@ -670,31 +677,45 @@ func (s *session) watchNotifications(b *backendConn) (stop func()) {
 				mu.Unlock()
 				return
 			}
-			typ, frame, err := b.rd.next()
-			if err != nil {
-				mu.Unlock()
-				return
-			}
-			switch typ {
-			case 'A', 'N':
-				s.be.Send(rawBack(frame))
-				_ = s.be.Flush()
-			case 'S':
-				if m, err := decodeBackend(typ, frame); err == nil {
-					ps := m.(*pgproto3.ParameterStatus)
-					b.params[ps.Name] = ps.Value
+			send := false
+			for {
+				typ, frame, err := b.rd.next()
+				if err != nil {
+					mu.Unlock()
+					return
+				}
+				switch typ {
+				case 'A', 'N':
+					s.be.Send(rawBack(frame)) // copied into the write buffer
+					send = true
+				case 'S':
+					if m, err := decodeBackend(typ, frame); err == nil {
+						ps := m.(*pgproto3.ParameterStatus)
+						b.params[ps.Name] = ps.Value
+					}
+				}
+				if !b.rd.complete() {
+					break
 				}
 			}
 			mu.Unlock()
+			if send {
+				if err := s.be.Flush(); err != nil {
+					werr = err
+					s.conn.Close()
+					return
+				}
+			}
 		}
 	}()
-	return func() {
+	return func() error {
 		mu.Lock()
 		stopped = true
 		_ = b.conn.SetReadDeadline(time.Now())
 		mu.Unlock()
 		<-done
 		_ = b.conn.SetReadDeadline(time.Time{})
+		return werr
 	}
 }
 

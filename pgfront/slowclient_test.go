@@ -78,3 +78,39 @@ func TestLabClientThatStopsReading(t *testing.T) {
 		})
 	}
 }
+
+// A LISTEN session whose client stops reading while notifications pile
+// up is closed after write_timeout like any slow client: the relay of
+// notifications writes outside its lock and a failed write ends the
+// session (it was ignored, and the session lived on, writing into a full
+// socket once per timeout).
+func TestLabListenerThatStopsReading(t *testing.T) {
+	l := lab.ForTest(t, lab.Options{})
+	const writeTimeout = 500 * time.Millisecond
+	f := startFront(t, l, func(c *Config) { c.WriteTimeout = writeTimeout })
+	ctx := ctxT(t)
+	slow := f.connect(t, nil)
+	if _, err := slow.Exec(ctx, "LISTEN spokeproxy_big"); err != nil {
+		t.Fatal(err)
+	}
+	// From now on the client reads nothing. About 20 MB of notifications,
+	// far beyond the socket buffers, sent on the hub directly (distinct:
+	// PostgreSQL folds identical ones of a transaction into one).
+	hub, err := pgx.Connect(ctx, l.HubSuperDSN(lab.AppDatabase))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hub.Close(ctx)
+	if _, err := hub.Exec(ctx, "SELECT pg_notify('spokeproxy_big', i || repeat('x', 7000)) FROM generate_series(1, 3000) i"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	waitFor(t, "the listening client to be closed", func() bool { return counterValue(t, f.m.SlowClients) == 1 })
+	t.Logf("closed %v after the notifications were sent (write_timeout %v)", time.Since(start).Round(time.Millisecond), writeTimeout)
+	waitFor(t, "the session to end", func() bool { return f.srv.sessionCount() == 0 })
+	other := f.connect(t, nil)
+	var n int
+	if err := other.QueryRow(ctx, "SELECT count(*) FROM accounts").Scan(&n); err != nil {
+		t.Fatalf("another client afterwards: %v", err)
+	}
+}
