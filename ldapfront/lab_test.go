@@ -15,6 +15,7 @@ import (
 	"github.com/go-ldap/ldap/v3"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/spokeproxy/spokeproxy/internal/sitetest"
 	"github.com/spokeproxy/spokeproxy/lab"
 	"github.com/spokeproxy/spokeproxy/metrics"
 	"github.com/spokeproxy/spokeproxy/routing"
@@ -36,22 +37,15 @@ func startFront(t testing.TB, l *lab.Lab, mutate func(*Config)) *front {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	reg := prometheus.NewRegistry()
 	policy := routing.DefaultPolicy()
-	site, err := routing.NewSite(routing.Config{
-		Protocol:      routing.LDAP,
-		Hubs:          []string{l.WANLDAPURL()},
-		Replica:       l.ReplicaLDAPURL(),
-		BaseDN:        lab.BaseDN,
-		ProbeInterval: 100 * time.Millisecond,
-		ProbeTimeout:  time.Second,
-		Policy:        policy,
-		Logger:        logger,
+	site := sitetest.Start(t, routing.Config{
+		Protocol: routing.LDAP,
+		Hubs:     []string{l.WANLDAPURL()},
+		Replica:  l.ReplicaLDAPURL(),
+		BaseDN:   lab.BaseDN,
+		Policy:   policy,
+		Logger:   logger,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
-	siteDone := make(chan struct{})
-	go func() { defer close(siteDone); _ = site.Run(ctx) }()
 	cfg := Config{ReplicaURL: l.ReplicaLDAPURL(), BaseDN: lab.BaseDN, Consistency: policy.Consistency, WaitTimeout: policy.WaitTimeout}
 	if mutate != nil {
 		mutate(&cfg)
@@ -75,7 +69,6 @@ func startFront(t testing.TB, l *lab.Lab, mutate func(*Config)) *front {
 		if err := <-serveDone; !errors.Is(err, ErrServerClosed) {
 			t.Errorf("Serve returned %v", err)
 		}
-		<-siteDone
 	})
 	f.waitHub(t, true)
 	return f
@@ -88,15 +81,7 @@ func (f *front) waitHub(t testing.TB, up bool) { t.Helper(); f.waitSite(t, up, u
 // when replicaUp.
 func (f *front) waitSite(t testing.TB, up, replicaUp bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		s := f.site.Snapshot()
-		if s.Hub.Up == up && (!replicaUp || s.Replica.Up) {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("site did not see hub up=%v: %+v", up, f.site.Snapshot())
+	sitetest.Wait(t, f.site, up, replicaUp)
 }
 
 // cut disables the WAN link to the hub and waits until the Site sees it down;

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/spokeproxy/spokeproxy/internal/sitetest"
 	"github.com/spokeproxy/spokeproxy/lab"
 	"github.com/spokeproxy/spokeproxy/metrics"
 	"github.com/spokeproxy/spokeproxy/routing"
@@ -67,29 +68,20 @@ func startFrontTB(t testing.TB, l *lab.Lab, mutate func(*Config), hubs ...string
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	site, err := routing.NewSite(routing.Config{
+	site := sitetest.Start(t, routing.Config{
 		Protocol: routing.Postgres,
 		Hubs:     hubs,
 		Replica:  cfg.ReplicaAddr,
 		User:     lab.AuthUser,
 		Password: l.AuthPassword(),
 		Database: lab.AppDatabase,
-		// Fast probes so link changes show quickly, but tolerant ones: on a
-		// loaded CI machine under -race, two 300 ms timeouts in a row once
-		// marked a healthy hub down mid-test. Cuts are still seen at once
-		// through the data path's reports.
-		ProbeInterval: 100 * time.Millisecond,
-		ProbeTimeout:  time.Second,
-		DownAfter:     3,
-		Policy:        policy,
-		Logger:        logger,
+		// On a loaded CI machine under -race, two probe timeouts in a row
+		// once marked a healthy hub down mid-test.
+		DownAfter: 3,
+		Policy:    policy,
+		Logger:    logger,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
-	siteDone := make(chan struct{})
-	go func() { defer close(siteDone); _ = site.Run(ctx) }()
 	m := metrics.NewPG(reg)
 	m.Front = metrics.NewFront(reg).Protocol(metrics.Postgres)
 	srv := New(cfg, site, m, logger)
@@ -110,7 +102,6 @@ func startFrontTB(t testing.TB, l *lab.Lab, mutate func(*Config), hubs ...string
 		if err := <-serveDone; !errors.Is(err, ErrServerClosed) {
 			t.Errorf("Serve returned %v", err)
 		}
-		<-siteDone
 	})
 	f.waitHub(t, true)
 	return f
@@ -118,15 +109,7 @@ func startFrontTB(t testing.TB, l *lab.Lab, mutate func(*Config), hubs ...string
 
 func (f *front) waitHub(t testing.TB, up bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		s := f.site.Snapshot()
-		if s.Hub.Up == up && (!up || s.Replica.Up || f.noReplica) {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("site did not see hub up=%v: %+v", up, f.site.Snapshot())
+	sitetest.Wait(t, f.site, up, up && !f.noReplica)
 }
 
 // cut disables the WAN PostgreSQL link and waits until the Site sees it
