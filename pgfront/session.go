@@ -47,8 +47,12 @@ type batchMsg struct {
 	typ  byte   // 'P', 'B', 'D', 'E', 'C', 'S'
 	stmt string // statement the message names (Parse, Bind, Describe/Close of a statement)
 	// usesStmt: a Bind or a Describe of a statement, which needs the
-	// statement prepared on the backend it runs on.
+	// statement prepared on the backend it runs on; ps is that statement as
+	// the client had it when the message arrived (a later Parse of the same
+	// name in the batch, as pgjdbc sends BEGIN and the query both unnamed,
+	// does not change what this message uses). nil if unknown.
 	usesStmt bool
+	ps       *preparedStmt
 	// closesStmt: a Close of a statement (as opposed to a portal).
 	closesStmt bool
 }
@@ -336,11 +340,11 @@ func (s *session) run(ctx context.Context) error {
 			s.stmts[m.Name] = st
 			batch = append(batch, batchMsg{raw: st.parse, typ: 'P', stmt: m.Name})
 		case *pgproto3.Bind:
-			batch = append(batch, batchMsg{raw: mustEncode(m), typ: 'B', stmt: m.PreparedStatement, usesStmt: true})
+			batch = append(batch, batchMsg{raw: mustEncode(m), typ: 'B', stmt: m.PreparedStatement, usesStmt: true, ps: s.stmts[m.PreparedStatement]})
 		case *pgproto3.Describe:
 			bm := batchMsg{raw: mustEncode(m), typ: 'D'}
 			if m.ObjectType == 'S' {
-				bm.stmt, bm.usesStmt = m.Name, true
+				bm.stmt, bm.usesStmt, bm.ps = m.Name, true, s.stmts[m.Name]
 			}
 			batch = append(batch, bm)
 		case *pgproto3.Execute:
@@ -399,7 +403,7 @@ func (s *session) extendedUnit(msgs []batchMsg) *unit {
 	u := &unit{msgs: msgs}
 	for _, m := range msgs {
 		if m.typ == 'B' {
-			if st := s.stmts[m.stmt]; st != nil {
+			if st := m.ps; st != nil {
 				u.class.Stmts = append(u.class.Stmts, st.class.Stmts...)
 			} else {
 				u.class.Stmts = append(u.class.Stmts, Statement{Kind: StmtWrite})
@@ -990,7 +994,9 @@ func (s *session) sendUnit(f *flight, u *unit) {
 					other.prepared[""] = false
 				}
 			case m.usesStmt && !f.parsedHere[m.stmt] && !b.prepared[m.stmt]:
-				if st := s.stmts[m.stmt]; st != nil {
+				// Not after a Close of it earlier in the batch: the
+				// backend then reports it missing, as PostgreSQL would.
+				if st := m.ps; st != nil && s.stmts[m.stmt] != nil {
 					fe.Send(rawFront(st.parse))
 					f.injected = append(f.injected, true)
 					b.prepared[m.stmt] = true
@@ -1741,7 +1747,7 @@ func (s *session) mirrorSets(ctx context.Context, b *backendConn, u *unit, res e
 			if m.typ != 'B' {
 				continue
 			}
-			if st := s.stmts[m.stmt]; st != nil {
+			if st := m.ps; st != nil {
 				if one, ok := st.class.Single(); ok && one.Kind == StmtSession {
 					texts = append(texts, st.query)
 				}
