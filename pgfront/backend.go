@@ -37,6 +37,11 @@ type backendConn struct {
 	// connection, the BEGIN of a transaction moving to the hub, the
 	// ROLLBACK of the replica transaction it left.
 	pendingSQL []string
+	// loginIsolation: on a hub connection, the default isolation level its
+	// session's replica login reported, which the hub's login shared (same
+	// role, database and options); a pooled connection whose value differs
+	// from a new session's is stale.
+	loginIsolation Isolation
 }
 
 func (b *backendConn) target() string {
@@ -129,8 +134,12 @@ func startTLS(ctx context.Context, conn net.Conn, cfg *tls.Config, endpoint stri
 }
 
 // login runs the startup and authentication of a fresh backend
-// connection as creds.user, with the client's startup parameters.
-func login(ctx context.Context, conn net.Conn, hub bool, endpoint string, params map[string]string, creds *credentials) (*backendConn, error) {
+// connection as creds.user, with the client's startup parameters. A
+// non-empty probe is a simple query sent as soon as authentication
+// succeeds, so that it runs when the backend is ready without a round trip
+// of its own; the first column of its first row is returned ("" if it
+// failed).
+func login(ctx context.Context, conn net.Conn, hub bool, endpoint string, params map[string]string, creds *credentials, probe string) (*backendConn, string, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(dl)
 		defer conn.SetDeadline(time.Time{})
@@ -157,65 +166,71 @@ func login(ctx context.Context, conn net.Conn, hub bool, endpoint string, params
 	sm.Parameters["user"] = creds.user
 	b.fe.Send(sm)
 	if err := b.fe.Flush(); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	var sc *scramClient
 	for {
 		typ, frame, err := b.rd.next()
 		if err != nil {
-			return nil, err
+			return nil, "", err
 		}
 		msg, err := decodeBackend(typ, frame)
 		if err != nil {
-			return nil, err
+			return nil, "", err
 		}
 		switch m := msg.(type) {
 		case *pgproto3.AuthenticationOk:
+			if probe != "" {
+				b.fe.Send(&pgproto3.Query{String: probe})
+				if err := b.fe.Flush(); err != nil {
+					return nil, "", err
+				}
+			}
 		case *pgproto3.AuthenticationSASL:
 			if creds.clientKey == nil {
-				return nil, errors.New("pgfront: backend asks for SCRAM but the role's secret is md5; set the role's password again with password_encryption = scram-sha-256")
+				return nil, "", errors.New("pgfront: backend asks for SCRAM but the role's secret is md5; set the role's password again with password_encryption = scram-sha-256")
 			}
 			ok := false
 			for _, mech := range m.AuthMechanisms {
 				ok = ok || mech == "SCRAM-SHA-256"
 			}
 			if !ok {
-				return nil, fmt.Errorf("pgfront: backend offers SASL mechanisms %v, not SCRAM-SHA-256", m.AuthMechanisms)
+				return nil, "", fmt.Errorf("pgfront: backend offers SASL mechanisms %v, not SCRAM-SHA-256", m.AuthMechanisms)
 			}
 			sc = &scramClient{clientKey: creds.clientKey, serverKey: creds.secret.ServerKey}
 			b.fe.Send(&pgproto3.SASLInitialResponse{AuthMechanism: "SCRAM-SHA-256", Data: []byte(sc.first())})
 			if err := b.fe.Flush(); err != nil {
-				return nil, err
+				return nil, "", err
 			}
 		case *pgproto3.AuthenticationSASLContinue:
 			if sc == nil {
-				return nil, errSCRAMProtocol
+				return nil, "", errSCRAMProtocol
 			}
 			final, err := sc.final(string(m.Data))
 			if err != nil {
-				return nil, err
+				return nil, "", err
 			}
 			b.fe.Send(&pgproto3.SASLResponse{Data: []byte(final)})
 			if err := b.fe.Flush(); err != nil {
-				return nil, err
+				return nil, "", err
 			}
 		case *pgproto3.AuthenticationSASLFinal:
 			if sc == nil {
-				return nil, errSCRAMProtocol
+				return nil, "", errSCRAMProtocol
 			}
 			if err := sc.verify(string(m.Data)); err != nil {
-				return nil, err
+				return nil, "", err
 			}
 		case *pgproto3.AuthenticationMD5Password:
 			if creds.secret.MD5 == "" {
-				return nil, errors.New("pgfront: backend asks for md5 but the role has a SCRAM secret; use scram-sha-256 in the backend's pg_hba.conf")
+				return nil, "", errors.New("pgfront: backend asks for md5 but the role has a SCRAM secret; use scram-sha-256 in the backend's pg_hba.conf")
 			}
 			b.fe.Send(&pgproto3.PasswordMessage{Password: md5Response(creds.secret.MD5, m.Salt)})
 			if err := b.fe.Flush(); err != nil {
-				return nil, err
+				return nil, "", err
 			}
 		case *pgproto3.AuthenticationCleartextPassword:
-			return nil, errors.New("pgfront: backend asks for a cleartext password, which the proxy never holds")
+			return nil, "", errors.New("pgfront: backend asks for a cleartext password, which the proxy never holds")
 		case *pgproto3.ParameterStatus:
 			b.params[m.Name] = m.Value
 		case *pgproto3.BackendKeyData:
@@ -225,11 +240,39 @@ func login(ctx context.Context, conn net.Conn, hub bool, endpoint string, params
 			}
 		case *pgproto3.NoticeResponse, *pgproto3.NegotiateProtocolVersion:
 		case *pgproto3.ErrorResponse:
-			return nil, newBackendError(m)
+			return nil, "", newBackendError(m)
 		case *pgproto3.ReadyForQuery:
-			return b, nil
+			if probe == "" {
+				return b, "", nil
+			}
+			answer, err := readProbe(b)
+			if err != nil {
+				return nil, "", err
+			}
+			return b, answer, nil
 		default:
-			return nil, fmt.Errorf("pgfront: unexpected %T during backend login", msg)
+			return nil, "", fmt.Errorf("pgfront: unexpected %T during backend login", msg)
+		}
+	}
+}
+
+// readProbe reads the answer to login's probe up to its ReadyForQuery.
+func readProbe(b *backendConn) (string, error) {
+	answer := ""
+	for {
+		typ, frame, err := b.rd.next()
+		if err != nil {
+			return "", err
+		}
+		switch typ {
+		case 'D':
+			if m, err := decodeBackend(typ, frame); err == nil && answer == "" {
+				if dr := m.(*pgproto3.DataRow); len(dr.Values) > 0 {
+					answer = string(dr.Values[0])
+				}
+			}
+		case 'Z':
+			return answer, nil
 		}
 	}
 }

@@ -66,9 +66,16 @@ const (
 
 // Statement is one classified statement.
 type Statement struct {
-	Kind      StmtKind
-	Isolation Isolation // StmtBegin, and StmtSetLocal for SET TRANSACTION
-	Access    Access    // StmtBegin, StmtSetLocal (SET TRANSACTION), StmtSession (SET SESSION CHARACTERISTICS, default_transaction_read_only)
+	Kind StmtKind
+	// Isolation: StmtBegin, StmtSetLocal (SET TRANSACTION), and StmtSession
+	// (SET SESSION CHARACTERISTICS, default_transaction_isolation).
+	Isolation Isolation
+	Access    Access // StmtBegin, StmtSetLocal (SET TRANSACTION), StmtSession (SET SESSION CHARACTERISTICS, default_transaction_read_only)
+	// ResetsIsolation, ResetsAccess: a StmtSession that returns the
+	// session's default isolation or read-only mode to its value at login
+	// (RESET of it, SET ... TO DEFAULT, RESET ALL, DISCARD ALL).
+	ResetsIsolation bool
+	ResetsAccess    bool
 	// DropsPrepared: DEALLOCATE ALL or DISCARD ALL, which also drop the
 	// protocol-level prepared statements of the backend it runs on.
 	DropsPrepared bool
@@ -376,8 +383,14 @@ func (c *Classifier) statement(toks []token) Statement {
 	case "set":
 		return setStatement(s)
 	case "discard":
-		return Statement{Kind: StmtSession, DropsPrepared: s.accept("all")}
-	case "reset", "unlisten":
+		all := s.accept("all")
+		return Statement{Kind: StmtSession, DropsPrepared: all, ResetsIsolation: all, ResetsAccess: all}
+	case "reset":
+		all := s.accept("all")
+		return Statement{Kind: StmtSession,
+			ResetsIsolation: all || s.accept("default_transaction_isolation"),
+			ResetsAccess:    all || s.accept("default_transaction_read_only")}
+	case "unlisten":
 		return Statement{Kind: StmtSession}
 	case "deallocate":
 		_ = s.accept("prepare")
@@ -672,19 +685,52 @@ func setStatement(s *stmtCursor) Statement {
 		return txnModes(s, Statement{Kind: StmtSession})
 	}
 	_ = s.accept("session")
-	if s.accept("default_transaction_read_only") {
+	switch {
+	case s.accept("default_transaction_read_only"):
 		st := Statement{Kind: StmtSession}
-		_ = s.accept("to")
-		if s.i < len(s.toks) && s.toks[s.i].kind == tokOp { // =
-			s.i++
-		}
-		switch s.peekWord(0) {
+		switch setValue(s) {
 		case "on", "true", "yes":
 			st.Access = AccessReadOnly
 		case "off", "false", "no":
 			st.Access = AccessReadWrite
+		case "default":
+			st.ResetsAccess = true
+		}
+		return st
+	case s.accept("default_transaction_isolation"):
+		st := Statement{Kind: StmtSession}
+		switch setValue(s) {
+		case "serializable":
+			st.Isolation = IsolationSerializable
+		case "repeatable read":
+			st.Isolation = IsolationRepeatableRead
+		case "read committed":
+			st.Isolation = IsolationReadCommitted
+		case "read uncommitted":
+			st.Isolation = IsolationReadUncommitted
+		case "default":
+			st.ResetsIsolation = true
 		}
 		return st
 	}
 	return Statement{Kind: StmtSession}
+}
+
+// setValue reads the value of SET name {TO | =} value, lower-cased: a
+// word (DEFAULT is "default"), a plain string or a quoted identifier;
+// "" for anything else.
+func setValue(s *stmtCursor) string {
+	if !s.accept("to") && s.i < len(s.toks) && s.toks[s.i].kind == tokOp { // =
+		s.i++
+	}
+	if s.i+1 != len(s.toks) {
+		return "" // a list, or nothing
+	}
+	switch t := s.toks[s.i]; t.kind {
+	case tokWord:
+		return t.text
+	case tokString, tokQuotedIdent:
+		return strings.ToLower(strings.TrimSpace(t.text))
+	}
+	return ""
 }

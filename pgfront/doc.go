@@ -79,6 +79,26 @@
 // waiting as soon as the routing core's probes see the hub down (a
 // blackholed link is acknowledged by the WAN and never fails a read).
 //
+// # Transaction defaults
+//
+// A BEGIN that names no isolation level or access mode gets the session's
+// defaults, and is routed as if it named them: a REPEATABLE READ or
+// SERIALIZABLE read-write transaction on the hub from BEGIN (one snapshot),
+// a REPEATABLE READ READ ONLY one on the replica, a SERIALIZABLE one never
+// there (a standby refuses it); so are autocommit reads under a
+// SERIALIZABLE default, while the hub is reachable (otherwise the standby
+// answers with its own 0A000). The defaults at login (postgresql.conf of
+// the standby, role and database settings, startup options and -c) come
+// from the replica login: default_transaction_read_only from its
+// ParameterStatus, default_transaction_isolation from a SHOW sent as soon
+// as the login is authenticated (answered when the backend is ready, so
+// it costs no round trip). From then on the session's own SET SESSION
+// CHARACTERISTICS, SET default_transaction_* and RESET (ALL), DISCARD ALL
+// are followed when they run outside an explicit transaction. While the
+// hub is unreachable a REPEATABLE READ read-write transaction opens on the
+// replica so its reads go on; it keeps that snapshot, so its first write
+// gets 25006, or 40001 (retry) if the hub has come back meanwhile.
+//
 // LISTEN pins the session to the hub; while such a session is idle a
 // watcher relays the hub's NotificationResponses (it only peeks while
 // waiting, so stopping it never splits a message; it writes to the client
@@ -151,10 +171,10 @@
 //     on the backend that ran it only (outside transactions such SETs are
 //     mirrored to the other backend once the unit has committed, see
 //     mirrorSets; a lone simple-protocol SET is mirrored everywhere).
-//   - A session default isolation (SET SESSION CHARACTERISTICS ...
-//     ISOLATION LEVEL, default_transaction_isolation) is not tracked: a
-//     plain BEGIN then starts lazily on the replica. The session default
-//     READ ONLY is tracked.
+//   - Session transaction defaults changed inside an explicit transaction,
+//     or by set_config(), are not followed (see Transaction defaults).
+//   - Pooled hub connections keep the role and database settings of their
+//     login; only a changed default isolation level retires them.
 //   - pgbench -S throughput through the proxy is below PgBouncer's on the
 //     shared, virtualised 2-core machine (BenchmarkPGBenchSelect: about
 //     0.5-0.6 of direct, 0.8 of PgBouncer). The proxy makes the minimum

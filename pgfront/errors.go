@@ -49,6 +49,12 @@ func (e *hubLostError) Error() string {
 }
 func (e *hubLostError) Unwrap() error { return e.err }
 
+// errSnapshotOnReplica refuses the first write of a REPEATABLE READ
+// transaction that opened on the replica while the hub was unavailable:
+// it cannot continue on the hub with the same snapshot. 40001 tells the
+// client to retry the transaction, which then opens on the hub.
+var errSnapshotOnReplica = errors.New("could not serialize access: this REPEATABLE READ transaction began on the local replica while the hub was unavailable, and its snapshot cannot move to the hub; retry the transaction")
+
 // errorResponseFor is the one place a Go error becomes an ErrorResponse
 // for the client. severity is ERROR for errors the session survives and
 // FATAL for ones that end it.
@@ -60,6 +66,9 @@ func errorResponseFor(err error, severity string) *pgproto3.ErrorResponse {
 	if errors.As(err, &be) {
 		r := be.resp
 		return &r
+	}
+	if err == errSnapshotOnReplica {
+		return mk("40001", err.Error())
 	}
 	// hubLostError first: it may wrap a HubUnavailableError.
 	var hl *hubLostError

@@ -23,7 +23,9 @@ const (
 )
 
 // token is one lexed token. Text is only kept where the classifier looks at
-// it (words and quoted identifiers); for strings and numbers it is empty.
+// it: words, quoted identifiers, and the body of a plain '...' string as it
+// stands in the input (a slice of it, doubled quotes left doubled: the
+// value of a SET). For other strings and numbers it is empty.
 type token struct {
 	kind tokenKind
 	text string
@@ -58,8 +60,13 @@ func lex(sql string) []token {
 		case c == '/' && i+1 < n && sql[i+1] == '*':
 			i = skipBlockComment(sql, i)
 		case c == '\'':
-			i = skipString(sql, i+1, false)
-			toks = append(toks, token{kind: tokString})
+			end := skipString(sql, i+1, false)
+			body := ""
+			if end-1 > i && sql[end-1] == '\'' {
+				body = sql[i+1 : end-1]
+			}
+			i = end
+			toks = append(toks, token{kind: tokString, text: body})
 		case c == '"':
 			var ident string
 			ident, i = scanQuotedIdent(sql, i+1)

@@ -89,10 +89,21 @@ type session struct {
 	txLost   bool         // the hub transaction was cut: statements fail until ROLLBACK/COMMIT
 	txBegin  string       // the client's BEGIN, replayed on the hub when a lazy transaction moves
 	txLocals []string     // SET LOCAL/SET TRANSACTION run in the replica transaction, replayed on move
-	pinned   bool
-	listens  bool // LISTEN ran on the hub: relay notifications while idle
-	// defaultReadOnly: the session made transactions READ ONLY by default.
+	// txSnapshot: the replica transaction is a REPEATABLE READ read-write
+	// one, opened there while the hub was unavailable: moving it to the hub
+	// would change its snapshot, so it never moves.
+	txSnapshot bool
+	pinned     bool
+	listens    bool // LISTEN ran on the hub: relay notifications while idle
+	// defaultReadOnly, isolation: what a transaction that names no access
+	// mode or isolation level gets (default_transaction_read_only and
+	// _isolation), as the replica had them at login (startup options, role
+	// and database settings), then as the session's SETs changed them. The
+	// login values are what RESET returns to.
 	defaultReadOnly bool
+	isolation       Isolation
+	loginReadOnly   bool
+	loginIsolation  Isolation
 	sets            []string    // session SET/RESET statements, replayed when a hub connection attaches
 	pos             routing.LSN // read-your-writes position; 0 = none
 
@@ -170,25 +181,45 @@ func (s *session) activeBackend() *backendConn {
 	return s.active
 }
 
-// dialReplica opens the session's replica connection as the client's role.
-func (s *session) dialReplica(ctx context.Context) (*backendConn, error) {
+// isolationProbe learns the login's default isolation level, pipelined
+// behind the replica login.
+const isolationProbe = "SHOW default_transaction_isolation"
+
+// dialReplica opens the session's replica connection as the client's
+// role, and reports the default isolation level it logged in with.
+func (s *session) dialReplica(ctx context.Context) (*backendConn, Isolation, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", s.srv.cfg.ReplicaAddr)
 	if err != nil {
 		s.srv.site.ReportReplicaFailure(err)
-		return nil, &replicaError{op: "connect", err: err}
+		return nil, 0, &replicaError{op: "connect", err: err}
 	}
 	c = rawconn.Wrap(c)
-	b, err := login(ctx, c, false, s.srv.cfg.ReplicaAddr, s.params, s.creds)
+	b, iso, err := login(ctx, c, false, s.srv.cfg.ReplicaAddr, s.params, s.creds, isolationProbe)
 	if err != nil {
 		c.Close()
 		var be *backendError
 		if errors.As(err, &be) {
-			return nil, err
+			return nil, 0, err
 		}
-		return nil, &replicaError{op: "log in", err: err}
+		return nil, 0, &replicaError{op: "log in", err: err}
 	}
-	return b, nil
+	return b, parseIsolation(iso), nil
+}
+
+// parseIsolation reads a transaction_isolation setting's value.
+func parseIsolation(v string) Isolation {
+	switch strings.ToLower(v) {
+	case "serializable":
+		return IsolationSerializable
+	case "repeatable read":
+		return IsolationRepeatableRead
+	case "read committed":
+		return IsolationReadCommitted
+	case "read uncommitted":
+		return IsolationReadUncommitted
+	}
+	return IsolationDefault
 }
 
 // start opens the replica connection as the client's role and finishes
@@ -197,7 +228,7 @@ func (s *session) dialReplica(ctx context.Context) (*backendConn, error) {
 func (s *session) start(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, s.srv.cfg.BackendTimeout)
 	defer cancel()
-	b, err := s.dialReplica(ctx)
+	b, iso, err := s.dialReplica(ctx)
 	if err != nil {
 		var be *backendError
 		if errors.As(err, &be) || s.srv.cfg.RefuseWhenReplicaDown {
@@ -214,6 +245,9 @@ func (s *session) start(ctx context.Context) error {
 	} else {
 		s.replica = b
 		s.srv.front.ReplicaConnections.Inc()
+		s.loginIsolation, s.isolation = iso, iso
+		s.loginReadOnly = b.params["default_transaction_read_only"] == "on"
+		s.defaultReadOnly = s.loginReadOnly
 	}
 	s.key.pid = b.pid
 	s.srv.register(s)
@@ -540,9 +574,15 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 	inTxn := s.txOn != nil
 	if inTxn { // a transaction on the replica
 		switch {
-		case k == StmtSetLocal && isSingle && single.Isolation >= IsolationRepeatableRead && single.Access != AccessReadOnly:
+		case k == StmtSetLocal && isSingle && single.Isolation >= IsolationRepeatableRead && single.Access != AccessReadOnly && !s.txSnapshot:
 			fallthrough
 		case k == StmtWrite || k == StmtCopyIn || k == StmtPin:
+			if s.txSnapshot {
+				if err := s.srv.site.HubUnavailable(); err != nil {
+					return plan{refuse: err}, nil
+				}
+				return plan{refuse: errSnapshotOnReplica}, nil
+			}
 			p, err := toHub()
 			if err != nil || p.refuse != nil {
 				return p, err
@@ -554,7 +594,9 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 			}
 			return p, nil
 		}
-		p := plan{to: s.replica, route: metrics.RouteLocal, safetyNet: k == StmtRead}
+		// A read the standby refuses moves the transaction to the hub,
+		// unless it must keep its snapshot: then the client gets the 25006.
+		p := plan{to: s.replica, route: metrics.RouteLocal, safetyNet: k == StmtRead && !s.txSnapshot}
 		if (k == StmtSetLocal || k == StmtSession) && u.simple {
 			// Replayed on the hub if the transaction moves there.
 			s.txLocals = append(s.txLocals, u.query)
@@ -576,8 +618,15 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 			single, isSingle, k = first, true, StmtBegin
 		}
 	}
-	if k == StmtBegin && isSingle && single.Access == AccessDefault && s.defaultReadOnly {
-		single.Access = AccessReadOnly // SET SESSION CHARACTERISTICS / default_transaction_read_only
+	if k == StmtBegin && isSingle {
+		// The session defaults (SET SESSION CHARACTERISTICS,
+		// default_transaction_*) apply to what BEGIN does not name.
+		if single.Access == AccessDefault && s.defaultReadOnly {
+			single.Access = AccessReadOnly
+		}
+		if single.Isolation == IsolationDefault {
+			single.Isolation = s.isolation
+		}
 	}
 	switch {
 	case k == StmtBegin && isSingle:
@@ -586,15 +635,16 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 			(!s.srv.cfg.LazyTransactions && single.Access != AccessReadOnly)
 		if hubFirst {
 			p, err := toHub()
-			if p.refuse != nil && single.Isolation != IsolationSerializable {
-				// Hub down: a read-write transaction still opens locally so
-				// its reads go on; its first write gets 25006.
-				break
+			if err != nil || p.refuse == nil || single.Isolation == IsolationSerializable {
+				return p, err
 			}
-			return p, err
+			// Hub down: a read-write transaction still opens locally so
+			// its reads go on; its first write gets 25006 (a standby
+			// refuses SERIALIZABLE).
 		}
 		p := plan{to: s.replica, route: metrics.RouteLocal, waitForPos: true}
 		s.txBegin = u.query
+		s.txSnapshot = single.Isolation == IsolationRepeatableRead && single.Access != AccessReadOnly
 		if single.Access == AccessReadWrite && u.simple {
 			// A standby refuses BEGIN READ WRITE (0A000): open it plainly.
 			p.rewrite = "BEGIN"
@@ -612,9 +662,7 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 		return s.planRead(ctx)
 	case k == StmtSession:
 		for _, st := range u.class.Stmts {
-			if st.Access != AccessDefault {
-				s.defaultReadOnly = st.Access == AccessReadOnly
-			}
+			s.noteDefaults(st)
 			if st.DropsPrepared {
 				// Both backends drop every prepared statement, and so
 				// does the client's view.
@@ -651,6 +699,26 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 		p.capture = s.srv.cfg.Consistency != routing.ConsistencyNone
 	}
 	return p, nil
+}
+
+// noteDefaults follows a session statement's change of the transaction
+// defaults.
+func (s *session) noteDefaults(st Statement) {
+	if st.Kind != StmtSession {
+		return
+	}
+	if st.ResetsAccess {
+		s.defaultReadOnly = s.loginReadOnly
+	}
+	if st.ResetsIsolation {
+		s.isolation = s.loginIsolation
+	}
+	if st.Access != AccessDefault {
+		s.defaultReadOnly = st.Access == AccessReadOnly
+	}
+	if st.Isolation != IsolationDefault {
+		s.isolation = st.Isolation
+	}
 }
 
 // watchNotifications relays NotificationResponses (and other
@@ -740,6 +808,14 @@ func (s *session) pin() {
 // planRead routes an autocommit read: the replica once it has the
 // session's position, else (per config) the hub or an error.
 func (s *session) planRead(ctx context.Context) (plan, error) {
+	if s.isolation == IsolationSerializable {
+		// Every transaction of the session is SERIALIZABLE, which a standby
+		// refuses (0A000): the hub answers while it can; otherwise the
+		// replica says why itself.
+		if hb, err := s.hubConn(ctx); err == nil {
+			return plan{to: hb, route: metrics.RouteHub}, nil
+		}
+	}
 	d := s.srv.site.Decide(routing.Request{Kind: routing.KindRead})
 	if d.Route == routing.RouteRefuse {
 		// The replica is down or stale and the policy (or the hub's state)
@@ -802,7 +878,15 @@ func (s *session) hubConn(ctx context.Context) (*backendConn, error) {
 	if s.hub != nil {
 		return s.hub, nil
 	}
-	if b := s.srv.takeHub(poolKey(endpoint, s.params)); b != nil {
+	for b := s.srv.takeHub(poolKey(endpoint, s.params)); b != nil; b = s.srv.takeHub(poolKey(endpoint, s.params)) {
+		if b.loginIsolation != s.loginIsolation {
+			// The role's or database's default isolation changed since b
+			// logged in (the replica logs in with the new one): b would
+			// run this session's transactions at the old one.
+			b.close()
+			s.srv.front.HubConnections.Dec()
+			continue
+		}
 		s.srv.m.HubPoolHits.Inc()
 		s.hub = b
 		s.hub.pendingSQL = append(s.hub.pendingSQL, s.sets...)
@@ -830,7 +914,7 @@ func (s *session) hubConn(ctx context.Context) (*backendConn, error) {
 		}
 		c = tc
 	}
-	b, err := login(dctx, c, true, endpoint, s.params, s.creds)
+	b, _, err := login(dctx, c, true, endpoint, s.params, s.creds, "")
 	if err != nil {
 		c.Close()
 		var be *backendError
@@ -843,6 +927,7 @@ func (s *session) hubConn(ctx context.Context) (*backendConn, error) {
 		}
 		return nil, err
 	}
+	b.loginIsolation = s.loginIsolation
 	s.hub = b
 	s.srv.front.HubConnections.Inc()
 	s.hub.pendingSQL = append(s.hub.pendingSQL, s.sets...)
@@ -1302,7 +1387,7 @@ func (s *session) finish(ctx context.Context, p plan, u *unit, res exResult) err
 	b := p.to
 	switch res.status {
 	case 'I':
-		s.txOn, s.txBegin, s.txLocals = nil, "", nil
+		s.txOn, s.txBegin, s.txLocals, s.txSnapshot = nil, "", nil, false
 	case 'T', 'E':
 		s.txOn = b
 	}
@@ -1574,7 +1659,7 @@ func (s *session) closeReplicaPart(ctx context.Context, f *flight) error {
 	s.srv.front.Request(f.p.route, "read")
 	switch res.status {
 	case 'I':
-		s.txOn, s.txBegin, s.txLocals = nil, "", nil
+		s.txOn, s.txBegin, s.txLocals, s.txSnapshot = nil, "", nil, false
 	case 'T', 'E':
 		s.txOn = f.b
 	}
@@ -1740,6 +1825,7 @@ func (s *session) mirrorSets(ctx context.Context, b *backendConn, u *unit, res e
 		for _, st := range u.class.Stmts {
 			if st.Kind == StmtSession && st.Text != "" {
 				texts = append(texts, st.Text)
+				s.noteDefaults(st)
 			}
 		}
 	} else {
@@ -1750,6 +1836,7 @@ func (s *session) mirrorSets(ctx context.Context, b *backendConn, u *unit, res e
 			if st := m.ps; st != nil {
 				if one, ok := st.class.Single(); ok && one.Kind == StmtSession {
 					texts = append(texts, st.query)
+					s.noteDefaults(one)
 				}
 			}
 		}

@@ -1,5 +1,6 @@
 // JdbcCheck runs pgjdbc against spokeproxy in its default modes: autocommit
-// on and off, and server-side prepared statements after prepareThreshold.
+// on and off, server-side prepared statements after prepareThreshold, and
+// a session isolation level.
 // Usage: java -cp /usr/share/java/postgresql.jar JdbcCheck.java JDBC_URL
 // It prints "ok" or throws.
 import java.sql.*;
@@ -46,6 +47,19 @@ public class JdbcCheck {
                 check(p.executeUpdate() == 1, "update");
             }
             check(!standby(c), "read after a write in a transaction still on the standby");
+            c.commit();
+            // setTransactionIsolation sends SET SESSION CHARACTERISTICS: a
+            // REPEATABLE READ transaction runs on the hub from its first
+            // statement (one snapshot), a READ ONLY one stays local.
+            c.setTransactionIsolation(Connection.TRANSACTION_REPEATABLE_READ);
+            check(!standby(c), "REPEATABLE READ transaction began on the standby");
+            c.commit();
+            c.setReadOnly(true);
+            check(standby(c), "REPEATABLE READ READ ONLY transaction left the standby");
+            c.commit();
+            c.setReadOnly(false);
+            c.setTransactionIsolation(Connection.TRANSACTION_READ_COMMITTED);
+            check(standby(c), "READ COMMITTED transaction after REPEATABLE READ not on the standby");
             c.commit();
         }
         System.out.println("ok");
