@@ -99,6 +99,28 @@
 // replica so its reads go on; it keeps that snapshot, so its first write
 // gets 25006, or 40001 (retry) if the hub has come back meanwhile.
 //
+// # Replica loss
+//
+// A session whose replica connection dies does not end. The loss is seen
+// when the connection is next used: an error reading or writing it, or
+// the FATAL a shutdown or a terminated backend left on it (not relayed).
+// A unit outside a transaction that had handed nothing to the client yet
+// (the 25006 safety net's rule; nothing on a standby writes) is planned
+// again without it: reads go to the hub while the routing core allows it
+// (replica.when_unavailable: hub) or get 08006 (refuse); a FATAL alone
+// does not mark the replica down for the site, so a terminated backend is
+// simply replaced. Otherwise the unit gets 08006 as an ERROR; a
+// transaction open on the replica is gone with it (25P02 until ROLLBACK or
+// COMMIT, as for a cut hub transaction). Between transactions, a session
+// without a replica connection (lost, or down at login) opens one again
+// once the routing core sees the replica up, replays its SETs there and
+// prepares its statements again when used; a failed attempt waits a
+// second. Sessions that log in while the replica is down are served by
+// the hub (the auth query then runs on the hub too), unless
+// RefuseWhenReplicaDown. The process ID the client got at login stays the
+// first replica connection's (cancels still reach whichever backend runs
+// the query); pg_backend_pid() names the current one.
+//
 // LISTEN pins the session to the hub; while such a session is idle a
 // watcher relays the hub's NotificationResponses (it only peeks while
 // waiting, so stopping it never splits a message; it writes to the client
@@ -163,9 +185,8 @@
 //
 // # Not done yet
 //
-//   - Losing the replica mid-session ends the session (08006); sessions
-//     that log in while it is down are served by the hub (the auth query
-//     then runs on the hub too), unless RefuseWhenReplicaDown.
+//   - A flushed unit (Flush before Sync) whose replica connection dies is
+//     not run again elsewhere: it gets 08006 (see Replica loss).
 //   - A SET inside an explicit transaction that was sent through the
 //     extended protocol or beside other statements in one Query applies
 //     on the backend that ran it only (outside transactions such SETs are

@@ -36,6 +36,16 @@ func (e *replicaError) Error() string {
 }
 func (e *replicaError) Unwrap() error { return e.err }
 
+// replicaEndedError: the replica ended the session's connection with a
+// FATAL error (a shutdown, a terminated backend, a timeout).
+type replicaEndedError struct {
+	code, message string
+}
+
+func (e *replicaEndedError) Error() string {
+	return fmt.Sprintf("replica ended the connection: %s (SQLSTATE %s)", e.message, e.code)
+}
+
 // hubLostError: the hub connection broke while a request was in flight.
 // Unknown means the request may have committed (08007).
 type hubLostError struct {

@@ -68,6 +68,8 @@ func startFrontTB(t testing.TB, l *lab.Lab, mutate func(*Config), hubs ...string
 	if mutate != nil {
 		mutate(&cfg)
 	}
+	// One config key (replica.when_unavailable) sets both, as in proxy.
+	policy.ReplicaUnavailableHub = !cfg.RefuseWhenReplicaDown
 	site := sitetest.Start(t, routing.Config{
 		Protocol: routing.Postgres,
 		Hubs:     hubs,

@@ -79,8 +79,10 @@ type session struct {
 	log    *slog.Logger
 	key    cancelKey
 
-	replica *backendConn
+	replica *backendConn // nil while the session has none (lost, or down at login)
 	hub     *backendConn
+	// replicaRetry: no replica reconnect before this time (one failed).
+	replicaRetry time.Time
 
 	activeMu sync.Mutex
 	active   *backendConn // backend running the client's current request
@@ -466,78 +468,148 @@ type plan struct {
 
 func (s *session) runUnit(ctx context.Context, u *unit) error {
 	start := time.Now()
-	p, err := s.plan(ctx, u)
-	if err != nil {
-		return err
-	}
 	kind := "read"
 	if k := u.class.Strongest(); k > StmtRead && k != StmtCopyOut {
 		kind = "write"
 	}
-	if s.log.Enabled(ctx, slog.LevelDebug) {
-		target := "none"
-		if p.to != nil {
-			target = p.to.target()
+	for retried := false; ; retried = true {
+		p, err := s.plan(ctx, u)
+		if err != nil {
+			return err
 		}
-		s.log.Debug("unit", "class", u.class.Strongest().String(), "simple", u.simple, "to", target,
-			"refuse", p.refuse != nil, "in_txn", s.txOn != nil, "txn_on_hub", s.txOn != nil && s.txOn == s.hub, "pinned", s.pinned)
-	}
-	if p.refuse != nil {
-		s.srv.front.WritesRefused.Inc()
-		s.srv.front.Request(metrics.RouteRefuse, kind)
-		return s.refuse(ctx, u, p.refuse)
-	}
-	if s.txLost {
-		return s.answerLost(u)
-	}
-	if p.waitForPos {
-		ok, werr := s.waitPos(ctx)
-		if werr != nil {
+		if s.log.Enabled(ctx, slog.LevelDebug) {
+			target := "none"
+			if p.to != nil {
+				target = p.to.target()
+			}
+			s.log.Debug("unit", "class", u.class.Strongest().String(), "simple", u.simple, "to", target,
+				"refuse", p.refuse != nil, "in_txn", s.txOn != nil, "txn_on_hub", s.txOn != nil && s.txOn == s.hub, "pinned", s.pinned)
+		}
+		if p.refuse != nil {
+			s.srv.front.WritesRefused.Inc()
 			s.srv.front.Request(metrics.RouteRefuse, kind)
-			return s.refuse(ctx, u, werr)
+			return s.refuse(ctx, u, p.refuse)
 		}
-		if !ok {
-			if hb, herr := s.hubConn(ctx); herr == nil {
-				p.to, p.route, p.safetyNet, p.rewrite = hb, metrics.RouteHub, false, ""
+		if s.txLost {
+			return s.answerLost(u)
+		}
+		if p.waitForPos {
+			ok, werr := s.waitPos(ctx)
+			if werr != nil {
+				s.srv.front.Request(metrics.RouteRefuse, kind)
+				return s.refuse(ctx, u, werr)
+			}
+			if !ok {
+				if hb, herr := s.hubConn(ctx); herr == nil {
+					p.to, p.route, p.safetyNet, p.rewrite = hb, metrics.RouteHub, false, ""
+				}
 			}
 		}
-	}
-	if p.moveToHub {
-		s.moveTxnToHub(p.to)
-	}
-	res, err := s.exchange(ctx, p.to, u, p)
-	if err != nil {
+		if p.moveToHub {
+			s.moveTxnToHub(p.to)
+		}
+		res, err := s.exchange(ctx, p.to, u, p)
+		if err != nil {
+			if res.open != nil {
+				return s.flightLost(res.open, err)
+			}
+			if !retried && s.replicaLostUnseen(p.to, res, err) {
+				continue // planned again without the lost connection
+			}
+			return s.backendFailed(p.to, u, err)
+		}
 		if res.open != nil {
-			return s.flightLost(res.open, err)
+			// An extended COPY FROM STDIN: the unit ends at the client's next Sync.
+			res.open.start = start
+			s.open = res.open
+			return nil
 		}
-		return s.backendFailed(p.to, u, err)
+		if res.rerun {
+			s.srv.m.SafetyNetReruns.Inc()
+			hb, err := s.hubConn(ctx)
+			if err != nil {
+				s.srv.front.WritesRefused.Inc()
+				return s.refuse(ctx, u, err)
+			}
+			if s.txOn != nil && s.txOn == s.replica {
+				s.moveTxnToHub(hb)
+			}
+			p2 := plan{to: hb, route: metrics.RouteHub, capture: s.txOn == nil && s.srv.cfg.Consistency != routing.ConsistencyNone}
+			p = p2
+			res, err = s.exchange(ctx, hb, u, p2)
+			if err != nil {
+				return s.backendFailed(hb, u, err)
+			}
+		}
+		s.srv.front.Request(p.route, kind)
+		s.srv.front.RequestDuration(p.route).Observe(time.Since(start).Seconds())
+		return s.finish(ctx, p, u, res)
 	}
-	if res.open != nil {
-		// An extended COPY FROM STDIN: the unit ends at the client's next Sync.
-		res.open.start = start
-		s.open = res.open
-		return nil
+}
+
+// replicaLostUnseen reports whether b, the session's replica connection,
+// failed during a unit that may simply run again: outside a transaction
+// and before any answer reached the client (the rule of the 25006 safety
+// net; nothing on a standby writes). The connection is dropped; planning
+// again reconnects it, or sends the unit to the hub, or refuses it, as
+// the routing core and the replica policy say.
+func (s *session) replicaLostUnseen(b *backendConn, res exResult, err error) bool {
+	var ce *clientIOError
+	if b == nil || b != s.replica || s.txOn != nil || res.relayed || errors.As(err, &ce) {
+		return false
 	}
-	if res.rerun {
-		s.srv.m.SafetyNetReruns.Inc()
-		hb, err := s.hubConn(ctx)
-		if err != nil {
-			s.srv.front.WritesRefused.Inc()
-			return s.refuse(ctx, u, err)
-		}
-		if s.txOn == s.replica {
-			s.moveTxnToHub(hb)
-		}
-		p2 := plan{to: hb, route: metrics.RouteHub, capture: s.txOn == nil && s.srv.cfg.Consistency != routing.ConsistencyNone}
-		p = p2
-		res, err = s.exchange(ctx, hb, u, p2)
-		if err != nil {
-			return s.backendFailed(hb, u, err)
+	s.log.Info("replica connection lost before the answer: the request is routed again", "err", err)
+	s.dropReplica(err)
+	return true
+}
+
+// dropReplica closes a replica connection that failed. A broken
+// connection is reported to the routing core; a FATAL from the replica is
+// not (a single terminated backend says nothing of the server: the next
+// reconnect finds out).
+func (s *session) dropReplica(err error) {
+	if s.replica == nil {
+		return
+	}
+	var ended *replicaEndedError
+	if !errors.As(err, &ended) {
+		s.srv.site.ReportReplicaFailure(err)
+	}
+	s.replica.close()
+	s.replica = nil
+	s.srv.front.ReplicaConnections.Dec()
+}
+
+// reconnectReplica opens a replica connection again for a session that
+// has none, between transactions, once the routing core sees the replica
+// up: the session's SETs are replayed there and its prepared statements
+// prepared again when used. A failed attempt is not repeated for a
+// second.
+func (s *session) reconnectReplica(ctx context.Context) {
+	if s.replica != nil || s.pinned || s.txOn != nil || s.txLost || s.open != nil ||
+		time.Now().Before(s.replicaRetry) || !s.srv.site.Snapshot().Replica.Up {
+		return
+	}
+	dctx, cancel := context.WithTimeout(ctx, s.srv.cfg.BackendTimeout)
+	defer cancel()
+	b, iso, err := s.dialReplica(dctx)
+	if err != nil {
+		s.replicaRetry = time.Now().Add(time.Second)
+		s.log.Info("replica reconnect failed", "err", err)
+		return
+	}
+	if s.loginIsolation == IsolationDefault {
+		// The session logged in without a replica: these are its login
+		// defaults (the hub's login had the same settings).
+		s.loginIsolation, s.loginReadOnly = iso, b.params["default_transaction_read_only"] == "on"
+		if s.isolation == IsolationDefault {
+			s.isolation, s.defaultReadOnly = s.loginIsolation, s.loginReadOnly
 		}
 	}
-	s.srv.front.Request(p.route, kind)
-	s.srv.front.RequestDuration(p.route).Observe(time.Since(start).Seconds())
-	return s.finish(ctx, p, u, res)
+	b.pendingSQL = append(b.pendingSQL, s.sets...)
+	s.replica = b
+	s.srv.front.ReplicaConnections.Inc()
+	s.log.Info("replica connection restored")
 }
 
 // plan decides where a unit runs (DESIGN.md section 4).
@@ -556,6 +628,22 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 	}
 	if s.txLost {
 		return plan{}, nil
+	}
+	if s.replica == nil {
+		s.reconnectReplica(ctx)
+	}
+	if s.replica == nil && s.txOn == nil && !s.pinned && !u.fn {
+		if k == StmtRead || k == StmtCopyOut {
+			return s.planRead(ctx) // the hub, or refused, as the policy says
+		}
+		if k == StmtSession && u.simple {
+			// Kept for the replica connection made later (extended SETs
+			// are kept by mirrorSets).
+			s.sets = append(s.sets, u.query)
+			for _, st := range u.class.Stmts {
+				s.noteDefaults(st)
+			}
+		}
 	}
 	if u.fn || s.pinned || s.replica == nil || (s.txOn != nil && s.txOn == s.hub) {
 		p, err := toHub()
@@ -659,7 +747,13 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 		}
 		return p, nil
 	case k <= StmtCopyOut:
-		return s.planRead(ctx)
+		p, err := s.planRead(ctx)
+		if k == StmtEmpty && p.refuse != nil {
+			// Parse, Describe or Close only (pgx deallocating its cache
+			// after an error): nothing is read, nothing to refuse.
+			p = plan{to: s.replica, route: metrics.RouteLocal}
+		}
+		return p, err
 	case k == StmtSession:
 		for _, st := range u.class.Stmts {
 			s.noteDefaults(st)
@@ -822,10 +916,15 @@ func (s *session) planRead(ctx context.Context) (plan, error) {
 		// leaves no one to answer: say so rather than serve stale rows.
 		return plan{refuse: &routing.ReplicaUnavailableError{Protocol: routing.Postgres, Replica: s.srv.cfg.ReplicaAddr, Reason: d.Reason}}, nil
 	}
-	if d.Route == routing.RouteHub {
+	if d.Route == routing.RouteHub || s.replica == nil {
 		hb, err := s.hubConn(ctx)
 		if err == nil {
 			return plan{to: hb, route: metrics.RouteHub}, nil
+		}
+		if s.replica == nil {
+			// The session lost its replica connection and could not make
+			// another, and the hub is unavailable too.
+			return plan{refuse: &routing.ReplicaUnavailableError{Protocol: routing.Postgres, Replica: s.srv.cfg.ReplicaAddr, Reason: routing.ReasonReplicaDown, Err: err}}, nil
 		}
 	}
 	return plan{to: s.replica, route: metrics.RouteLocal, safetyNet: true, waitForPos: true}, nil
@@ -937,7 +1036,9 @@ func (s *session) hubConn(ctx context.Context) (*backendConn, error) {
 // moveTxnToHub ends the replica transaction (it only read) and queues the
 // client's BEGIN and SET LOCALs on the hub ahead of the unit that moves it.
 func (s *session) moveTxnToHub(hb *backendConn) {
-	s.replica.pendingSQL = append(s.replica.pendingSQL, "ROLLBACK")
+	if s.replica != nil {
+		s.replica.pendingSQL = append(s.replica.pendingSQL, "ROLLBACK")
+	}
 	begin := s.txBegin
 	if begin == "" {
 		begin = "BEGIN"
@@ -956,6 +1057,7 @@ type exResult struct {
 	// position query was in flight.
 	suffixLost error
 	failed     bool // the unit got an ErrorResponse
+	relayed    bool // some of the unit's answers were handed to the client
 	// open: an extended unit's COPY FROM STDIN has begun (CopyInResponse);
 	// the server answers the rest of the unit only after the client's next
 	// Flush or Sync (it ignores those sent during COPY), so the unit stays
@@ -1251,6 +1353,11 @@ answers:
 				}
 			}
 		case 'E':
+			if !b.hub && endsSession(frame[5:]) {
+				// A shutdown, a terminated backend: the connection is lost,
+				// and its last word is the proxy's to report, not relayed.
+				return f.res, &backendIOError{err: &replicaEndedError{code: errorCode(frame[5:]), message: errorField(frame[5:], 'M')}}
+			}
 			if f.holding && !b.hub && errorCode(frame[5:]) == "25006" {
 				f.res.rerun = true
 				f.held = f.held[:0]
@@ -1280,6 +1387,7 @@ answers:
 				f.held = append(f.held, frame...)
 			} else {
 				s.be.Send(rawBack(frame))
+				f.res.relayed = true
 			}
 		}
 		if want >= 0 && !f.res.rerun {
@@ -1455,9 +1563,7 @@ func (s *session) backendLost(b *backendConn, u *unit, err error) (byte, error) 
 		return 0, err
 	}
 	if b == nil || !b.hub {
-		s.srv.site.ReportReplicaFailure(err)
-		sendFatal(s.be, "08006", "connection to the local replica lost: "+err.Error())
-		return 0, err
+		return s.replicaLost(b, u, err)
 	}
 	s.srv.site.ReportHubFailure(b.endpoint, err)
 	inTxn := s.txOn == b
@@ -1482,6 +1588,33 @@ func (s *session) backendLost(b *backendConn, u *unit, err error) (byte, error) 
 	}
 	s.log.Warn("hub connection lost during a request", "hub", b.endpoint, "outcome_unknown", unknown, "err", err)
 	s.be.Send(errorResponseFor(&hubLostError{hub: b.endpoint, unknown: unknown, err: err}, "ERROR"))
+	if err := s.be.Flush(); err != nil {
+		return 0, &clientIOError{err: err}
+	}
+	return status, nil
+}
+
+// replicaLost is backendLost for the replica: the connection is dropped
+// (reconnected later) and the session goes on. A transaction on the
+// replica is gone with it: 08006, then 25P02 until the client ends it.
+func (s *session) replicaLost(b *backendConn, u *unit, err error) (byte, error) {
+	inTxn := b != nil && s.txOn == b
+	if b == s.replica {
+		s.dropReplica(err)
+	}
+	single, isSingle := u.class.Single()
+	ends := u.class.Has(StmtCommit) || (isSingle && single.Kind == StmtRollback)
+	status := byte('I')
+	msg := "connection to the local replica lost during the request: " + err.Error()
+	if inTxn {
+		s.txOn = nil
+		if !ends {
+			s.txLost, status = true, 'E'
+			msg = "connection to the local replica lost: the transaction is gone: " + err.Error()
+		}
+	}
+	s.log.Warn("replica connection lost during a request", "in_transaction", inTxn, "err", err)
+	s.be.Send(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "08006", Message: msg})
 	if err := s.be.Flush(); err != nil {
 		return 0, &clientIOError{err: err}
 	}
@@ -1853,6 +1986,7 @@ func (s *session) mirrorSets(ctx context.Context, b *backendConn, u *unit, res e
 				s.dropHub()
 			} else {
 				s.log.Warn("could not apply a session SET on the replica", "err", err)
+				s.dropReplica(err) // a new connection replays s.sets
 			}
 		}
 	}

@@ -111,7 +111,10 @@ func (f *frameReader) next() (byte, []byte, error) {
 
 // errorCode is the SQLSTATE of an ErrorResponse frame's body, without
 // decoding the rest.
-func errorCode(body []byte) string {
+func errorCode(body []byte) string { return errorField(body, 'C') }
+
+// errorField returns one field of an ErrorResponse body ("" if absent).
+func errorField(body []byte, want byte) string {
 	for len(body) > 0 && body[0] != 0 {
 		field := body[0]
 		body = body[1:]
@@ -119,7 +122,7 @@ func errorCode(body []byte) string {
 		for i < len(body) && body[i] != 0 {
 			i++
 		}
-		if field == 'C' {
+		if field == want {
 			return string(body[:i])
 		}
 		if i < len(body) {
@@ -128,6 +131,16 @@ func errorCode(body []byte) string {
 		body = body[i:]
 	}
 	return ""
+}
+
+// endsSession reports whether an ErrorResponse body is FATAL or PANIC:
+// the server closes the connection after it.
+func endsSession(body []byte) bool {
+	sev := errorField(body, 'V') // not localized; since PostgreSQL 9.6
+	if sev == "" {
+		sev = errorField(body, 'S')
+	}
+	return sev == "FATAL" || sev == "PANIC"
 }
 
 // decodeBackend decodes a backend message frame into pgproto3's type, for
