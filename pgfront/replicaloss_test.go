@@ -123,6 +123,12 @@ func TestLabPGReplicaLoss(t *testing.T) {
 	}
 	restarted = true
 	f.waitReplica(t, true)
+	// The write made meanwhile must reach the standby before the writing
+	// session reads there (read-your-writes), whose wait is shorter than
+	// a restarted standby's catch-up over the WAN may be.
+	if err := l.WaitReplicaCaughtUp(ctx, 15*time.Second); err != nil {
+		t.Fatal(err)
+	}
 	local := f.requests(t, metrics.RouteLocal, "read")
 	for name, c := range map[string]*pgx.Conn{"simple": simple, "extended": extended, "after a lost transaction": inTxn} {
 		if !standbyRead(t, c) {
@@ -177,6 +183,12 @@ func TestLabPGReplicaLossRefuse(t *testing.T) {
 	}
 	restarted = true
 	f.waitReplica(t, true)
+	// The write made meanwhile must reach the standby before the writing
+	// session reads there (read-your-writes), whose wait is shorter than
+	// a restarted standby's catch-up over the WAN may be.
+	if err := l.WaitReplicaCaughtUp(ctx, 15*time.Second); err != nil {
+		t.Fatal(err)
+	}
 	var timeout string
 	if err := c.QueryRow(ctx, "SELECT current_setting('statement_timeout'), pg_is_in_recovery()").Scan(&timeout, &standby); err != nil || !standby || timeout != "4321ms" {
 		t.Fatalf("read after the standby restarted: statement_timeout %q on the standby %v, %v", timeout, standby, err)
