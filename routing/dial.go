@@ -59,11 +59,11 @@ func hostPort(endpoint string) (addr string, ldaps bool) {
 }
 
 // DialHub opens a TCP connection to a hub endpoint ("host:port" or an LDAP
-// URL) with keepalive and TCP_USER_TIMEOUT set from the Config. For an
-// ldaps:// URL the connection is wrapped in TLS with Config.HubTLS.
+// URL) with keepalive and TCP_USER_TIMEOUT set from the current Config. For
+// an ldaps:// URL the connection is wrapped in TLS with Config.HubTLS.
 func (s *Site) DialHub(ctx context.Context, endpoint string) (net.Conn, error) {
 	addr, ldaps := hostPort(endpoint)
-	c, err := s.dialer.DialContext(ctx, "tcp", addr)
+	c, err := s.live.Load().dialer.DialContext(ctx, "tcp", addr)
 	if err != nil || !ldaps {
 		return c, err
 	}
@@ -78,13 +78,13 @@ func (s *Site) DialHub(ctx context.Context, endpoint string) (net.Conn, error) {
 
 // DialContext dials addr with the WAN dialer; it fits pgconn.Config.DialFunc.
 func (s *Site) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
-	return s.dialer.DialContext(ctx, network, addr)
+	return s.live.Load().dialer.DialContext(ctx, network, addr)
 }
 
 func (s *Site) tlsFor(addr string) *tls.Config {
 	var tc *tls.Config
-	if s.cfg.HubTLS != nil {
-		tc = s.cfg.HubTLS.Clone()
+	if hub := s.config().HubTLS; hub != nil {
+		tc = hub.Clone()
 	} else {
 		tc = &tls.Config{}
 	}

@@ -11,7 +11,10 @@
 //     returns a Decision: local, hub, wait-then-local or refuse, with a Reason
 //     whose text is bounded (error messages and metric labels).
 //   - Site: one protocol's live view, built from a plain Config by NewSite
-//     and driven by Run(ctx). Every other method is safe for concurrent use.
+//     and driven by Run(ctx). Reconfigure (reconfigure.go) swaps in new
+//     timings, thresholds, policy, hub TLS and hub candidates while it runs;
+//     hot paths read the settings through an atomic pointer to an immutable
+//     snapshot. Every other method is safe for concurrent use.
 //
 // # Health
 //

@@ -61,6 +61,12 @@ func newLink(downAfter, upAfter int, flapWindow time.Duration, now time.Time) *l
 	return &link{downAfter: max(downAfter, 1), upAfter: max(upAfter, 1), flapWindow: max(flapWindow, 0), since: now}
 }
 
+// retune changes the thresholds of a running link. Its state and counts
+// stay: the next probe is judged by the new thresholds.
+func (l *link) retune(downAfter, upAfter int, flapWindow time.Duration) {
+	l.downAfter, l.upAfter, l.flapWindow = max(downAfter, 1), max(upAfter, 1), max(flapWindow, 0)
+}
+
 // needUp is the number of consecutive successes a DOWN link needs now.
 func (l *link) needUp(now time.Time) int {
 	n := 0

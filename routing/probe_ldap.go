@@ -43,7 +43,8 @@ func newLDAPProber(s *Site, t Target, url string) Prober {
 
 func (p *ldapProber) dial(ctx context.Context) error {
 	addr, ldaps := hostPort(p.url)
-	raw, err := p.s.dialer.DialContext(ctx, "tcp", addr)
+	cfg := p.s.config()
+	raw, err := p.s.live.Load().dialer.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return err
 	}
@@ -58,15 +59,15 @@ func (p *ldapProber) dial(ctx context.Context) error {
 	p.raw = raw
 	p.conn = ldap.NewConn(raw, ldaps)
 	p.conn.Start()
-	p.conn.SetTimeout(timeLeft(ctx, p.s.cfg.ProbeTimeout))
-	if p.target == TargetHub && p.s.cfg.HubStartTLS && !ldaps {
+	p.conn.SetTimeout(timeLeft(ctx, cfg.ProbeTimeout))
+	if p.target == TargetHub && cfg.HubStartTLS && !ldaps {
 		if err := p.conn.StartTLS(p.s.tlsFor(addr)); err != nil {
 			p.drop()
 			return err
 		}
 	}
-	if p.s.cfg.BindDN != "" {
-		if err := p.conn.Bind(p.s.cfg.BindDN, p.s.cfg.BindPassword); err != nil {
+	if cfg.BindDN != "" {
+		if err := p.conn.Bind(cfg.BindDN, cfg.BindPassword); err != nil {
 			p.drop()
 			return err
 		}
@@ -92,8 +93,9 @@ func (p *ldapProber) Probe(ctx context.Context) (ProbeResult, error) {
 	if d, ok := ctx.Deadline(); ok {
 		p.raw.SetDeadline(d)
 	}
-	p.conn.SetTimeout(timeLeft(ctx, p.s.cfg.ProbeTimeout))
-	res, err := p.conn.Search(ldap.NewSearchRequest(p.s.cfg.BaseDN, ldap.ScopeBaseObject, ldap.NeverDerefAliases,
+	cfg := p.s.config()
+	p.conn.SetTimeout(timeLeft(ctx, cfg.ProbeTimeout))
+	res, err := p.conn.Search(ldap.NewSearchRequest(cfg.BaseDN, ldap.ScopeBaseObject, ldap.NeverDerefAliases,
 		1, 0, false, "(objectClass=*)", []string{"contextCSN"}, nil))
 	if err != nil {
 		p.drop()
@@ -101,14 +103,14 @@ func (p *ldapProber) Probe(ctx context.Context) (ProbeResult, error) {
 	}
 	if len(res.Entries) != 1 {
 		p.drop()
-		return ProbeResult{}, errors.New("base search of " + p.s.cfg.BaseDN + " returned no entry")
+		return ProbeResult{}, errors.New("base search of " + cfg.BaseDN + " returned no entry")
 	}
 	set, err := ParseCSNSet(res.Entries[0].GetEqualFoldAttributeValues("contextCSN"))
 	if err != nil {
 		p.drop()
 		return ProbeResult{}, err
 	}
-	if !p.roleKnown && p.target == TargetHub && p.s.cfg.BindDN != "" {
+	if !p.roleKnown && p.target == TargetHub && cfg.BindDN != "" {
 		w, err := p.writable()
 		if err != nil {
 			p.drop()
@@ -123,7 +125,7 @@ func (p *ldapProber) Probe(ctx context.Context) (ProbeResult, error) {
 
 // writable asks a write that cannot change anything (see ldapProber).
 func (p *ldapProber) writable() (bool, error) {
-	req := ldap.NewModifyRequest(p.s.cfg.BaseDN, []ldap.Control{assertNothing{}})
+	req := ldap.NewModifyRequest(p.s.config().BaseDN, []ldap.Control{assertNothing{}})
 	req.Replace("objectClass", []string{"top"})
 	err := p.conn.Modify(req)
 	switch {

@@ -46,11 +46,12 @@ func newPGProber(s *Site, t Target, addr string) Prober {
 		return p
 	}
 	cfg.Host, cfg.Port = host, uint16(n)
-	cfg.User, cfg.Password, cfg.Database = s.cfg.User, s.cfg.Password, s.cfg.Database
+	sc := s.config()
+	cfg.User, cfg.Password, cfg.Database = sc.User, sc.Password, sc.Database
 	cfg.RuntimeParams["application_name"] = "spokeproxy-probe"
 	cfg.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
 	cfg.DialFunc = s.DialContext
-	if t == TargetHub && s.cfg.HubTLS != nil {
+	if t == TargetHub && sc.HubTLS != nil {
 		cfg.TLSConfig = s.tlsFor(addr)
 	}
 	p.cfg = cfg

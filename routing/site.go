@@ -8,6 +8,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spokeproxy/spokeproxy/metrics"
@@ -28,14 +29,18 @@ type ProbeResult struct {
 	Position Position // the endpoint's current (hub) or applied (replica) position; may be nil
 }
 
-// endpoint is one probed server. Fields below mu are guarded by Site.mu;
-// prober is used only by the endpoint's own probe goroutine.
+// endpoint is one probed server. The fields after kick are guarded by
+// Site.mu; prober is used only by the endpoint's own probe goroutine (and,
+// before that goroutine starts, by the reconfiguration that adds it).
 type endpoint struct {
 	target Target
 	addr   string
 	prober Prober
 	kick   chan struct{} // buffered(1): probe now
 
+	stop      context.CancelFunc // ends the probe goroutine; nil until it runs
+	removed   bool               // a reconfiguration dropped this hub candidate
+	rebuild   bool               // the hub TLS changed: a new prober before the next probe
 	link      *link
 	writable  bool
 	pos       Position
@@ -60,17 +65,28 @@ type waiter struct {
 // Site is one protocol's live view of its hub candidates and local replica:
 // probes, the link state machines with hysteresis, the replica position
 // poller and waiters, lag, and drills. Build it with NewSite, run it with
-// Run; every other method is safe for concurrent use.
+// Run, change its settings and hub candidates with Reconfigure; every other
+// method is safe for concurrent use.
 type Site struct {
-	cfg    Config
-	log    *slog.Logger
-	now    func() time.Time
-	dialer *net.Dialer
+	protocol Protocol
+	log      *slog.Logger
+	now      func() time.Time
+	metrics  *metrics.Routing // may be nil
+	replica  *endpoint
 
-	hubs    []*endpoint
-	replica *endpoint
+	// live is the current settings: hot paths (Decide, dials, probes) load
+	// it without a lock; Reconfigure replaces it whole.
+	live atomic.Pointer[settings]
+	// reconfMu serialises Reconfigure calls.
+	reconfMu sync.Mutex
 
 	mu sync.Mutex // guards everything below and the guarded endpoint fields
+	// hubs are the hub candidates in order of preference.
+	hubs []*endpoint
+	// runCtx is Run's context while Run runs (nil before and after):
+	// endpoints added by Reconfigure start probing under it.
+	runCtx context.Context
+	probes sync.WaitGroup // probe goroutines; Add only under mu with runCtx set
 	// hub is the protocol-level hub state as last computed.
 	hubUp       bool
 	hubEndpoint string
@@ -91,6 +107,17 @@ type Site struct {
 
 const maxSamples = 4096
 
+// settings is one immutable generation of a Site's configuration and the
+// WAN dialer made from it.
+type settings struct {
+	cfg    Config
+	dialer *net.Dialer
+}
+
+func newSettings(cfg Config) *settings {
+	return &settings{cfg: cfg, dialer: wanDialer(cfg.TCPKeepAlive, cfg.TCPUserTimeout)}
+}
+
 // NewSite builds a Site from cfg. It starts nothing: call Run.
 func NewSite(cfg Config) (*Site, error) {
 	if err := cfg.validate(); err != nil {
@@ -98,32 +125,22 @@ func NewSite(cfg Config) (*Site, error) {
 	}
 	cfg = cfg.withDefaults()
 	s := &Site{
-		cfg:     cfg,
-		log:     cfg.Logger.With("protocol", string(cfg.Protocol)),
-		now:     cfg.Now,
-		dialer:  wanDialer(cfg.TCPKeepAlive, cfg.TCPUserTimeout),
-		changes: make(chan struct{}),
-		waiters: make(map[*waiter]struct{}),
+		protocol: cfg.Protocol,
+		log:      cfg.Logger.With("protocol", string(cfg.Protocol)),
+		now:      cfg.Now,
+		metrics:  cfg.Metrics,
+		changes:  make(chan struct{}),
+		waiters:  make(map[*waiter]struct{}),
 	}
+	s.live.Store(newSettings(cfg))
 	now := s.now()
 	s.hubSince = now
 	s.hubReason = ReasonStarting
 	s.hubEndpoint = cfg.Hubs[0]
-	mk := func(t Target, addr string) *endpoint {
-		ep := &endpoint{target: t, addr: addr, kick: make(chan struct{}, 1), link: newLink(cfg.DownAfter, cfg.UpAfter, cfg.FlapWindow, now)}
-		if cfg.NewProber != nil {
-			ep.prober = cfg.NewProber(t, addr)
-		} else if cfg.Protocol == Postgres {
-			ep.prober = newPGProber(s, t, addr)
-		} else {
-			ep.prober = newLDAPProber(s, t, addr)
-		}
-		return ep
-	}
 	for _, h := range cfg.Hubs {
-		s.hubs = append(s.hubs, mk(TargetHub, h))
+		s.hubs = append(s.hubs, s.newEndpoint(TargetHub, h, now))
 	}
-	s.replica = mk(TargetReplica, cfg.Replica)
+	s.replica = s.newEndpoint(TargetReplica, cfg.Replica, now)
 	if cfg.Metrics != nil {
 		cfg.Metrics.Watch(s.metricsState)
 		cfg.Metrics.InitProtocol(string(cfg.Protocol))
@@ -131,31 +148,67 @@ func NewSite(cfg Config) (*Site, error) {
 	return s, nil
 }
 
-// Protocol returns the protocol this Site serves.
-func (s *Site) Protocol() Protocol { return s.cfg.Protocol }
+// config returns the current settings; callers must not modify them.
+func (s *Site) config() *Config { return &s.live.Load().cfg }
 
-// Policy returns the configured routing policy.
-func (s *Site) Policy() Policy { return s.cfg.Policy }
+func (s *Site) newEndpoint(t Target, addr string, now time.Time) *endpoint {
+	cfg := s.config()
+	return &endpoint{target: t, addr: addr, kick: make(chan struct{}, 1), prober: s.newProber(t, addr),
+		link: newLink(cfg.DownAfter, cfg.UpAfter, cfg.FlapWindow, now)}
+}
+
+// newProber makes the prober of one endpoint from the current settings.
+func (s *Site) newProber(t Target, addr string) Prober {
+	cfg := s.config()
+	switch {
+	case cfg.NewProber != nil:
+		return cfg.NewProber(t, addr)
+	case cfg.Protocol == Postgres:
+		return newPGProber(s, t, addr)
+	}
+	return newLDAPProber(s, t, addr)
+}
+
+// Protocol returns the protocol this Site serves.
+func (s *Site) Protocol() Protocol { return s.protocol }
+
+// Policy returns the routing policy in effect.
+func (s *Site) Policy() Policy { return s.config().Policy }
 
 // Run probes every endpoint until ctx ends, then closes the monitoring
 // connections. It returns nil after ctx ends. Call it once.
 func (s *Site) Run(ctx context.Context) error {
-	var wg sync.WaitGroup
-	for _, ep := range append(append([]*endpoint(nil), s.hubs...), s.replica) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s.probeLoop(ctx, ep)
-			ep.prober.Close()
-		}()
-	}
-	wg.Wait()
 	s.mu.Lock()
+	s.runCtx = ctx
+	for _, ep := range s.hubs {
+		s.startProbeLocked(ep)
+	}
+	s.startProbeLocked(s.replica)
+	s.mu.Unlock()
+	<-ctx.Done()
+	s.mu.Lock()
+	s.runCtx = nil // no probe starts after this: Wait below sees every Add
 	if s.drillTimer != nil {
 		s.drillTimer.Stop()
 	}
 	s.mu.Unlock()
+	s.probes.Wait()
 	return nil
+}
+
+// startProbeLocked starts ep's probe goroutine under Run's context.
+func (s *Site) startProbeLocked(ep *endpoint) {
+	if s.runCtx == nil {
+		return
+	}
+	ctx, stop := context.WithCancel(s.runCtx)
+	ep.stop = stop
+	s.probes.Add(1)
+	go func() {
+		defer s.probes.Done()
+		s.probeLoop(ctx, ep)
+		ep.prober.Close()
+	}()
 }
 
 func (s *Site) probeLoop(ctx context.Context, ep *endpoint) {
@@ -168,6 +221,16 @@ func (s *Site) probeLoop(ctx context.Context, ep *endpoint) {
 		case <-t.C:
 		case <-ep.kick:
 		}
+		s.mu.Lock()
+		rebuild := ep.rebuild
+		ep.rebuild = false
+		s.mu.Unlock()
+		if rebuild {
+			// The monitoring connection was made with the old hub TLS:
+			// the next probe dials with the new one.
+			ep.prober.Close()
+			ep.prober = s.newProber(ep.target, ep.addr)
+		}
 		s.probeOnce(ctx, ep)
 		t.Reset(s.nextProbe(ep))
 	}
@@ -177,47 +240,77 @@ func (s *Site) probeLoop(ctx context.Context, ep *endpoint) {
 // a replica position, short after a failure while the endpoint is still UP
 // (so a blackhole is confirmed within two probe timeouts), else the interval.
 func (s *Site) nextProbe(ep *endpoint) time.Duration {
+	cfg := s.config()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if ep.target == TargetReplica && len(s.waiters) > 0 {
-		return s.cfg.FastPollInterval
+		return cfg.FastPollInterval
 	}
 	if ep.link.state == StateUp && ep.link.fails > 0 {
-		return min(s.cfg.ProbeInterval, 20*time.Millisecond)
+		return min(cfg.ProbeInterval, 20*time.Millisecond)
 	}
-	return s.cfg.ProbeInterval
+	return cfg.ProbeInterval
+}
+
+// probeResult is one probe's outcome, before it is recorded.
+type probeResult struct {
+	start, end time.Time
+	res        ProbeResult
+	err        error
+}
+
+// runProbe probes ep once under the current probe timeout; ok is false
+// when ctx ended meanwhile (shutting down or the endpoint removed: not a
+// verdict on the endpoint).
+func (s *Site) runProbe(ctx context.Context, ep *endpoint) (r probeResult, ok bool) {
+	r.start = s.now()
+	pctx, cancel := context.WithTimeout(ctx, s.config().ProbeTimeout)
+	r.res, r.err = ep.prober.Probe(pctx)
+	cancel()
+	if ctx.Err() != nil {
+		return r, false
+	}
+	r.end = s.now()
+	if s.metrics != nil {
+		s.metrics.ProbeDuration(string(s.protocol), string(ep.target)).Observe(r.end.Sub(r.start).Seconds())
+	}
+	if r.err != nil {
+		r.err = fmt.Errorf("probe of %s %s: %w", ep.target, ep.addr, r.err)
+	}
+	return r, true
+}
+
+// recordLocked applies a probe's outcome to ep and reports whether ep's
+// state changed.
+func (s *Site) recordLocked(ep *endpoint, r probeResult) bool {
+	ep.lastProbe, ep.lastDur = r.start, r.end.Sub(r.start)
+	old := ep.link.state
+	changed := ep.link.probe(r.err, r.end)
+	if changed {
+		s.logEndpoint(ep, old, r.err)
+	}
+	if r.err == nil {
+		ep.writable = r.res.Writable
+		if r.res.Position != nil {
+			ep.pos, ep.posAt = r.res.Position, r.start
+		}
+	}
+	return changed
 }
 
 func (s *Site) probeOnce(ctx context.Context, ep *endpoint) {
-	start := s.now()
-	pctx, cancel := context.WithTimeout(ctx, s.cfg.ProbeTimeout)
-	res, err := ep.prober.Probe(pctx)
-	cancel()
-	if ctx.Err() != nil {
-		return // shutting down: not a verdict on the endpoint
-	}
-	end := s.now()
-	if s.cfg.Metrics != nil {
-		s.cfg.Metrics.ProbeDuration(string(s.cfg.Protocol), string(ep.target)).Observe(end.Sub(start).Seconds())
-	}
-	if err != nil {
-		err = fmt.Errorf("probe of %s %s: %w", ep.target, ep.addr, err)
+	r, ok := s.runProbe(ctx, ep)
+	if !ok {
+		return
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ep.lastProbe, ep.lastDur = start, end.Sub(start)
-	old := ep.link.state
-	epChanged := ep.link.probe(err, end)
-	if epChanged {
-		s.logEndpoint(ep, old, err)
+	if ep.removed {
+		return // the verdict came in after a reconfiguration dropped it
 	}
-	if err == nil {
-		ep.writable = res.Writable
-		if res.Position != nil {
-			ep.pos, ep.posAt = res.Position, start
-		}
-	}
-	s.recomputeLocked(end, epChanged && ep.target == TargetReplica)
+	epChanged := s.recordLocked(ep, r)
+	s.recomputeLocked(r.end, epChanged && ep.target == TargetReplica)
+	res, err, start := r.res, r.err, r.start
 	if err != nil {
 		return
 	}
@@ -243,6 +336,10 @@ func (s *Site) logEndpoint(ep *endpoint, old LinkState, err error) {
 // replica's state changed).
 func (s *Site) recomputeLocked(now time.Time, signal bool) {
 	up, endpoint, reason := false, s.hubEndpoint, ReasonHubDown
+	if !s.candidatesLocked(endpoint) {
+		// A reconfiguration removed it: name the first candidate now.
+		endpoint = s.hubs[0].addr
+	}
 	var writable []string
 	anyKnown, anyUnknown, anyUp := false, false, false
 	for _, ep := range s.hubs {
@@ -259,13 +356,13 @@ func (s *Site) recomputeLocked(now time.Time, signal bool) {
 		}
 	}
 	switch {
-	case s.cfg.Protocol == Postgres && len(writable) <= 1 && anyUnknown:
+	case s.protocol == Postgres && len(writable) <= 1 && anyUnknown:
 		// Until every candidate has answered or failed once, the first
 		// primary to answer is not known to be the only one: a split brain
 		// present at start must not be missed by picking it. A candidate
 		// that cannot be reached fails its first probe within ProbeTimeout.
 		reason = ReasonStarting
-	case len(writable) == 1 || (s.cfg.Protocol == LDAP && len(writable) > 1):
+	case len(writable) == 1 || (s.protocol == LDAP && len(writable) > 1):
 		// LDAP: the configured providers in order of preference.
 		up, endpoint, reason = true, writable[0], ReasonNone
 	case len(writable) > 1:
@@ -297,12 +394,12 @@ func (s *Site) effectiveLocked(now time.Time, changed bool) {
 	if eff != s.effectiveUp {
 		s.effectiveUp = eff
 		changed = true
-		if s.cfg.Metrics != nil {
+		if s.metrics != nil {
 			to := metrics.StateDown
 			if eff {
 				to = metrics.StateUp
 			}
-			s.cfg.Metrics.Transition(string(s.cfg.Protocol), to)
+			s.metrics.Transition(string(s.protocol), to)
 		}
 	}
 	if changed {
@@ -403,7 +500,7 @@ func (s *Site) Snapshot() Snapshot {
 func (s *Site) snapshotLocked(now time.Time) Snapshot {
 	lag, known := s.lagLocked(now)
 	snap := Snapshot{
-		Protocol: s.cfg.Protocol,
+		Protocol: s.protocol,
 		At:       now,
 		Drill:    s.drillActiveLocked(now),
 		Hub: HubView{
@@ -444,7 +541,7 @@ func (s *Site) hubByAddr(addr string) *endpoint {
 }
 
 // Decide routes one request against the current state.
-func (s *Site) Decide(r Request) Decision { return Decide(s.Snapshot(), r, s.cfg.Policy) }
+func (s *Site) Decide(r Request) Decision { return Decide(s.Snapshot(), r, s.config().Policy) }
 
 // HubUnavailable returns nil if a hub can take writes now, else a
 // *HubUnavailableError naming the hub and the reason.
@@ -455,7 +552,7 @@ func (s *Site) HubUnavailable() error {
 	if s.hubUp && !s.drillActiveLocked(now) {
 		return nil
 	}
-	e := &HubUnavailableError{Protocol: s.cfg.Protocol, Hub: s.hubEndpoint, Reason: s.hubReason}
+	e := &HubUnavailableError{Protocol: s.protocol, Hub: s.hubEndpoint, Reason: s.hubReason}
 	if s.drillActiveLocked(now) {
 		e.Reason = ReasonDrill
 	} else if ep := s.hubByAddr(s.hubEndpoint); ep != nil {
@@ -560,7 +657,7 @@ func (s *Site) WaitFor(ctx context.Context, pos Position) error {
 		default:
 		}
 		delete(s.waiters, w)
-		return &WaitError{Protocol: s.cfg.Protocol, Want: pos, Have: s.replica.pos, Err: ctx.Err()}
+		return &WaitError{Protocol: s.protocol, Want: pos, Have: s.replica.pos, Err: ctx.Err()}
 	}
 }
 
@@ -612,7 +709,7 @@ func (s *Site) metricsState() metrics.RoutingState {
 	now := s.now()
 	lag, known := s.lagLocked(now)
 	st := metrics.RoutingState{
-		Protocol:    string(s.cfg.Protocol),
+		Protocol:    string(s.protocol),
 		HubUp:       s.hubUp && !s.drillActiveLocked(now),
 		ReplicaUp:   s.replica.link.state == StateUp,
 		LagKnown:    known,

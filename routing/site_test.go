@@ -462,7 +462,9 @@ spokeproxy_replication_lag_seconds{protocol="pg"} 0
 func TestSiteRun(t *testing.T) {
 	before := runtime.NumGoroutine()
 	fs := newFakeSite(t, Postgres, "hub:5432")
-	fs.cfg.ProbeInterval = 10 * time.Millisecond
+	cfg := *fs.config()
+	cfg.ProbeInterval = 10 * time.Millisecond
+	fs.live.Store(newSettings(cfg))
 	fs.probers["hub:5432"].set(ProbeResult{Writable: true, Position: LSN(10)}, nil)
 	fs.probers["replica"].set(ProbeResult{Position: LSN(5)}, nil)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -64,7 +64,7 @@ func (s *Site) Status() Status {
 	now := s.now()
 	lag, known := s.lagLocked(now)
 	st := Status{
-		Protocol: s.cfg.Protocol,
+		Protocol: s.protocol,
 		Hub:      HubStatus{Up: s.hubUp, Endpoint: s.hubEndpoint, Since: s.hubSince},
 		Replica: Replica{
 			Up:         s.replica.link.state == StateUp,
@@ -85,7 +85,7 @@ func (s *Site) Status() Status {
 	if s.hubPos != nil {
 		st.Replica.HubPos = s.hubPos.String()
 	}
-	if b := s.lagBytesLocked(); s.cfg.Protocol == Postgres && b >= 0 {
+	if b := s.lagBytesLocked(); s.protocol == Postgres && b >= 0 {
 		st.Replica.LagBytes = &b
 	}
 	for _, ep := range append(append([]*endpoint(nil), s.hubs...), s.replica) {
