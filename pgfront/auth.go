@@ -240,6 +240,10 @@ func (a *authLookup) query(conns *authConns, cfg func(context.Context) (*pgx.Con
 	}
 }
 
+// dropHub closes the idle auth connections to the hub, so the next lookup
+// there dials the hub as it is now (a reload may have moved it).
+func (a *authLookup) dropHub() { a.hub.dropIdle() }
+
 // withCause adds why ctx ended (deadline, server judged down) to err.
 func withCause(ctx context.Context, err error) error {
 	if ctx.Err() == nil {
@@ -319,6 +323,17 @@ func (p *authConns) close() {
 	}
 }
 
+// dropIdle closes the idle connections and keeps serving.
+func (p *authConns) dropIdle() {
+	p.mu.Lock()
+	idle := p.idle
+	p.idle = nil
+	p.mu.Unlock()
+	for _, c := range idle {
+		closeAuthConn(c)
+	}
+}
+
 func closeAuthConn(c *pgx.Conn) {
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
@@ -346,14 +361,14 @@ func (s *Server) hubAuthConfig(ctx context.Context) (*pgx.ConnConfig, error) {
 		return nil, err
 	}
 	cc.Host, cc.Port = host, uint16(port)
-	cc.User, cc.Password, cc.Database = s.cfg.AuthUser, s.cfg.AuthPassword, s.cfg.AuthDatabase
-	cc.ConnectTimeout = s.cfg.BackendTimeout
+	cc.User, cc.Password, cc.Database = s.config().AuthUser, s.config().AuthPassword, s.config().AuthDatabase
+	cc.ConnectTimeout = s.config().BackendTimeout
 	cc.RuntimeParams["application_name"] = "spokeproxy auth"
 	cc.DialFunc = func(ctx context.Context, _, _ string) (net.Conn, error) { return s.site.DialHub(ctx, endpoint) }
-	if s.cfg.HubTLS != nil {
+	if s.config().HubTLS != nil {
 		// Role secrets cross the WAN here: they get the hub connections'
 		// TLS, and a hub without TLS fails the lookup rather than see them.
-		cc.TLSConfig = hubTLSFor(s.cfg.HubTLS, endpoint)
+		cc.TLSConfig = hubTLSFor(s.config().HubTLS, endpoint)
 	}
 	return cc, nil
 }

@@ -7,8 +7,9 @@
 // # Types
 //
 //   - Server (server.go): New(Config, Site, *metrics.PG, *slog.Logger),
-//     Serve(ctx, net.Listener), Shutdown(ctx). Owns the listeners, the
-//     connection limit and the proxy-owned cancel keys.
+//     Serve(ctx, net.Listener), Shutdown(ctx), Reconfigure(Config) (a
+//     reload: sessions read the Config through an atomic pointer). Owns the
+//     listeners, the connection limit and the proxy-owned cancel keys.
 //   - Site: the few methods of *routing.Site the front uses.
 //   - session (session.go): one client connection after login; owns its
 //     replica and hub backendConns and all transaction state. Everything

@@ -96,7 +96,7 @@ func FuzzSessionMessages(f *testing.F) {
 			_ = clientSide.Close()
 		}()
 		be := pgproto3.NewBackend(proxySide, proxySide)
-		be.SetMaxBodyLen(srv.cfg.MaxMessageSize) // as Server.handle does
+		be.SetMaxBodyLen(srv.config().MaxMessageSize) // as Server.handle does
 		sess := newSession(srv, proxySide, be,
 			map[string]string{"user": "app", "database": "appdb"}, &credentials{user: "app"}, srv.log)
 		sess.replica = &backendConn{conn: replicaProxySide, rd: newFrameReader(replicaProxySide, 8<<10, 0), fe: pgproto3.NewFrontend(noReader{}, replicaProxySide),

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -142,13 +143,16 @@ func (c Config) withDefaults() Config {
 // Server is the PostgreSQL front. Create it with New, run it with Serve,
 // stop it with Shutdown.
 type Server struct {
-	cfg        Config
+	// cfg is the current configuration: sessions load it per use without
+	// a lock; Reconfigure replaces it whole.
+	cfg        atomic.Pointer[Config]
 	site       Site
 	m          *metrics.PG
 	front      *metrics.FrontProtocol
 	log        *slog.Logger
-	classifier *Classifier
+	classifier atomic.Pointer[Classifier] // replaced when HubFunctions change
 	auth       *authLookup
+	reconfMu   sync.Mutex // serialises Reconfigure
 
 	nconns atomic.Int64 // client connections counted against MaxConnections
 
@@ -187,20 +191,90 @@ func New(cfg Config, site Site, m *metrics.PG, logger *slog.Logger) *Server {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{
-		cfg:        cfg,
-		site:       site,
-		m:          m,
-		front:      front,
-		log:        logger,
-		classifier: NewClassifier(cfg.HubFunctions, cfg.ClassifierCacheEntries, 16<<20),
-		listeners:  make(map[net.Listener]struct{}),
-		conns:      make(map[net.Conn]struct{}),
-		sessions:   make(map[cancelKey]*session),
-		hubPool:    make(map[string][]*backendConn),
+		site:      site,
+		m:         m,
+		front:     front,
+		log:       logger,
+		listeners: make(map[net.Listener]struct{}),
+		conns:     make(map[net.Conn]struct{}),
+		sessions:  make(map[cancelKey]*session),
+		hubPool:   make(map[string][]*backendConn),
 	}
+	s.cfg.Store(&cfg)
+	s.classifier.Store(newClassifier(cfg))
 	s.draining, s.stopDraining = context.WithCancel(context.Background())
 	s.auth = newAuthLookup(cfg, site, s.hubAuthConfig)
 	return s
+}
+
+func newClassifier(cfg Config) *Classifier {
+	return NewClassifier(cfg.HubFunctions, cfg.ClassifierCacheEntries, 16<<20)
+}
+
+// config returns the current configuration; callers must not modify it.
+func (s *Server) config() *Config { return s.cfg.Load() }
+
+// Reconfigure replaces the configuration of a running front without
+// dropping a client. What it reads per use takes effect at once: timeouts
+// of waits and backend dials, consistency, transaction handling, hub
+// functions, hub TLS (new hub connections), the hub pool size and
+// MaxConnections. What a connection takes when it starts (StartupTimeout,
+// MaxMessageSize) applies to new connections. ReplicaAddr, TLS, the auth
+// role (AuthUser, AuthPassword, AuthQuery, AuthDatabase) and
+// ClassifierCacheEntries keep the values New was given: the listener and
+// the auth lookup hold them.
+//
+// Idle hub connections in the pool that are not to the Site's current hub
+// are closed (the candidate was removed, or the hub moved), and all of
+// them when the hub TLS changed; the auth lookup's hub connection too.
+// Sessions keep the hub connection they use until their transaction ends,
+// then follow the current hub.
+func (s *Server) Reconfigure(cfg Config) {
+	s.reconfMu.Lock()
+	defer s.reconfMu.Unlock()
+	old := s.config()
+	cfg = cfg.withDefaults()
+	cfg.ReplicaAddr, cfg.TLS = old.ReplicaAddr, old.TLS
+	cfg.AuthUser, cfg.AuthPassword, cfg.AuthQuery, cfg.AuthDatabase = old.AuthUser, old.AuthPassword, old.AuthQuery, old.AuthDatabase
+	cfg.ClassifierCacheEntries = old.ClassifierCacheEntries
+	cfg.HubFunctions = slices.Clone(cfg.HubFunctions)
+	if !slices.Equal(cfg.HubFunctions, old.HubFunctions) {
+		s.classifier.Store(newClassifier(cfg))
+	}
+	s.cfg.Store(&cfg)
+	tlsChanged := cfg.HubTLS != old.HubTLS
+	current := ""
+	if s.site.HubUnavailable() == nil {
+		current = s.site.Snapshot().Hub.Endpoint
+	}
+	s.pruneHubPool(func(b *backendConn) bool { return tlsChanged || b.endpoint != current })
+	s.auth.dropHub()
+}
+
+// pruneHubPool closes the pooled hub connections drop selects.
+func (s *Server) pruneHubPool(drop func(*backendConn) bool) {
+	var closing []*backendConn
+	s.mu.Lock()
+	for key, conns := range s.hubPool {
+		kept := conns[:0]
+		for _, b := range conns {
+			if drop(b) {
+				closing = append(closing, b)
+			} else {
+				kept = append(kept, b)
+			}
+		}
+		if len(kept) == 0 {
+			delete(s.hubPool, key)
+		} else {
+			s.hubPool[key] = kept
+		}
+	}
+	s.mu.Unlock()
+	for _, b := range closing {
+		b.close()
+		s.front.HubConnections.Dec()
+	}
 }
 
 // ErrServerClosed is returned by Serve after Shutdown.
@@ -367,7 +441,7 @@ func (s *Server) pooledHubs() int {
 func (s *Server) putHub(key string, b *backendConn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.shutdown || len(s.hubPool[key]) >= s.cfg.HubPoolSize {
+	if s.shutdown || len(s.hubPool[key]) >= s.config().HubPoolSize {
 		return false
 	}
 	s.hubPool[key] = append(s.hubPool[key], b)
@@ -477,13 +551,13 @@ func cutNul(b []byte) (string, []byte, bool) {
 
 // handle runs one client connection from its first byte to its close.
 func (s *Server) handle(ctx context.Context, conn net.Conn) {
-	over := s.nconns.Add(1) > int64(s.cfg.MaxConnections)
+	over := s.nconns.Add(1) > int64(s.config().MaxConnections)
 	defer s.nconns.Add(-1)
 	s.front.ClientConnections.Inc()
 	defer s.front.ClientConnections.Dec()
 
 	log := s.log.With("client", conn.RemoteAddr().String())
-	_ = conn.SetDeadline(time.Now().Add(s.cfg.StartupTimeout))
+	_ = conn.SetDeadline(time.Now().Add(s.config().StartupTimeout))
 
 	var startup *pgproto3.StartupMessage
 	tlsDone := false
@@ -500,7 +574,7 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 		}
 		switch m := msg.(type) {
 		case *pgproto3.SSLRequest:
-			if tlsDone || s.cfg.TLS == nil {
+			if tlsDone || s.config().TLS == nil {
 				if _, err := conn.Write([]byte{'N'}); err != nil {
 					return
 				}
@@ -509,7 +583,7 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 			if _, err := conn.Write([]byte{'S'}); err != nil {
 				return
 			}
-			tc := tls.Server(conn, s.cfg.TLS)
+			tc := tls.Server(conn, s.config().TLS)
 			if err := tc.HandshakeContext(ctx); err != nil {
 				log.Debug("client TLS handshake failed", "err", err)
 				return
@@ -534,7 +608,7 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 	conn = rawconn.Wrap(conn) // see internal/rawconn: raw socket calls skip the runtime's sysmon wake-ups
 	cw := &clientWriter{conn: conn}
 	be := pgproto3.NewBackend(conn, cw)
-	be.SetMaxBodyLen(s.cfg.MaxMessageSize)
+	be.SetMaxBodyLen(s.config().MaxMessageSize)
 	if startup.ProtocolVersion != pgproto3.ProtocolVersion30 {
 		// A 3.x client with x > 0: tell it we speak 3.0 (what PostgreSQL 15 does).
 		var unrecognized []string
@@ -578,7 +652,7 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 		return
 	}
 	_ = conn.SetDeadline(time.Time{})
-	cw.setTimeout(s.cfg.WriteTimeout)
+	cw.setTimeout(s.config().WriteTimeout)
 	err = sess.run(ctx)
 	var ce *clientIOError
 	if errors.As(err, &ce) {
@@ -699,7 +773,7 @@ func (s *Server) cancel(ctx context.Context, key cancelKey) {
 		return
 	}
 	s.m.Cancels.Inc()
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.BackendTimeout)
+	ctx, cancel := context.WithTimeout(ctx, s.config().BackendTimeout)
 	defer cancel()
 	var conn net.Conn
 	var err error

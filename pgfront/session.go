@@ -144,13 +144,13 @@ func (s *session) close() {
 	if s.replica != nil {
 		s.srv.front.ReplicaConnections.Dec()
 	}
-	if s.hub != nil && !s.broken && s.txOn == nil && !s.txLost && !s.pinned && s.open == nil && s.srv.cfg.HubPoolSize > 0 && s.hub.alive() {
+	if s.hub != nil && !s.broken && s.txOn == nil && !s.txLost && !s.pinned && s.open == nil && s.srv.config().HubPoolSize > 0 && s.hub.alive() {
 		// Reset the connection's session state and offer it to the next
 		// session of the same role: its first write then costs no login.
 		b := s.hub
 		s.hub = nil
 		b.pendingSQL, b.pendingClose = nil, nil
-		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.BackendTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), s.srv.config().BackendTimeout)
 		err := s.silent(ctx, b, "DISCARD ALL")
 		cancel()
 		b.prepared = make(map[string]bool)
@@ -191,13 +191,13 @@ const isolationProbe = "SHOW default_transaction_isolation"
 // role, and reports the default isolation level it logged in with.
 func (s *session) dialReplica(ctx context.Context) (*backendConn, Isolation, error) {
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", s.srv.cfg.ReplicaAddr)
+	c, err := d.DialContext(ctx, "tcp", s.srv.config().ReplicaAddr)
 	if err != nil {
 		s.srv.site.ReportReplicaFailure(err)
 		return nil, 0, &replicaError{op: "connect", err: err}
 	}
 	c = rawconn.Wrap(c)
-	b, iso, err := login(ctx, c, false, s.srv.cfg.ReplicaAddr, s.params, s.creds, isolationProbe)
+	b, iso, err := login(ctx, c, false, s.srv.config().ReplicaAddr, s.params, s.creds, isolationProbe)
 	if err != nil {
 		c.Close()
 		var be *backendError
@@ -228,12 +228,12 @@ func parseIsolation(v string) Isolation {
 // the client's login: AuthenticationOk, ParameterStatus, the proxy-owned
 // BackendKeyData (with the replica backend's real PID), ReadyForQuery.
 func (s *session) start(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, s.srv.cfg.BackendTimeout)
+	ctx, cancel := context.WithTimeout(ctx, s.srv.config().BackendTimeout)
 	defer cancel()
 	b, iso, err := s.dialReplica(ctx)
 	if err != nil {
 		var be *backendError
-		if errors.As(err, &be) || s.srv.cfg.RefuseWhenReplicaDown {
+		if errors.As(err, &be) || s.srv.config().RefuseWhenReplicaDown {
 			return err
 		}
 		// The replica is down: serve the session from the hub while it is
@@ -367,12 +367,12 @@ func (s *session) run(ctx context.Context) error {
 				}
 				batch = nil
 			}
-			u := &unit{simple: true, query: m.String, class: s.srv.classifier.Classify(m.String)}
+			u := &unit{simple: true, query: m.String, class: s.srv.classifier.Load().Classify(m.String)}
 			if err := s.runUnit(ctx, u); err != nil {
 				return err
 			}
 		case *pgproto3.Parse:
-			st := &preparedStmt{parse: mustEncode(m), query: m.Query, class: s.srv.classifier.Classify(m.Query)}
+			st := &preparedStmt{parse: mustEncode(m), query: m.Query, class: s.srv.classifier.Load().Classify(m.Query)}
 			s.stmts[m.Name] = st
 			batch = append(batch, batchMsg{raw: st.parse, typ: 'P', stmt: m.Name})
 		case *pgproto3.Bind:
@@ -534,7 +534,7 @@ func (s *session) runUnit(ctx context.Context, u *unit) error {
 			if s.txOn != nil && s.txOn == s.replica {
 				s.moveTxnToHub(hb)
 			}
-			p2 := plan{to: hb, route: metrics.RouteHub, capture: s.txOn == nil && s.srv.cfg.Consistency != routing.ConsistencyNone}
+			p2 := plan{to: hb, route: metrics.RouteHub, capture: s.txOn == nil && s.srv.config().Consistency != routing.ConsistencyNone}
 			p = p2
 			res, err = s.exchange(ctx, hb, u, p2)
 			if err != nil {
@@ -590,7 +590,7 @@ func (s *session) reconnectReplica(ctx context.Context) {
 		time.Now().Before(s.replicaRetry) || !s.srv.site.Snapshot().Replica.Up {
 		return
 	}
-	dctx, cancel := context.WithTimeout(ctx, s.srv.cfg.BackendTimeout)
+	dctx, cancel := context.WithTimeout(ctx, s.srv.config().BackendTimeout)
 	defer cancel()
 	b, iso, err := s.dialReplica(dctx)
 	if err != nil {
@@ -651,7 +651,7 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 			s.pin()
 		}
 		s.noteListen(u)
-		if !s.pinned && s.srv.cfg.Consistency != routing.ConsistencyNone {
+		if !s.pinned && s.srv.config().Consistency != routing.ConsistencyNone {
 			// The end of a hub transaction: learn its commit position.
 			for _, st := range u.class.Stmts {
 				p.capture = p.capture || st.Kind == StmtCommit || (s.txOn == nil && st.Kind >= StmtWrite)
@@ -720,7 +720,7 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 	case k == StmtBegin && isSingle:
 		hubFirst := single.Isolation == IsolationSerializable ||
 			(single.Isolation == IsolationRepeatableRead && single.Access != AccessReadOnly) ||
-			(!s.srv.cfg.LazyTransactions && single.Access != AccessReadOnly)
+			(!s.srv.config().LazyTransactions && single.Access != AccessReadOnly)
 		if hubFirst {
 			p, err := toHub()
 			if err != nil || p.refuse == nil || single.Isolation == IsolationSerializable {
@@ -790,7 +790,7 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 		s.pin()
 		s.noteListen(u)
 	} else {
-		p.capture = s.srv.cfg.Consistency != routing.ConsistencyNone
+		p.capture = s.srv.config().Consistency != routing.ConsistencyNone
 	}
 	return p, nil
 }
@@ -914,7 +914,7 @@ func (s *session) planRead(ctx context.Context) (plan, error) {
 	if d.Route == routing.RouteRefuse {
 		// The replica is down or stale and the policy (or the hub's state)
 		// leaves no one to answer: say so rather than serve stale rows.
-		return plan{refuse: &routing.ReplicaUnavailableError{Protocol: routing.Postgres, Replica: s.srv.cfg.ReplicaAddr, Reason: d.Reason}}, nil
+		return plan{refuse: &routing.ReplicaUnavailableError{Protocol: routing.Postgres, Replica: s.srv.config().ReplicaAddr, Reason: d.Reason}}, nil
 	}
 	if d.Route == routing.RouteHub || s.replica == nil {
 		hb, err := s.hubConn(ctx)
@@ -924,7 +924,7 @@ func (s *session) planRead(ctx context.Context) (plan, error) {
 		if s.replica == nil {
 			// The session lost its replica connection and could not make
 			// another, and the hub is unavailable too.
-			return plan{refuse: &routing.ReplicaUnavailableError{Protocol: routing.Postgres, Replica: s.srv.cfg.ReplicaAddr, Reason: routing.ReasonReplicaDown, Err: err}}, nil
+			return plan{refuse: &routing.ReplicaUnavailableError{Protocol: routing.Postgres, Replica: s.srv.config().ReplicaAddr, Reason: routing.ReasonReplicaDown, Err: err}}, nil
 		}
 	}
 	return plan{to: s.replica, route: metrics.RouteLocal, safetyNet: true, waitForPos: true}, nil
@@ -933,11 +933,11 @@ func (s *session) planRead(ctx context.Context) (plan, error) {
 // waitPos waits for the replica to apply the session's position. It
 // reports false when the read should go to the hub instead.
 func (s *session) waitPos(ctx context.Context) (bool, error) {
-	if s.pos == 0 || s.srv.cfg.Consistency != routing.ConsistencySession {
+	if s.pos == 0 || s.srv.config().Consistency != routing.ConsistencySession {
 		return true, nil
 	}
 	start := time.Now()
-	wctx, cancel := context.WithTimeout(ctx, s.srv.cfg.WaitTimeout)
+	wctx, cancel := context.WithTimeout(ctx, s.srv.config().WaitTimeout)
 	err := s.srv.site.WaitFor(wctx, s.pos)
 	cancel()
 	s.srv.front.CausalWait.Observe(time.Since(start).Seconds())
@@ -945,7 +945,7 @@ func (s *session) waitPos(ctx context.Context) (bool, error) {
 		s.pos = 0
 		return true, nil
 	}
-	if s.srv.cfg.OnTimeoutHub {
+	if s.srv.config().OnTimeoutHub {
 		return false, nil
 	}
 	return false, err
@@ -991,7 +991,7 @@ func (s *session) hubConn(ctx context.Context) (*backendConn, error) {
 		s.hub.pendingSQL = append(s.hub.pendingSQL, s.sets...)
 		return b, nil
 	}
-	dctx, cancel := context.WithTimeout(ctx, s.srv.cfg.BackendTimeout)
+	dctx, cancel := context.WithTimeout(ctx, s.srv.config().BackendTimeout)
 	defer cancel()
 	c, err := s.srv.site.DialHub(dctx, endpoint)
 	if err != nil {
@@ -1004,8 +1004,8 @@ func (s *session) hubConn(ctx context.Context) (*backendConn, error) {
 		return nil, &routing.HubUnavailableError{Protocol: routing.Postgres, Hub: endpoint, Reason: routing.ReasonHubDown, Err: err}
 	}
 	c = &countingConn{Conn: c, in: s.srv.front.WANBytesFromHub, out: s.srv.front.WANBytesToHub}
-	if s.srv.cfg.HubTLS != nil {
-		tc, err := startTLS(dctx, c, s.srv.cfg.HubTLS, endpoint)
+	if s.srv.config().HubTLS != nil {
+		tc, err := startTLS(dctx, c, s.srv.config().HubTLS, endpoint)
 		if err != nil {
 			c.Close()
 			s.srv.site.ReportHubFailure(endpoint, err)
@@ -1503,9 +1503,9 @@ func (s *session) finish(ctx context.Context, p plan, u *unit, res exResult) err
 		if res.lsn > s.pos {
 			s.pos = res.lsn
 		}
-		if s.srv.cfg.Consistency == routing.ConsistencySite {
+		if s.srv.config().Consistency == routing.ConsistencySite {
 			start := time.Now()
-			wctx, cancel := context.WithTimeout(ctx, s.srv.cfg.WaitTimeout)
+			wctx, cancel := context.WithTimeout(ctx, s.srv.config().WaitTimeout)
 			_ = s.srv.site.WaitFor(wctx, res.lsn)
 			cancel()
 			s.srv.front.CausalWait.Observe(time.Since(start).Seconds())
@@ -1914,7 +1914,7 @@ func (s *session) finishOpen(ctx context.Context, batch []batchMsg) error {
 	s.sendUnit(f, &unit{msgs: batch})
 	f.u.msgs = append(f.u.msgs, batch...)
 	f.u.class.Stmts = append(f.u.class.Stmts, s.extendedUnit(batch).class.Stmts...)
-	if f.b.hub && s.txOn == nil && !s.pinned && s.srv.cfg.Consistency != routing.ConsistencyNone &&
+	if f.b.hub && s.txOn == nil && !s.pinned && s.srv.config().Consistency != routing.ConsistencyNone &&
 		f.u.class.Strongest() >= StmtWrite {
 		f.p.capture = true // an autocommit write: learn its position
 	}
