@@ -90,7 +90,7 @@ func (s *session) bindResponse(o *op, raw []byte) {
 		gen := s.idGen
 		o.b.gen = gen
 		s.mu.Unlock()
-		if id.kind == identSASL && s.srv.cfg.ProxyAuthDN != "" {
+		if id.kind == identSASL && s.srv.config().ProxyAuthDN != "" {
 			s.learnAuthzID(o.b, gen, raw)
 			return
 		}
@@ -219,7 +219,7 @@ func (s *session) cancelOp(p *PDU) {
 // startTLS terminates StartTLS from the client. It reports false if the
 // session must end.
 func (s *session) startTLS(p *PDU) bool {
-	if s.srv.cfg.TLS == nil {
+	if s.srv.config().TLS == nil {
 		s.toClient(encodeResult(p.MessageID, OpExtendedResponse, ResultProtocolError, "", "spokeproxy: StartTLS is not configured", ""), true)
 		return true
 	}
@@ -242,8 +242,8 @@ func (s *session) startTLS(p *PDU) bool {
 	if err := s.bw.Flush(); err != nil {
 		return false
 	}
-	tc := tls.Server(s.client, s.srv.cfg.TLS)
-	_ = tc.SetDeadline(time.Now().Add(s.srv.cfg.DialTimeout))
+	tc := tls.Server(s.client, s.srv.config().TLS)
+	_ = tc.SetDeadline(time.Now().Add(s.srv.config().DialTimeout))
 	if err := tc.Handshake(); err != nil {
 		s.log.Warn("StartTLS handshake failed", "err", err)
 		return false

@@ -7,7 +7,9 @@
 //
 //   - Server (server.go): New(Config, Site, *metrics.LDAPFront, *slog.Logger),
 //     Serve(ctx, net.Listener) per listener (wrap it with tls.NewListener for
-//     LDAPS), Shutdown(ctx) which sends every client a Notice of Disconnection.
+//     LDAPS), Shutdown(ctx) which sends every client a Notice of Disconnection,
+//     Reconfigure(Config) for a reload (sessions read the Config through an
+//     atomic pointer).
 //   - Config: replica URL, base DN, client and hub TLS, consistency mode and
 //     wait timeout, proxy_auth identity, limits. The proxy package maps its file
 //     configuration onto it.

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
@@ -156,10 +157,13 @@ var ErrServerClosed = errors.New("ldapfront: server closed")
 // Server is the LDAP front. Build it with New; Serve it on any number of
 // listeners; Shutdown ends every session with a Notice of Disconnection.
 type Server struct {
-	cfg  Config
-	site Site
-	m    *metrics.LDAPFront
-	log  *slog.Logger
+	// cfg is the current configuration: sessions load it per use without
+	// a lock; Reconfigure replaces it whole.
+	cfg      atomic.Pointer[Config]
+	reconfMu sync.Mutex // serialises Reconfigure
+	site     Site
+	m        *metrics.LDAPFront
+	log      *slog.Logger
 
 	replicaAddr  string
 	replicaLDAPS bool
@@ -205,13 +209,42 @@ func New(cfg Config, site Site, m *metrics.LDAPFront, logger *slog.Logger) *Serv
 		logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{
-		cfg: cfg, site: site, m: m, log: logger.With("front", "ldap"),
+		site: site, m: m, log: logger.With("front", "ldap"),
 		listeners: make(map[net.Listener]struct{}),
 		sessions:  make(map[*session]struct{}),
 		counters:  make(map[opLabels]metrics.OperationCounter),
 	}
+	s.cfg.Store(&cfg)
 	s.replicaAddr, s.replicaLDAPS = ldapHostPort(cfg.ReplicaURL)
 	return s
+}
+
+// config returns the current configuration; callers must not modify it.
+func (s *Server) config() *Config { return s.cfg.Load() }
+
+// Reconfigure replaces the configuration of a running front without
+// dropping a client; cfg must pass Validate. What sessions read per use
+// takes effect at once: consistency and its wait, size and in-flight
+// limits, idle and write timeouts, dial timeout, MaxConnections, and the
+// hub TLS of new hub connections. ReplicaURL, ReplicaTLS, BaseDN, TLS and
+// the proxy-auth identity keep the values New was given: the listeners and
+// the replication position depend on them.
+//
+// A session whose hub connection goes to an endpoint that is no longer the
+// Site's hub moves at its next hub operation; operations already in flight
+// on the old connection get their answers first (see retireWhenDone).
+func (s *Server) Reconfigure(cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	s.reconfMu.Lock()
+	defer s.reconfMu.Unlock()
+	old := s.config()
+	cfg = cfg.withDefaults()
+	cfg.ReplicaURL, cfg.ReplicaTLS, cfg.BaseDN, cfg.TLS = old.ReplicaURL, old.ReplicaTLS, old.BaseDN, old.TLS
+	cfg.ProxyAuthDN, cfg.ProxyAuthPassword = old.ProxyAuthDN, old.ProxyAuthPassword
+	s.cfg.Store(&cfg)
+	return nil
 }
 
 // ldapHostPort turns an LDAP URL (or host:port) into host:port and whether it is ldaps.
@@ -274,11 +307,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		}
 		tempDelay = 0
 		s.mu.Lock()
-		if s.closed || len(s.sessions) >= s.cfg.MaxConnections {
+		if s.closed || len(s.sessions) >= s.config().MaxConnections {
 			full := !s.closed
 			s.mu.Unlock()
 			if full {
-				s.log.Warn("refusing client: max_connections reached", "max_connections", s.cfg.MaxConnections, "client", c.RemoteAddr().String())
+				s.log.Warn("refusing client: max_connections reached", "max_connections", s.config().MaxConnections, "client", c.RemoteAddr().String())
 			}
 			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
 			_, _ = c.Write(EncodeNoticeOfDisconnection(ResultUnavailable, "spokeproxy: too many connections"))
@@ -373,12 +406,12 @@ func (s *Server) replicaSupportsSync(ctx context.Context) bool {
 }
 
 func (s *Server) queryRootDSESync(ctx context.Context) (bool, error) {
-	d := &net.Dialer{Timeout: s.cfg.DialTimeout}
+	d := &net.Dialer{Timeout: s.config().DialTimeout}
 	opts := []ldap.DialOpt{ldap.DialWithDialer(d)}
-	if s.cfg.ReplicaTLS != nil {
-		opts = append(opts, ldap.DialWithTLSConfig(s.cfg.ReplicaTLS))
+	if s.config().ReplicaTLS != nil {
+		opts = append(opts, ldap.DialWithTLSConfig(s.config().ReplicaTLS))
 	}
-	conn, err := ldap.DialURL(s.cfg.ReplicaURL, opts...)
+	conn, err := ldap.DialURL(s.config().ReplicaURL, opts...)
 	if err != nil {
 		return false, err
 	}
@@ -386,7 +419,7 @@ func (s *Server) queryRootDSESync(ctx context.Context) (bool, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetTimeout(time.Until(dl))
 	} else {
-		conn.SetTimeout(s.cfg.DialTimeout)
+		conn.SetTimeout(s.config().DialTimeout)
 	}
 	res, err := conn.Search(ldap.NewSearchRequest("", ldap.ScopeBaseObject, ldap.NeverDerefAliases, 0, 0, false,
 		"(objectClass=*)", []string{"supportedControl"}, nil))

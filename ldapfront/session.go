@@ -61,6 +61,9 @@ type backend struct {
 	gen     int  // identity generation this connection is bound as
 	dead    bool // failed or closed: no new operations
 	closing bool // closed by the session on purpose (rebind, end): not a failure to report
+	// draining: the hub moved; no new operations, and the connection
+	// closes once those in flight have their answers.
+	draining bool
 }
 
 // op is one operation in flight, keyed by message ID. Guarded by session.mu.
@@ -102,15 +105,16 @@ type session struct {
 
 	wmu sync.Mutex    // one writer to the client
 	bw  *bufio.Writer // writes through clientWriter
-	// writeTimeout bounds each write to the client (Config.WriteTimeout;
-	// shortened for the last words of disconnect). Guarded by wmu.
-	writeTimeout time.Duration
+	// lastWords: disconnect is writing its notice; writes to the client
+	// then get at most a second. Guarded by wmu.
+	lastWords bool
 
 	setupMu sync.Mutex // serializes backend connection setup
 
 	mu           sync.Mutex // guards everything below
 	replica      *backend
 	hub          *backend
+	draining     map[*backend]struct{} // old hub connections finishing their operations
 	ops          map[int64]*op
 	pos          routing.Position // read-your-writes position of this session
 	id           identity
@@ -135,7 +139,6 @@ func newSession(srv *Server, c net.Conn) *session {
 		br:           bufio.NewReaderSize(c, 16<<10),
 		ops:          make(map[int64]*op),
 		nextInternal: internalBase,
-		writeTimeout: srv.cfg.WriteTimeout,
 	}
 	s.bw = bufio.NewWriterSize(clientWriter{s}, 32<<10)
 	_, s.isTLS = c.(*tls.Conn)
@@ -160,7 +163,7 @@ func (s *session) run(parent context.Context) {
 	defer stop()
 	s.touch()
 	s.mu.Lock()
-	s.idle = time.AfterFunc(s.srv.cfg.IdleTimeout, s.checkIdle)
+	s.idle = time.AfterFunc(s.srv.config().IdleTimeout, s.checkIdle)
 	s.mu.Unlock()
 	defer s.idle.Stop() // after close: checkIdle re-arms only while not closed
 
@@ -168,7 +171,7 @@ func (s *session) run(parent context.Context) {
 		s.log.Warn("replica unavailable at connect", "err", err)
 	}
 	for {
-		pdu, err := ReadPDU(s.br, s.srv.cfg.MaxPDUSize)
+		pdu, err := ReadPDU(s.br, s.srv.config().MaxPDUSize)
 		if err != nil {
 			if IsMalformed(err) {
 				reason := metrics.LDAPErrMalformed
@@ -204,15 +207,15 @@ func (s *session) checkIdle() {
 	}
 	busy := len(s.ops) > 0
 	since := time.Since(time.Unix(0, s.lastActive.Load()))
-	if !busy && since >= s.srv.cfg.IdleTimeout {
+	if !busy && since >= s.srv.config().IdleTimeout {
 		s.mu.Unlock()
 		s.log.Info("closing idle client", "idle", since.Round(time.Second))
 		s.close()
 		return
 	}
-	wait := s.srv.cfg.IdleTimeout - since
+	wait := s.srv.config().IdleTimeout - since
 	if busy || wait <= 0 {
-		wait = s.srv.cfg.IdleTimeout
+		wait = s.srv.config().IdleTimeout
 	}
 	s.idle.Reset(wait)
 	s.mu.Unlock()
@@ -226,6 +229,9 @@ func (s *session) close() {
 		s.mu.Lock()
 		s.closed = true
 		bs := []*backend{s.replica, s.hub}
+		for b := range s.draining {
+			bs = append(bs, b)
+		}
 		for _, b := range bs {
 			if b != nil {
 				b.closing = true
@@ -264,7 +270,7 @@ func (w clientWriter) Write(b []byte) (int, error) {
 		// A timeout here is a deadline disconnect set, now past: the
 		// fresh one below still gives its notice a chance.
 	}
-	_ = s.raw.SetWriteDeadline(time.Now().Add(s.writeTimeout))
+	_ = s.raw.SetWriteDeadline(time.Now().Add(s.writeTimeout()))
 	m, err := s.client.Write(b[n:])
 	n += m
 	if plain && err == nil {
@@ -274,10 +280,21 @@ func (w clientWriter) Write(b []byte) (int, error) {
 	return n, s.clientWriteError(err)
 }
 
+// writeTimeout is how long a write may wait for the client: WriteTimeout
+// as configured now, at most a second for disconnect's last words. Only
+// under wmu.
+func (s *session) writeTimeout() time.Duration {
+	t := s.srv.config().WriteTimeout
+	if s.lastWords {
+		t = min(t, time.Second)
+	}
+	return t
+}
+
 // clientWriteError names a write timeout for what it is: a slow client.
 func (s *session) clientWriteError(err error) error {
 	if err != nil && isTimeout(err) {
-		return &slowClientError{timeout: s.writeTimeout, err: err}
+		return &slowClientError{timeout: s.writeTimeout(), err: err}
 	}
 	return err
 }
@@ -305,7 +322,7 @@ func (s *session) disconnect(code int, msg string) {
 	// not read, so that wmu comes free.
 	_ = s.raw.SetWriteDeadline(time.Now().Add(time.Second))
 	s.wmu.Lock()
-	s.writeTimeout = min(s.writeTimeout, time.Second)
+	s.lastWords = true
 	_, _ = s.bw.Write(EncodeNoticeOfDisconnection(code, msg))
 	_ = s.bw.Flush()
 	s.wmu.Unlock()
@@ -452,7 +469,7 @@ func routeLabel(r routing.Route) string {
 // routing core says so (bounded by WaitTimeout).
 func (s *session) decide(kind routing.Kind, pinned bool) routing.Decision {
 	req := routing.Request{Kind: kind, PinnedHub: pinned}
-	if s.srv.cfg.Consistency == routing.ConsistencySession {
+	if s.srv.config().Consistency == routing.ConsistencySession {
 		s.mu.Lock()
 		req.SessionPos = s.pos
 		s.mu.Unlock()
@@ -461,7 +478,7 @@ func (s *session) decide(kind routing.Kind, pinned bool) routing.Decision {
 	if d.Route != routing.RouteWaitLocal {
 		return d
 	}
-	ctx, cancel := context.WithTimeout(s.ctx, s.srv.cfg.WaitTimeout)
+	ctx, cancel := context.WithTimeout(s.ctx, s.srv.config().WaitTimeout)
 	t0 := time.Now()
 	err := s.srv.site.WaitFor(ctx, req.SessionPos)
 	cancel()
@@ -493,7 +510,7 @@ func (s *session) forward(p *PDU) {
 	ident := s.id
 	s.mu.Unlock()
 	kindLabel := kind.String()
-	if n >= s.srv.cfg.MaxOutstanding {
+	if n >= s.srv.config().MaxOutstanding {
 		if m := s.metrics(); m != nil {
 			m.Busy.Inc()
 		}
@@ -505,7 +522,7 @@ func (s *session) forward(p *PDU) {
 		s.reply(p, ResultProtocolError, "spokeproxy: message ID already in use by an operation in flight")
 		return
 	}
-	if kind == routing.KindWrite && ident.kind == identSASL && s.srv.cfg.ProxyAuthDN == "" {
+	if kind == routing.KindWrite && ident.kind == identSASL && s.srv.config().ProxyAuthDN == "" {
 		s.srv.countOp(name, metrics.RouteRefuse, kindLabel)
 		s.reply(p, ResultUnwillingToPerform, "spokeproxy: writes after a SASL bind need proxy_auth in the LDAP configuration; bind with a simple bind to write")
 		return
@@ -549,7 +566,7 @@ func (s *session) forward(p *PDU) {
 	}
 	raw := p.Raw
 	var extra []Control
-	if b.side == metrics.TargetHub && o.write && !o.noCSN && s.srv.cfg.Consistency != routing.ConsistencyNone {
+	if b.side == metrics.TargetHub && o.write && !o.noCSN && s.srv.config().Consistency != routing.ConsistencyNone {
 		switch p.Op {
 		case OpAddRequest, OpModifyRequest, OpModifyDNRequest:
 			if _, ok := p.Control(OIDPostRead); ok {
@@ -575,7 +592,7 @@ func (s *session) forward(p *PDU) {
 			// The body is not valid BER: let the hub say so, unchanged.
 			s.log.Warn("cannot add controls to a request; relaying it unchanged", "err", err)
 			raw, o.postRead = p.Raw, false
-			o.needCSN = o.write && !o.noCSN && s.srv.cfg.Consistency != routing.ConsistencyNone
+			o.needCSN = o.write && !o.noCSN && s.srv.config().Consistency != routing.ConsistencyNone
 		}
 	}
 	s.send(o, raw, p, kind, d)
@@ -629,7 +646,7 @@ func (s *session) refuse(p *PDU, kind routing.Kind, d routing.Decision, cause er
 		s.reply(p, ResultUnavailable, "spokeproxy: local replica cannot answer and "+e.Error())
 		return
 	}
-	msg := fmt.Sprintf("spokeproxy: local replica %s unavailable (%s)", s.srv.cfg.ReplicaURL, d.Reason)
+	msg := fmt.Sprintf("spokeproxy: local replica %s unavailable (%s)", s.srv.config().ReplicaURL, d.Reason)
 	if cause != nil {
 		msg += ": " + cause.Error()
 	}
@@ -688,23 +705,23 @@ func (s *session) replicaConn() (*backend, error) {
 	if ident.kind == identSASL {
 		return nil, errors.New("replica connection lost after a SASL bind; bind again")
 	}
-	ctx, cancel := context.WithTimeout(s.ctx, s.srv.cfg.DialTimeout)
+	ctx, cancel := context.WithTimeout(s.ctx, s.srv.config().DialTimeout)
 	defer cancel()
 	d := &net.Dialer{}
 	conn, err := d.DialContext(ctx, "tcp", s.srv.replicaAddr)
 	if err != nil {
-		return nil, fmt.Errorf("dial replica %s: %w", s.srv.cfg.ReplicaURL, err)
+		return nil, fmt.Errorf("dial replica %s: %w", s.srv.config().ReplicaURL, err)
 	}
 	conn = rawconn.Wrap(conn)
 	if s.srv.replicaLDAPS {
-		tc := tls.Client(conn, s.srv.cfg.ReplicaTLS)
+		tc := tls.Client(conn, s.srv.config().ReplicaTLS)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			conn.Close()
-			return nil, fmt.Errorf("TLS to replica %s: %w", s.srv.cfg.ReplicaURL, err)
+			return nil, fmt.Errorf("TLS to replica %s: %w", s.srv.config().ReplicaURL, err)
 		}
 		conn = tc
 	}
-	nb, err := s.setup(ctx, conn, metrics.TargetReplica, s.srv.cfg.ReplicaURL, ident, gen, false)
+	nb, err := s.setup(ctx, conn, metrics.TargetReplica, s.srv.config().ReplicaURL, ident, gen, false)
 	if err != nil {
 		return nil, err
 	}
@@ -727,14 +744,16 @@ func (s *session) hubConn(endpoint string) (*backend, error) {
 	if b != nil && b.gen == gen && b.endpoint == endpoint {
 		return b, nil
 	}
-	if b != nil {
+	if b != nil && b.gen == gen {
+		s.retireWhenDone(b) // the hub moved: what is in flight there finishes there
+	} else if b != nil {
 		s.retire(b)
 	}
 	return s.dialHub(endpoint, ident, gen)
 }
 
 func (s *session) dialHub(endpoint string, ident identity, gen int) (*backend, error) {
-	ctx, cancel := context.WithTimeout(s.ctx, s.srv.cfg.DialTimeout)
+	ctx, cancel := context.WithTimeout(s.ctx, s.srv.config().DialTimeout)
 	defer cancel()
 	if w, ok := s.srv.site.(hubWatcher); ok {
 		// On a silent link the TCP connect to a middlebox still succeeds and
@@ -764,7 +783,7 @@ func (s *session) dialHub(endpoint string, ident identity, gen int) (*backend, e
 		return nil, fmt.Errorf("dial hub: %w", err)
 	}
 	conn = rawconn.Wrap(conn)
-	b, err := s.setup(ctx, conn, metrics.TargetHub, endpoint, ident, gen, s.srv.cfg.HubStartTLS && !isLDAPS(endpoint))
+	b, err := s.setup(ctx, conn, metrics.TargetHub, endpoint, ident, gen, s.srv.config().HubStartTLS && !isLDAPS(endpoint))
 	if err != nil {
 		var be *bindError
 		if !errors.As(err, &be) {
@@ -776,6 +795,52 @@ func (s *session) dialHub(endpoint string, ident identity, gen int) (*backend, e
 }
 
 func isLDAPS(u string) bool { return len(u) >= 8 && u[:8] == "ldaps://" }
+
+// retireWhenDone takes hub connection b out of use because the hub moved (a
+// failover, or a reload that removed its candidate) and closes it once the
+// operations in flight on it have their answers: an operation the old hub
+// is running is not turned into "outcome unknown" by the move. If the old
+// hub is really gone, the operations fail as on any lost link.
+func (s *session) retireWhenDone(b *backend) {
+	s.mu.Lock()
+	if s.hub == b {
+		s.hub = nil
+	}
+	b.closing, b.draining = true, true
+	idle := !s.busyLocked(b)
+	if !idle {
+		if s.draining == nil {
+			s.draining = map[*backend]struct{}{}
+		}
+		s.draining[b] = struct{}{}
+	}
+	s.mu.Unlock()
+	if idle {
+		_ = b.conn.Close()
+	}
+}
+
+// busyLocked reports whether an operation is in flight on b.
+func (s *session) busyLocked(b *backend) bool {
+	for _, o := range s.ops {
+		if o.b == b {
+			return true
+		}
+	}
+	return false
+}
+
+// doneDraining reports, for a draining b, whether its last operation has
+// been answered; it then forgets b (the caller closes it).
+func (s *session) doneDraining(b *backend) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !b.draining || s.busyLocked(b) {
+		return false
+	}
+	delete(s.draining, b)
+	return true
+}
 
 // retire closes a backend the session no longer wants (rebind, failover).
 func (s *session) retire(b *backend) {
@@ -815,8 +880,8 @@ func (s *session) setup(ctx context.Context, conn net.Conn, side, endpoint strin
 			return fail(fmt.Errorf("StartTLS to %s refused: %d %s", endpoint, code, diag))
 		}
 		tc := &tls.Config{}
-		if s.srv.cfg.HubTLS != nil {
-			tc = s.srv.cfg.HubTLS.Clone()
+		if s.srv.config().HubTLS != nil {
+			tc = s.srv.config().HubTLS.Clone()
 		}
 		if tc.ServerName == "" {
 			host, _ := ldapHostPort(endpoint)
@@ -834,7 +899,7 @@ func (s *session) setup(ctx context.Context, conn net.Conn, side, endpoint strin
 	case ident.kind == identSimple:
 		dn, pw = ident.dn, ident.password
 	case ident.kind == identSASL && side == metrics.TargetHub:
-		dn, pw = s.srv.cfg.ProxyAuthDN, []byte(s.srv.cfg.ProxyAuthPassword)
+		dn, pw = s.srv.config().ProxyAuthDN, []byte(s.srv.config().ProxyAuthPassword)
 	}
 	if dn != "" {
 		code, diag, err := s.exchange(b, encodeSimpleBind(setupID, dn, pw))
@@ -879,7 +944,7 @@ func (s *session) exchange(b *backend, raw []byte) (int, string, error) {
 		return 0, "", err
 	}
 	for {
-		resp, err := readFrame(b.br, s.srv.cfg.MaxResponseSize)
+		resp, err := readFrame(b.br, s.srv.config().MaxResponseSize)
 		if err != nil {
 			return 0, "", err
 		}
@@ -919,7 +984,7 @@ func (s *session) readBackend(b *backend) {
 		// raw is b.br's own buffer when the message fits there: valid until
 		// the next nextFrame. Relaying copies it into the client's writer;
 		// what outlives this iteration is cloned below.
-		raw, err := nextFrame(b.br, s.srv.cfg.MaxResponseSize)
+		raw, err := nextFrame(b.br, s.srv.config().MaxResponseSize)
 		if err != nil {
 			s.backendFailed(b, err)
 			return
@@ -950,6 +1015,7 @@ func (s *session) readBackend(b *backend) {
 		if o != nil && h.Op.isFinal() {
 			delete(s.ops, h.MessageID)
 		}
+		answered := b.draining && o != nil && h.Op.isFinal()
 		s.mu.Unlock()
 		switch {
 		case o == nil:
@@ -964,6 +1030,11 @@ func (s *session) readBackend(b *backend) {
 			s.finish(o, bytes.Clone(raw))
 		default:
 			s.finish(o, raw)
+		}
+		// Checked after finish: finishing a write may read the hub's
+		// contextCSN on this connection first.
+		if answered && s.doneDraining(b) {
+			_ = b.conn.Close()
 		}
 	}
 }
@@ -1021,6 +1092,7 @@ func (s *session) backendFailed(b *backend, err error) {
 	if s.hub == b {
 		s.hub = nil
 	}
+	delete(s.draining, b)
 	if s.replica == b {
 		s.replica = nil
 	}
@@ -1087,7 +1159,7 @@ func (s *session) finish(o *op, raw []byte) {
 		s.bindResponse(o, raw)
 		return
 	}
-	if !o.write || o.noCSN || s.srv.cfg.Consistency == routing.ConsistencyNone {
+	if !o.write || o.noCSN || s.srv.config().Consistency == routing.ConsistencyNone {
 		s.toClient(raw, true)
 		return
 	}
@@ -1134,12 +1206,12 @@ func (s *session) advance(p routing.Position) {
 // ack sends a successful write's response; in site mode only once the local
 // replica has the write (bounded by WaitTimeout).
 func (s *session) ack(raw []byte) {
-	if s.srv.cfg.Consistency == routing.ConsistencySite {
+	if s.srv.config().Consistency == routing.ConsistencySite {
 		s.mu.Lock()
 		pos := s.pos
 		s.mu.Unlock()
 		if pos != nil {
-			ctx, cancel := context.WithTimeout(s.ctx, s.srv.cfg.WaitTimeout)
+			ctx, cancel := context.WithTimeout(s.ctx, s.srv.config().WaitTimeout)
 			t0 := time.Now()
 			if err := s.srv.site.WaitFor(ctx, pos); err != nil {
 				s.log.Warn("write acknowledged before the replica applied it", "err", err)
@@ -1181,7 +1253,7 @@ func (s *session) readHubCSN(b *backend, done func(routing.Position)) {
 			done(nil)
 		}
 	}
-	s.sendInternal(o, func(id int64) []byte { return encodeBaseSearch(id, s.srv.cfg.BaseDN, "contextCSN") })
+	s.sendInternal(o, func(id int64) []byte { return encodeBaseSearch(id, s.srv.config().BaseDN, "contextCSN") })
 }
 
 // sendInternal sends a request of the proxy's own on o.b under the next
