@@ -23,7 +23,8 @@ type frontend interface {
 }
 
 // protocolPart is one protocol of the site: its routing view, its front
-// and the addresses the front listens on.
+// and the addresses the front listens on, and what a reload rebuilds the
+// part's settings from besides the config file.
 type protocolPart struct {
 	name    string // metrics.Postgres or metrics.LDAP
 	site    *routing.Site
@@ -31,6 +32,30 @@ type protocolPart struct {
 	listen  string
 	tlsLn   string      // optional second listener wrapped in TLS (LDAPS)
 	tlsConf *tls.Config // for tlsLn
+
+	pg   *pgfront.Server   // the front, when name is metrics.Postgres
+	ldap *ldapfront.Server // the front, when name is metrics.LDAP
+
+	secrets  partSecrets
+	frontTLS *tls.Config // the listener's; its certificate rotates through Server.certs
+	hubTLS   *tls.Config // to the hubs; nil for none (PostgreSQL hub_tls.mode disable)
+	rm       *metrics.Routing
+}
+
+// section is the part's config section: "postgres" or "ldap".
+func (p *protocolPart) section() string {
+	if p.name == metrics.Postgres {
+		return "postgres"
+	}
+	return "ldap"
+}
+
+// partSecrets are a part's passwords, read from their files at start and
+// kept in memory; a reload keeps them (a restart re-reads them).
+type partSecrets struct {
+	pgAuth    string // postgres.auth.password_file
+	monitor   string // ldap.monitor.password_file
+	proxyAuth string // ldap.proxy_auth.password_file
 }
 
 // policy maps the consistency and replica sections onto routing's policy.
@@ -53,8 +78,8 @@ func policy(c *Config) routing.Policy {
 }
 
 // siteConfig is the part of routing.Config both protocols share.
-func (s *Server) siteConfig(protocol routing.Protocol, m *metrics.Routing) routing.Config {
-	l := s.cfg.Link
+func (s *Server) siteConfig(c *Config, protocol routing.Protocol, m *metrics.Routing) routing.Config {
+	l := c.Link
 	return routing.Config{
 		Protocol:       protocol,
 		ProbeInterval:  l.ProbeInterval,
@@ -64,10 +89,97 @@ func (s *Server) siteConfig(protocol routing.Protocol, m *metrics.Routing) routi
 		FlapWindow:     l.FlapWindow,
 		TCPKeepAlive:   l.TCPKeepalive,
 		TCPUserTimeout: l.TCPUserTimeout,
-		Policy:         policy(s.cfg),
+		Policy:         policy(c),
 		Logger:         s.logger,
 		Metrics:        m,
 	}
+}
+
+// pgSettings maps the config onto the PostgreSQL part's routing and front
+// settings. New builds the part from them; a reload rebuilds them from the
+// reloaded config and hands them to the running site and front.
+func (s *Server) pgSettings(c *Config, p *protocolPart) (routing.Config, pgfront.Config) {
+	pg := c.Postgres
+	rc := s.siteConfig(c, routing.Postgres, p.rm)
+	rc.Replica = pg.Replica.Address
+	for _, h := range pg.Hubs {
+		rc.Hubs = append(rc.Hubs, h.Address)
+	}
+	rc.User, rc.Password, rc.Database = pg.Auth.User, p.secrets.pgAuth, "postgres"
+	rc.HubTLS = p.hubTLS
+	pol := policy(c)
+	fc := pgfront.Config{
+		Site:             c.Site,
+		ReplicaAddr:      pg.Replica.Address,
+		TLS:              p.frontTLS,
+		HubTLS:           p.hubTLS,
+		AuthUser:         pg.Auth.User,
+		AuthPassword:     p.secrets.pgAuth,
+		AuthQuery:        pg.Auth.Query,
+		LazyTransactions: pg.Transactions == "lazy",
+		HubFunctions:     pg.HubFunctions,
+		Consistency:      pol.Consistency,
+		WaitTimeout:      pol.WaitTimeout,
+		OnTimeoutHub:     pol.OnTimeoutHub,
+		MaxConnections:   pg.MaxConnections,
+		MaxMessageSize:   int(pg.MaxMessageSize),
+		StartupTimeout:   pg.StartupTimeout,
+		WriteTimeout:     pg.WriteTimeout,
+		HubPoolSize:      pg.HubPoolSize,
+		// Logins need the replica's auth query; with "refuse" a site
+		// does not fall back to the hub for them either.
+		RefuseWhenReplicaDown: c.Replica.WhenUnavailable == "refuse",
+	}
+	return rc, fc
+}
+
+// ldapSettings is pgSettings for the LDAP part.
+func (s *Server) ldapSettings(c *Config, p *protocolPart) (routing.Config, ldapfront.Config) {
+	l := c.LDAP
+	rc := s.siteConfig(c, routing.LDAP, p.rm)
+	rc.Replica = l.Replica.URL
+	for _, h := range l.Hubs {
+		rc.Hubs = append(rc.Hubs, h.URL)
+	}
+	rc.BaseDN = l.BaseDN
+	if l.Monitor.Configured() {
+		rc.BindDN, rc.BindPassword = l.Monitor.BindDN, p.secrets.monitor
+	}
+	rc.HubTLS, rc.HubStartTLS = p.hubTLS, l.HubTLS.StartTLS
+	fc := ldapfront.Config{
+		ReplicaURL:     l.Replica.URL,
+		BaseDN:         l.BaseDN,
+		TLS:            p.frontTLS,
+		HubTLS:         p.hubTLS,
+		HubStartTLS:    l.HubTLS.StartTLS,
+		Consistency:    policy(c).Consistency,
+		WaitTimeout:    c.Consistency.WaitTimeout,
+		MaxPDUSize:     int64(l.MaxPDUSize),
+		MaxOutstanding: l.MaxOutstanding,
+		IdleTimeout:    l.IdleTimeout,
+		WriteTimeout:   l.WriteTimeout,
+		MaxConnections: l.MaxConnections,
+	}
+	if l.ProxyAuth.Configured() {
+		fc.ProxyAuthDN, fc.ProxyAuthPassword = l.ProxyAuth.BindDN, p.secrets.proxyAuth
+	}
+	return rc, fc
+}
+
+// hubTLSFor builds a part's TLS to its hubs from the config.
+func hubTLSFor(name string, c *Config) (*tls.Config, error) {
+	if name == metrics.Postgres {
+		t, err := postgresHubTLS(c.Postgres.HubTLS)
+		if err != nil {
+			return nil, fmt.Errorf("postgres.hub_tls: %w", err)
+		}
+		return t, nil
+	}
+	t, err := clientTLS(c.LDAP.HubTLS.CAFile, c.LDAP.HubTLS.ServerName)
+	if err != nil {
+		return nil, fmt.Errorf("ldap.hub_tls: %w", err)
+	}
+	return t, nil
 }
 
 // buildParts creates the routing sites and fronts the config asks for.
@@ -78,118 +190,55 @@ func (s *Server) buildParts() ([]*protocolPart, error) {
 	rm := metrics.NewRouting(s.reg)
 
 	if pg := s.cfg.Postgres; pg != nil {
-		password, err := ReadSecretFile(pg.Auth.PasswordFile)
-		if err != nil {
+		p := &protocolPart{name: metrics.Postgres, listen: pg.Listen, rm: rm}
+		var err error
+		if p.secrets.pgAuth, err = ReadSecretFile(pg.Auth.PasswordFile); err != nil {
 			return nil, fmt.Errorf("postgres.auth.password_file: %w", err)
 		}
-		rc := s.siteConfig(routing.Postgres, rm)
-		rc.Replica = pg.Replica.Address
-		for _, h := range pg.Hubs {
-			rc.Hubs = append(rc.Hubs, h.Address)
-		}
-		rc.User, rc.Password, rc.Database = pg.Auth.User, password, "postgres"
-		hubTLS, err := postgresHubTLS(pg.HubTLS)
-		if err != nil {
-			return nil, fmt.Errorf("postgres.hub_tls: %w", err)
-		}
-		rc.HubTLS = hubTLS
-		site, err := routing.NewSite(rc)
-		if err != nil {
+		if p.hubTLS, err = hubTLSFor(p.name, s.cfg); err != nil {
 			return nil, err
 		}
-		frontTLS, err := s.serverTLS("postgres.tls", pg.TLS)
-		if err != nil {
+		if p.frontTLS, err = s.serverTLS("postgres.tls", pg.TLS); err != nil {
 			return nil, fmt.Errorf("postgres.tls: %w", err)
+		}
+		rc, fc := s.pgSettings(s.cfg, p)
+		if p.site, err = routing.NewSite(rc); err != nil {
+			return nil, err
 		}
 		m := metrics.NewPG(s.reg)
 		m.Front = front.Protocol(metrics.Postgres)
-		p := policy(s.cfg)
-		fc := pgfront.Config{
-			Site:             s.cfg.Site,
-			ReplicaAddr:      pg.Replica.Address,
-			TLS:              frontTLS,
-			HubTLS:           hubTLS,
-			AuthUser:         pg.Auth.User,
-			AuthPassword:     password,
-			AuthQuery:        pg.Auth.Query,
-			LazyTransactions: pg.Transactions == "lazy",
-			HubFunctions:     pg.HubFunctions,
-			Consistency:      p.Consistency,
-			WaitTimeout:      p.WaitTimeout,
-			OnTimeoutHub:     p.OnTimeoutHub,
-			MaxConnections:   pg.MaxConnections,
-			MaxMessageSize:   int(pg.MaxMessageSize),
-			StartupTimeout:   pg.StartupTimeout,
-			WriteTimeout:     pg.WriteTimeout,
-			HubPoolSize:      pg.HubPoolSize,
-			// Logins need the replica's auth query; with "refuse" a site
-			// does not fall back to the hub for them either.
-			RefuseWhenReplicaDown: s.cfg.Replica.WhenUnavailable == "refuse",
-		}
-		parts = append(parts, &protocolPart{
-			name:   metrics.Postgres,
-			site:   site,
-			front:  pgfront.New(fc, site, m, s.logger.With("front", "pg")),
-			listen: pg.Listen,
-		})
+		p.pg = pgfront.New(fc, p.site, m, s.logger.With("front", "pg"))
+		p.front = p.pg
+		parts = append(parts, p)
 	}
 
 	if l := s.cfg.LDAP; l != nil {
-		rc := s.siteConfig(routing.LDAP, rm)
-		rc.Replica = l.Replica.URL
-		for _, h := range l.Hubs {
-			rc.Hubs = append(rc.Hubs, h.URL)
-		}
-		rc.BaseDN = l.BaseDN
+		p := &protocolPart{name: metrics.LDAP, listen: l.Listen, tlsLn: l.LDAPSListen, rm: rm}
+		var err error
 		if l.Monitor.Configured() {
-			pw, err := ReadSecretFile(l.Monitor.PasswordFile)
-			if err != nil {
+			if p.secrets.monitor, err = ReadSecretFile(l.Monitor.PasswordFile); err != nil {
 				return nil, fmt.Errorf("ldap.monitor.password_file: %w", err)
 			}
-			rc.BindDN, rc.BindPassword = l.Monitor.BindDN, pw
-		}
-		hubTLS, err := clientTLS(l.HubTLS.CAFile, l.HubTLS.ServerName)
-		if err != nil {
-			return nil, fmt.Errorf("ldap.hub_tls: %w", err)
-		}
-		rc.HubTLS, rc.HubStartTLS = hubTLS, l.HubTLS.StartTLS
-		site, err := routing.NewSite(rc)
-		if err != nil {
-			return nil, err
-		}
-		srvTLS, err := s.serverTLS("ldap.tls", l.TLS)
-		if err != nil {
-			return nil, fmt.Errorf("ldap.tls: %w", err)
-		}
-		fc := ldapfront.Config{
-			ReplicaURL:     l.Replica.URL,
-			BaseDN:         l.BaseDN,
-			TLS:            srvTLS,
-			HubTLS:         hubTLS,
-			HubStartTLS:    l.HubTLS.StartTLS,
-			Consistency:    policy(s.cfg).Consistency,
-			WaitTimeout:    s.cfg.Consistency.WaitTimeout,
-			MaxPDUSize:     int64(l.MaxPDUSize),
-			MaxOutstanding: l.MaxOutstanding,
-			IdleTimeout:    l.IdleTimeout,
-			WriteTimeout:   l.WriteTimeout,
-			MaxConnections: l.MaxConnections,
 		}
 		if l.ProxyAuth.Configured() {
-			pw, err := ReadSecretFile(l.ProxyAuth.PasswordFile)
-			if err != nil {
+			if p.secrets.proxyAuth, err = ReadSecretFile(l.ProxyAuth.PasswordFile); err != nil {
 				return nil, fmt.Errorf("ldap.proxy_auth.password_file: %w", err)
 			}
-			fc.ProxyAuthDN, fc.ProxyAuthPassword = l.ProxyAuth.BindDN, pw
 		}
-		parts = append(parts, &protocolPart{
-			name:    metrics.LDAP,
-			site:    site,
-			front:   ldapfront.New(fc, site, metrics.NewLDAP(s.reg, front), s.logger),
-			listen:  l.Listen,
-			tlsLn:   l.LDAPSListen,
-			tlsConf: srvTLS,
-		})
+		if p.hubTLS, err = hubTLSFor(p.name, s.cfg); err != nil {
+			return nil, err
+		}
+		if p.frontTLS, err = s.serverTLS("ldap.tls", l.TLS); err != nil {
+			return nil, fmt.Errorf("ldap.tls: %w", err)
+		}
+		p.tlsConf = p.frontTLS
+		rc, fc := s.ldapSettings(s.cfg, p)
+		if p.site, err = routing.NewSite(rc); err != nil {
+			return nil, err
+		}
+		p.ldap = ldapfront.New(fc, p.site, metrics.NewLDAP(s.reg, front), s.logger)
+		p.front = p.ldap
+		parts = append(parts, p)
 	}
 	return parts, nil
 }

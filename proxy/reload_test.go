@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -108,16 +109,25 @@ func TestReloadAppliesLiveKeysAndNamesTheRest(t *testing.T) {
 	tokenFile := filepath.Join(dir, "token")
 	os.WriteFile(tokenFile, []byte("t1\n"), 0o600)
 	next := parseIn(t, dir, strings.NewReplacer("level: info", "level: debug", "probe_interval: 250ms", "probe_interval: 200ms",
-		`admin: {listen: "127.0.0.1:0"}`, `admin: {listen: "127.0.0.1:0", token_file: token}`).Replace(reloadBase))
+		`admin: {listen: "127.0.0.1:0"}`, `admin: {listen: "127.0.0.1:0", token_file: token}`,
+		`replica: {address: "127.0.0.1:1"}`, `replica: {address: "127.0.0.1:3"}`).Replace(reloadBase))
 	res, err := srv.Reload(next)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(res.Applied, []string{"log.level", "admin.token_file"}) || !reflect.DeepEqual(res.NeedRestart, []string{"link.probe_interval"}) {
+	if !reflect.DeepEqual(res.Applied, []string{"log.level", "admin.token_file", "link.probe_interval"}) || !reflect.DeepEqual(res.NeedRestart, []string{"postgres.replica.address"}) {
 		t.Errorf("Reload = %+v", res)
 	}
 	if level.Level() != slog.LevelDebug {
 		t.Errorf("log level after the reload = %s, want DEBUG", level.Level())
+	}
+	// The running configuration took the live keys and kept the rest.
+	if run := srv.running.Load(); run.Link.ProbeInterval != 200*time.Millisecond || run.Postgres.Replica.Address != "127.0.0.1:1" {
+		t.Errorf("running config after the reload: probe_interval %s, replica %s; want 200ms and the old replica",
+			run.Link.ProbeInterval, run.Postgres.Replica.Address)
+	}
+	if d := diffConfig(srv.running.Load(), next); !reflect.DeepEqual(d, []string{"postgres.replica.address"}) {
+		t.Errorf("running config differs from the file in %v, want only what needs a restart", d)
 	}
 	if code := drill(""); code != 401 {
 		t.Errorf("drill without the reloaded token = %d, want 401", code)
@@ -125,7 +135,7 @@ func TestReloadAppliesLiveKeysAndNamesTheRest(t *testing.T) {
 	if code := drill("t1"); code != 200 {
 		t.Errorf("drill with the reloaded token = %d, want 200", code)
 	}
-	if !strings.Contains(logs.String(), "need_restart=link.probe_interval") {
+	if !strings.Contains(logs.String(), "need_restart=postgres.replica.address") {
 		t.Errorf("the reload log does not name what needs a restart:\n%s", logs.String())
 	}
 
@@ -186,5 +196,35 @@ func TestIsLoopback(t *testing.T) {
 		if got := isLoopback(a); got != want {
 			t.Errorf("isLoopback(%s) = %v, want %v", addr, got, want)
 		}
+	}
+}
+
+// withKeys takes exactly the named keys and shares nothing with either
+// config: the running one is read concurrently and must never change.
+func TestWithKeysTakesOnlyTheKeysAndSharesNothing(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "pw"), []byte("x\n"), 0o600)
+	base := parseIn(t, dir, reloadBase)
+	src := parseIn(t, dir, strings.NewReplacer(
+		`hubs: [{address: "127.0.0.1:2"}]`, `hubs: [{address: "127.0.0.1:5"}, {address: "127.0.0.1:6"}]`,
+		`replica: {address: "127.0.0.1:1"}`, `replica: {address: "127.0.0.1:3"}`,
+		"probe_interval: 250ms", "probe_interval: 200ms").Replace(reloadBase))
+	out, err := withKeys(base, src, []string{"postgres.hubs", "link.probe_interval"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := diffConfig(out, src); !reflect.DeepEqual(d, []string{"postgres.replica.address"}) {
+		t.Errorf("withKeys result differs from src in %v, want only the key not taken", d)
+	}
+	if d := diffConfig(out, base); !reflect.DeepEqual(d, []string{"link.probe_interval", "postgres.hubs"}) {
+		t.Errorf("withKeys result differs from base in %v, want the keys taken", d)
+	}
+	out.Postgres.Hubs[0].Address = "changed"
+	out.Postgres.Listen = "changed"
+	if base.Postgres.Listen == "changed" || src.Postgres.Hubs[0].Address == "changed" || base.Postgres.Hubs[0].Address == "changed" {
+		t.Error("the result shares memory with its inputs")
+	}
+	if _, err := withKeys(base, src, []string{"postgres.no_such_key"}); err == nil {
+		t.Error("an unknown key was taken")
 	}
 }

@@ -55,9 +55,11 @@ type Server struct {
 	level *slog.LevelVar         // nil: log.level changes need a restart
 	token atomic.Pointer[string] // the admin bearer token now; "" means none
 
-	reloadMu sync.Mutex            // serialises reloads; guards running
-	running  *Config               // cfg with the reloaded live keys applied
-	files    map[string]fileDigest // the *_file contents the site was built from
+	reloadMu sync.Mutex // serialises reloads; guards files
+	// running is cfg with the reloaded live keys applied: the
+	// configuration in effect. Written under reloadMu, read anywhere.
+	running atomic.Pointer[Config]
+	files   map[string]fileDigest // the *_file contents in effect
 	// adminLoopback: the admin API listens on loopback only. Set by Start.
 	adminLoopback atomic.Bool
 	// certs holds each front listener's certificate by config section
@@ -94,12 +96,12 @@ func New(cfg *Config, opts Options) (*Server, error) {
 		version:      opts.Version,
 		errs:         make(chan error, 4),
 		level:        opts.LogLevel,
-		running:      cfg,
 		refusalEvery: opts.RefusalLogInterval,
 	}
 	if s.refusalEvery <= 0 {
 		s.refusalEvery = 10 * time.Second
 	}
+	s.running.Store(cfg)
 	s.certs = map[string]*certHolder{}
 	s.files = fileDigests(cfg) // before buildParts reads them: a change in between shows at the next reload
 	parts, err := s.buildParts()
@@ -247,6 +249,13 @@ func exposureWarnings(c *Config, token string, adminLoopback bool) []string {
 	if token == "" && !adminLoopback {
 		w = append(w, "the admin API listens beyond loopback without admin.token_file: anyone who reaches it can start a drill")
 	}
+	return append(w, wanWarnings(c)...)
+}
+
+// wanWarnings lists what a config sends across the WAN in clear; a reload
+// that changes the hubs or their TLS logs it again.
+func wanWarnings(c *Config) []string {
+	var w []string
 	if l := c.LDAP; l != nil && !l.HubTLS.StartTLS {
 		for _, h := range l.Hubs {
 			if strings.HasPrefix(h.URL, "ldap://") {
@@ -363,7 +372,7 @@ func (s *Server) ready() error {
 		snap := p.site.Snapshot()
 		switch {
 		case snap.Replica.Up:
-		case snap.Hub.Up && !snap.Drill && s.cfg.Replica.WhenUnavailable == "hub":
+		case snap.Hub.Up && !snap.Drill && s.running.Load().Replica.WhenUnavailable == "hub":
 		default:
 			errs = append(errs, fmt.Errorf("%s: replica down and hub %s unusable", p.name, snap.Hub.Reason))
 		}

@@ -13,9 +13,10 @@ import (
 )
 
 // TestServeReloadsOnSIGHUPAndDrainsOnSIGTERM runs `spokeproxy serve` in
-// this process and signals it: SIGHUP applies the new log level and admin
-// token and names the keys that need a restart, a bad file is rejected and
-// the running config kept, SIGTERM drains and exits 0. (The backends do
+// this process and signals it: SIGHUP applies the new log level, admin
+// token and probe interval and names the keys that need a restart; a file
+// that does not load, and one that loads but whose hub CA does not, are
+// rejected and change nothing; SIGTERM drains and exits 0. (The backends do
 // not exist: serving does not need them.) Its file name keeps it with the
 // drill and lifecycle work.
 func TestServeReloadsOnSIGHUPAndDrainsOnSIGTERM(t *testing.T) {
@@ -74,13 +75,14 @@ postgres:
 		t.Fatalf("DELETE /drill without a token configured = %d", code)
 	}
 
-	os.WriteFile(path, []byte(strings.NewReplacer(
-		"level: info", "level: debug",
+	good := strings.NewReplacer(
+		"level: info, format: text", "level: debug, format: json",
 		"probe_interval: 250ms", "probe_interval: 200ms",
 		`admin: {listen: "127.0.0.1:0"}`, `admin: {listen: "127.0.0.1:0", token_file: token}`,
-	).Replace(base)), 0o600)
+	).Replace(base)
+	os.WriteFile(path, []byte(good), 0o600)
 	syscall.Kill(os.Getpid(), syscall.SIGHUP)
-	waitLog("the reload", regexp.MustCompile(`config reloaded.*applied=log.level,admin.token_file need_restart=link.probe_interval`))
+	waitLog("the reload", regexp.MustCompile(`config reloaded.*applied=log.level,admin.token_file,link.probe_interval need_restart=log.format`))
 	if code := drillStatus(""); code != 401 {
 		t.Errorf("after the reload, DELETE /drill without the token = %d, want 401", code)
 	}
@@ -94,11 +96,34 @@ postgres:
 	if code := drillStatus("tok"); code != 200 {
 		t.Errorf("after a rejected reload the running token should stay: %d", code)
 	}
-	resp, err := http.Get(admin + "/metrics")
+
+	// A file that validates but whose hub CA holds no certificate fails
+	// while the reload builds the hub TLS: nothing of it applies, not the
+	// new hub candidate, not the admin token it drops.
+	os.WriteFile(filepath.Join(dir, "ca.pem"), []byte("not a certificate\n"), 0o600)
+	os.WriteFile(path, []byte(strings.NewReplacer(
+		`admin: {listen: "127.0.0.1:0", token_file: token}`, `admin: {listen: "127.0.0.1:0"}`,
+		`hubs: [{address: "127.0.0.1:2"}]`, `hubs: [{address: "127.0.0.1:5"}]`+"\n  hub_tls: {mode: verify-full, ca_file: ca.pem}",
+	).Replace(good)), 0o600)
+	syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	waitLog("the rejected hub CA", regexp.MustCompile(`config reload rejected.*no PEM certificate`))
+	if code := drillStatus(""); code != 401 {
+		t.Errorf("a rejected reload dropped the admin token: DELETE /drill without it = %d", code)
+	}
+	resp, err := http.Get(admin + "/status")
 	if err != nil {
 		t.Fatal(err)
 	}
 	raw, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(raw), `"127.0.0.1:2"`) || strings.Contains(string(raw), "127.0.0.1:5") {
+		t.Errorf("a rejected reload changed the hub candidates: /status %s", raw)
+	}
+	resp, err = http.Get(admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ = io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if !strings.Contains(string(raw), "spokeproxy_config_last_reload_successful 0") {
 		t.Errorf("/metrics does not show the rejected reload")
