@@ -196,17 +196,28 @@ func NewClassifier(hubFunctions []string, maxItems, maxBytes int) *Classifier {
 
 // Classify classifies a query string, which may hold several statements.
 func (c *Classifier) Classify(sql string) Classification {
-	cacheable := c.maxItems > 0 && len(sql) <= maxCachedQuery
+	cacheable := c.cacheable(len(sql))
 	if cacheable {
 		c.mu.Lock()
 		if e, ok := c.index[sql]; ok {
-			c.lru.MoveToFront(e)
-			cl := e.Value.(*cacheEntry).class
+			cl := c.hitLocked(e).class
 			c.mu.Unlock()
 			return cl
 		}
 		c.mu.Unlock()
 	}
+	return c.classifyAndCache(sql, cacheable)
+}
+
+func (c *Classifier) cacheable(n int) bool { return c.maxItems > 0 && n <= maxCachedQuery }
+
+// hitLocked marks a cache entry as just used.
+func (c *Classifier) hitLocked(e *list.Element) *cacheEntry {
+	c.lru.MoveToFront(e)
+	return e.Value.(*cacheEntry)
+}
+
+func (c *Classifier) classifyAndCache(sql string, cacheable bool) Classification {
 	cl := c.classify(sql)
 	if cacheable {
 		c.mu.Lock()
@@ -235,32 +246,41 @@ func (c *Classifier) cacheLen() int {
 
 func (c *Classifier) classify(sql string) Classification {
 	var out Classification
-	var bounds [][2]int
-	stmts := splitStatements(lex(sql), &bounds)
-	for i, stmt := range stmts {
+	tp := tokenBufs.Get().(*[]token)
+	toks := lex((*tp)[:0], sql)
+	walkStatements(toks, func(stmt []token, from, to int) {
 		st := c.statement(stmt)
-		if st.Kind == StmtSession && len(stmts) > 1 {
-			from, to := bounds[i][0], bounds[i][1]
+		if st.Kind == StmtSession {
 			if to < 0 {
 				to = len(sql)
 			}
-			st.Text = strings.TrimSpace(sql[from:to])
+			st.Text = strings.TrimSpace(sql[from:to]) // kept only beside other statements
 		}
 		out.Stmts = append(out.Stmts, st)
-	}
-	if len(out.Stmts) == 0 {
+	})
+	clear(toks) // drop references to sql
+	*tp = toks[:0]
+	tokenBufs.Put(tp)
+	switch len(out.Stmts) {
+	case 0:
 		out.Stmts = []Statement{{Kind: StmtEmpty}}
+	case 1:
+		out.Stmts[0].Text = ""
 	}
 	return out
 }
 
-// splitStatements splits at top-level semicolons, dropping empty
+// tokenBufs holds token buffers for classify: a cache-missing
+// classification (every simple query with its own literals) then costs
+// no token allocation.
+var tokenBufs = sync.Pool{New: func() any { b := make([]token, 0, 32); return &b }}
+
+// walkStatements splits at top-level semicolons, dropping empty
 // statements. The body of CREATE FUNCTION/PROCEDURE ... BEGIN ATOMIC ... END
-// holds semicolons of its own and is kept whole. bounds, when not nil,
-// gets each statement's byte range in the input (between the semicolons
-// around it; -1 as the end means the end of the input).
-func splitStatements(toks []token, bounds *[][2]int) [][]token {
-	var out [][]token
+// holds semicolons of its own and is kept whole. fn gets each statement
+// and its byte range in the input (between the semicolons around it; -1
+// as the end means the end of the input).
+func walkStatements(toks []token, fn func(stmt []token, from, to int)) {
 	start := 0
 	from := 0   // byte offset after the last top-level semicolon
 	atomic := 0 // depth of BEGIN ATOMIC / CASE blocks inside a CREATE
@@ -288,22 +308,15 @@ func splitStatements(toks []token, bounds *[][2]int) [][]token {
 		}
 		if t.kind == tokSemicolon && atomic == 0 {
 			if i > start {
-				out = append(out, toks[start:i])
-				if bounds != nil {
-					*bounds = append(*bounds, [2]int{from, t.pos})
-				}
+				fn(toks[start:i], from, t.pos)
 			}
 			start = i + 1
 			from = t.pos + 1
 		}
 	}
 	if start < len(toks) {
-		out = append(out, toks[start:])
-		if bounds != nil {
-			*bounds = append(*bounds, [2]int{from, -1})
-		}
+		fn(toks[start:], from, -1)
 	}
-	return out
 }
 
 // stmtCursor walks the tokens of one statement.

@@ -3,6 +3,7 @@ package pgfront
 import (
 	"fmt"
 	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -318,5 +319,26 @@ func BenchmarkClassifyDistinct(b *testing.B) {
 		if c.Classify(qs[i%len(qs)]).Strongest() != StmtRead {
 			b.Fatal("not a read")
 		}
+	}
+}
+
+// FuzzLowerWord: lowerWord is strings.ToLower, and a capitalised keyword
+// costs no allocation.
+func FuzzLowerWord(f *testing.F) {
+	for _, w := range []string{"SELECT", "select", "Select", "pgbench_accounts", "ÄBC", "Ölpreis", "WHERE1", ""} {
+		f.Add(w)
+	}
+	f.Fuzz(func(t *testing.T, w string) {
+		if got, want := lowerWord(w), strings.ToLower(w); got != want {
+			t.Fatalf("lowerWord(%q) = %q, want %q", w, got, want)
+		}
+	})
+}
+
+var lowerSink string
+
+func TestLowerWordKeywordsDoNotAllocate(t *testing.T) {
+	if n := testing.AllocsPerRun(100, func() { lowerSink = lowerWord("SELECT") }); n != 0 {
+		t.Fatalf("%v allocations lower-casing SELECT, want 0", n)
 	}
 }

@@ -43,9 +43,9 @@ type token struct {
 // E'...' strings with backslash escapes, the B, X, N and U& prefixes, U&"..." and "..."
 // identifiers, dollar quoting with optional tags, $n parameters, and
 // identifiers that may contain $.
-func lex(sql string) []token {
-	toks := make([]token, 0, 16) // most statements: one allocation
-
+//
+// Tokens are appended to toks, a buffer the caller reuses.
+func lex(toks []token, sql string) []token {
 	i := 0
 	n := len(sql)
 	for i < n {
@@ -120,7 +120,7 @@ func lex(sql string) []token {
 					continue
 				}
 			}
-			toks = append(toks, token{kind: tokWord, text: strings.ToLower(word)})
+			toks = append(toks, token{kind: tokWord, text: lowerWord(word)})
 			i = j
 		case isDigit(c) || (c == '.' && i+1 < n && isDigit(sql[i+1])):
 			j := i + 1
@@ -259,3 +259,55 @@ func isIdentStart(c byte) bool {
 }
 
 func isIdentCont(c byte) bool { return isIdentStart(c) || isDigit(c) || c == '$' }
+
+// keywords are the words the classifier looks at, and other common SQL
+// keywords, by lower-case spelling: lowerWord returns these strings
+// rather than allocate a lower-cased copy of a keyword written in
+// capitals, as SQL keywords usually are.
+var keywords = func() map[string]string {
+	m := make(map[string]string)
+	for _, w := range strings.Fields(`
+		abort all analyse analyze and as asc atomic begin between by call case cast characteristics
+		close commit committed conflict copy create cross current_date current_time current_timestamp
+		deallocate declare default delete desc discard distinct do else end except exists explain
+		false fetch for from full function global group having hold ilike in inner insert intersect
+		into is isolation join key lateral left level like limit listen local lock merge move natural
+		no not nothing null nulls of off offset on only or order outer over partition prepare prepared
+		procedure read recursive release repeatable replace reset returning right rollback savepoint
+		select serializable session set share show skip snapshot start stdin stdout table temp temporary
+		then to transaction true truncate uncommitted union unlisten update using vacuum values verbose
+		when where window with work write`) {
+		m[w] = w
+	}
+	return m
+}()
+
+// lowerWord is strings.ToLower of an unquoted identifier or keyword,
+// without an allocation for words already in lower case or for keywords.
+func lowerWord(word string) string {
+	upper := false
+	for i := 0; i < len(word); i++ {
+		c := word[i]
+		if c >= 0x80 {
+			return strings.ToLower(word) // not ASCII: Unicode case rules
+		}
+		upper = upper || ('A' <= c && c <= 'Z')
+	}
+	if !upper {
+		return word
+	}
+	var buf [24]byte
+	if len(word) <= len(buf) {
+		for i := 0; i < len(word); i++ {
+			c := word[i]
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			buf[i] = c
+		}
+		if k, ok := keywords[string(buf[:len(word)])]; ok {
+			return k
+		}
+	}
+	return strings.ToLower(word)
+}
