@@ -377,7 +377,7 @@ func (s *Server) hubAuthConfig(ctx context.Context) (*pgx.ConnConfig, error) {
 // verifier, or md5 against an md5 secret (see doc.go for why md5 works
 // without the password). It leaves AuthenticationSASLFinal unflushed; the
 // caller sends AuthenticationOk once the replica accepted the login.
-func (s *Server) authenticate(ctx context.Context, be *pgproto3.Backend, user string) (*credentials, error) {
+func (s *Server) authenticate(ctx context.Context, in *frameReader, be *msgWriter, user string) (*credentials, error) {
 	sec, err := s.auth.lookup(ctx, user)
 	known := true
 	if errors.Is(err, errNoRole) {
@@ -389,14 +389,11 @@ func (s *Server) authenticate(ctx context.Context, be *pgproto3.Backend, user st
 	if sec.MD5 != "" {
 		var salt [4]byte
 		_, _ = rand.Read(salt[:])
-		be.Send(&pgproto3.AuthenticationMD5Password{Salt: salt})
-		if err := be.Flush(); err != nil {
+		be.send(&pgproto3.AuthenticationMD5Password{Salt: salt})
+		if err := be.flush(); err != nil {
 			return nil, err
 		}
-		if err := be.SetAuthType(pgproto3.AuthTypeMD5Password); err != nil {
-			return nil, err
-		}
-		msg, err := be.Receive()
+		msg, err := receiveAuth(in, pgproto3.AuthTypeMD5Password)
 		if err != nil {
 			return nil, err
 		}
@@ -410,14 +407,11 @@ func (s *Server) authenticate(ctx context.Context, be *pgproto3.Backend, user st
 		return &credentials{user: user, secret: sec}, nil
 	}
 
-	be.Send(&pgproto3.AuthenticationSASL{AuthMechanisms: []string{"SCRAM-SHA-256"}})
-	if err := be.Flush(); err != nil {
+	be.send(&pgproto3.AuthenticationSASL{AuthMechanisms: []string{"SCRAM-SHA-256"}})
+	if err := be.flush(); err != nil {
 		return nil, err
 	}
-	if err := be.SetAuthType(pgproto3.AuthTypeSASL); err != nil {
-		return nil, err
-	}
-	msg, err := be.Receive()
+	msg, err := receiveAuth(in, pgproto3.AuthTypeSASL)
 	if err != nil {
 		return nil, err
 	}
@@ -433,14 +427,11 @@ func (s *Server) authenticate(ctx context.Context, be *pgproto3.Backend, user st
 	if err != nil {
 		return nil, &startupError{Code: "08P01", Message: "malformed SCRAM message"}
 	}
-	be.Send(&pgproto3.AuthenticationSASLContinue{Data: []byte(serverFirst)})
-	if err := be.Flush(); err != nil {
+	be.send(&pgproto3.AuthenticationSASLContinue{Data: []byte(serverFirst)})
+	if err := be.flush(); err != nil {
 		return nil, err
 	}
-	if err := be.SetAuthType(pgproto3.AuthTypeSASLContinue); err != nil {
-		return nil, err
-	}
-	msg, err = be.Receive()
+	msg, err = receiveAuth(in, pgproto3.AuthTypeSASLContinue)
 	if err != nil {
 		return nil, err
 	}
@@ -459,6 +450,6 @@ func (s *Server) authenticate(ctx context.Context, be *pgproto3.Backend, user st
 		}
 		return nil, &authError{reason: reason}
 	}
-	be.Send(&pgproto3.AuthenticationSASLFinal{Data: []byte(serverFinal)})
+	be.send(&pgproto3.AuthenticationSASLFinal{Data: []byte(serverFinal)})
 	return &credentials{user: user, secret: sec, clientKey: srv.clientKey}, nil
 }

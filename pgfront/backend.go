@@ -18,8 +18,8 @@ import (
 // only pid, secretKey, endpoint and hub are read by the cancel path.
 type backendConn struct {
 	conn      net.Conn
-	rd        *frameReader       // everything the backend sends, as frames
-	fe        *pgproto3.Frontend // write side only: messages are encoded into its buffer
+	rd        *frameReader // everything the backend sends, as frames
+	out       *msgWriter   // to the backend, written once per request
 	hub       bool
 	endpoint  string
 	pid       uint32
@@ -91,8 +91,8 @@ func (b *backendConn) close() {
 	}
 	// Terminate politely; the backend ends the session at once either way.
 	_ = b.conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-	b.fe.Send(&pgproto3.Terminate{})
-	_ = b.fe.Flush()
+	b.out.send(&pgproto3.Terminate{})
+	_ = b.out.flush()
 	b.conn.Close()
 }
 
@@ -150,7 +150,7 @@ func login(ctx context.Context, conn net.Conn, hub bool, endpoint string, params
 	b := &backendConn{
 		conn:     conn,
 		rd:       newFrameReader(conn, 16<<10, 0),
-		fe:       pgproto3.NewFrontend(noReader{}, conn),
+		out:      newMsgWriter(conn),
 		hub:      hub,
 		endpoint: endpoint,
 		params:   make(map[string]string),
@@ -164,8 +164,8 @@ func login(ctx context.Context, conn net.Conn, hub bool, endpoint string, params
 		sm.Parameters[k] = v
 	}
 	sm.Parameters["user"] = creds.user
-	b.fe.Send(sm)
-	if err := b.fe.Flush(); err != nil {
+	b.out.send(sm)
+	if err := b.out.flush(); err != nil {
 		return nil, "", err
 	}
 	var sc *scramClient
@@ -181,8 +181,8 @@ func login(ctx context.Context, conn net.Conn, hub bool, endpoint string, params
 		switch m := msg.(type) {
 		case *pgproto3.AuthenticationOk:
 			if probe != "" {
-				b.fe.Send(&pgproto3.Query{String: probe})
-				if err := b.fe.Flush(); err != nil {
+				b.out.send(&pgproto3.Query{String: probe})
+				if err := b.out.flush(); err != nil {
 					return nil, "", err
 				}
 			}
@@ -198,8 +198,8 @@ func login(ctx context.Context, conn net.Conn, hub bool, endpoint string, params
 				return nil, "", fmt.Errorf("pgfront: backend offers SASL mechanisms %v, not SCRAM-SHA-256", m.AuthMechanisms)
 			}
 			sc = &scramClient{clientKey: creds.clientKey, serverKey: creds.secret.ServerKey}
-			b.fe.Send(&pgproto3.SASLInitialResponse{AuthMechanism: "SCRAM-SHA-256", Data: []byte(sc.first())})
-			if err := b.fe.Flush(); err != nil {
+			b.out.send(&pgproto3.SASLInitialResponse{AuthMechanism: "SCRAM-SHA-256", Data: []byte(sc.first())})
+			if err := b.out.flush(); err != nil {
 				return nil, "", err
 			}
 		case *pgproto3.AuthenticationSASLContinue:
@@ -210,8 +210,8 @@ func login(ctx context.Context, conn net.Conn, hub bool, endpoint string, params
 			if err != nil {
 				return nil, "", err
 			}
-			b.fe.Send(&pgproto3.SASLResponse{Data: []byte(final)})
-			if err := b.fe.Flush(); err != nil {
+			b.out.send(&pgproto3.SASLResponse{Data: []byte(final)})
+			if err := b.out.flush(); err != nil {
 				return nil, "", err
 			}
 		case *pgproto3.AuthenticationSASLFinal:
@@ -225,8 +225,8 @@ func login(ctx context.Context, conn net.Conn, hub bool, endpoint string, params
 			if creds.secret.MD5 == "" {
 				return nil, "", errors.New("pgfront: backend asks for md5 but the role has a SCRAM secret; use scram-sha-256 in the backend's pg_hba.conf")
 			}
-			b.fe.Send(&pgproto3.PasswordMessage{Password: md5Response(creds.secret.MD5, m.Salt)})
-			if err := b.fe.Flush(); err != nil {
+			b.out.send(&pgproto3.PasswordMessage{Password: md5Response(creds.secret.MD5, m.Salt)})
+			if err := b.out.flush(); err != nil {
 				return nil, "", err
 			}
 		case *pgproto3.AuthenticationCleartextPassword:

@@ -9,6 +9,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -70,6 +71,13 @@ func procCPU(tb testing.TB, pid int) time.Duration {
 	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
+// selfMallocs is the number of heap allocations this process has made.
+func selfMallocs() uint64 {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.Mallocs
+}
+
 func loadAvg() string {
 	raw, err := os.ReadFile("/proc/loadavg")
 	if err != nil {
@@ -112,8 +120,8 @@ func BenchmarkPGBenchSelect(b *testing.B) {
 	b.Logf("load average before: %s", loadAvg())
 	perTxn := func(d time.Duration, n int) float64 { return float64(d.Nanoseconds()) / 1e3 / float64(max(n, 1)) }
 	var summary strings.Builder
-	fmt.Fprintf(&summary, "pgbench -S -c %s -j 2 -T %s, %d interleaved rounds (tps: mean of rounds; CPU: µs per transaction)\n", clients, secs, rounds)
-	fmt.Fprintf(&summary, "%-9s %9s %9s %9s %10s %10s %10s %10s %11s\n", "mode", "direct", "proxy", "pgbouncer", "proxy/dir", "pgb/dir", "proxy/pgb", "proxy CPU", "pgb CPU")
+	fmt.Fprintf(&summary, "pgbench -S -c %s -j 2 -T %s, %d interleaved rounds (tps: mean of rounds; CPU: µs per transaction; allocs: heap allocations per transaction in the proxy's process)\n", clients, secs, rounds)
+	fmt.Fprintf(&summary, "%-9s %9s %9s %9s %10s %10s %10s %10s %9s %7s\n", "mode", "direct", "proxy", "pgbouncer", "proxy/dir", "pgb/dir", "proxy/pgb", "proxy CPU", "pgb CPU", "allocs")
 	for _, mode := range modes {
 		args := []string{"-S", "-n", "-M", mode, "-c", clients, "-j", "2", "-T", secs}
 		// PgBouncer 1.18 in transaction mode cannot run -M prepared (no
@@ -122,12 +130,14 @@ func BenchmarkPGBenchSelect(b *testing.B) {
 		var direct, proxied, pgb float64
 		var proxiedTxns, pgbTxns int
 		var proxiedCPU, pgbCPU time.Duration
+		var proxiedMallocs uint64
 		for round := 0; round < rounds; round++ {
 			tps, _ := pgbenchRun(b, l.ReplicaPGAddr(), args...)
 			direct += tps
-			before := selfCPU(b)
+			before, mallocs := selfCPU(b), selfMallocs()
 			tps, n := pgbenchRun(b, f.addr, args...)
 			proxiedCPU += selfCPU(b) - before
+			proxiedMallocs += selfMallocs() - mallocs
 			proxied += tps
 			proxiedTxns += n
 			if withBouncer {
@@ -141,14 +151,16 @@ func BenchmarkPGBenchSelect(b *testing.B) {
 		r := float64(rounds)
 		b.ReportMetric(proxied/direct, mode+"-vs-direct")
 		b.ReportMetric(perTxn(proxiedCPU, proxiedTxns), mode+"-cpu-µs/txn")
+		allocs := float64(proxiedMallocs) / float64(max(proxiedTxns, 1))
+		b.ReportMetric(allocs, mode+"-allocs/txn")
 		if withBouncer {
 			b.ReportMetric(proxied/pgb, mode+"-vs-pgbouncer")
 			b.ReportMetric(perTxn(pgbCPU, pgbTxns), mode+"-pgbouncer-cpu-µs/txn")
-			fmt.Fprintf(&summary, "%-9s %9.0f %9.0f %9.0f %10.2f %10.2f %10.2f %10.1f %11.1f\n", mode,
-				direct/r, proxied/r, pgb/r, proxied/direct, pgb/direct, proxied/pgb, perTxn(proxiedCPU, proxiedTxns), perTxn(pgbCPU, pgbTxns))
+			fmt.Fprintf(&summary, "%-9s %9.0f %9.0f %9.0f %10.2f %10.2f %10.2f %10.1f %9.1f %7.1f\n", mode,
+				direct/r, proxied/r, pgb/r, proxied/direct, pgb/direct, proxied/pgb, perTxn(proxiedCPU, proxiedTxns), perTxn(pgbCPU, pgbTxns), allocs)
 		} else {
-			fmt.Fprintf(&summary, "%-9s %9.0f %9.0f %9s %10.2f %10s %10s %10.1f %11s\n", mode,
-				direct/r, proxied/r, "-", proxied/direct, "-", "-", perTxn(proxiedCPU, proxiedTxns), "-")
+			fmt.Fprintf(&summary, "%-9s %9.0f %9.0f %9s %10.2f %10s %10s %10.1f %9s %7.1f\n", mode,
+				direct/r, proxied/r, "-", proxied/direct, "-", "-", perTxn(proxiedCPU, proxiedTxns), "-", allocs)
 		}
 	}
 	b.Logf("load average after: %s", loadAvg())

@@ -209,6 +209,24 @@ func (c *Classifier) Classify(sql string) Classification {
 	return c.classifyAndCache(sql, cacheable)
 }
 
+// classifyBytes is Classify for text in a buffer the caller reuses. It
+// also returns the text as a string: on a cache hit the cache's own
+// copy, so a query seen before costs no allocation.
+func (c *Classifier) classifyBytes(sql []byte) (Classification, string) {
+	cacheable := c.cacheable(len(sql))
+	if cacheable {
+		c.mu.Lock()
+		if e, ok := c.index[string(sql)]; ok {
+			ce := c.hitLocked(e)
+			c.mu.Unlock()
+			return ce.class, ce.query
+		}
+		c.mu.Unlock()
+	}
+	q := string(sql)
+	return c.classifyAndCache(q, cacheable), q
+}
+
 func (c *Classifier) cacheable(n int) bool { return c.maxItems > 0 && n <= maxCachedQuery }
 
 // hitLocked marks a cache entry as just used.

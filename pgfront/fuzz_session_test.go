@@ -95,11 +95,9 @@ func FuzzSessionMessages(f *testing.F) {
 			_, _ = clientSide.Write(in)
 			_ = clientSide.Close()
 		}()
-		be := pgproto3.NewBackend(proxySide, proxySide)
-		be.SetMaxBodyLen(srv.config().MaxMessageSize) // as Server.handle does
-		sess := newSession(srv, proxySide, be,
+		sess := newSession(srv, proxySide, newFrameReader(proxySide, clientReadBuffer, srv.config().MaxMessageSize), newMsgWriter(proxySide), // as Server.handle does
 			map[string]string{"user": "app", "database": "appdb"}, &credentials{user: "app"}, srv.log)
-		sess.replica = &backendConn{conn: replicaProxySide, rd: newFrameReader(replicaProxySide, 8<<10, 0), fe: pgproto3.NewFrontend(noReader{}, replicaProxySide),
+		sess.replica = &backendConn{conn: replicaProxySide, rd: newFrameReader(replicaProxySide, 8<<10, 0), out: newMsgWriter(replicaProxySide),
 			endpoint: "replica", params: map[string]string{}, prepared: map[string]bool{}}
 		sess.changes = make(chan struct{})
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -70,9 +70,8 @@ func scriptedSession(t *testing.T, site Site) (*pgproto3.Frontend, <-chan struct
 	replicaProxySide, replicaFake := net.Pipe()
 	t.Cleanup(func() { clientSide.Close(); replicaFake.Close() })
 	go fakeReplica(replicaFake)
-	be := pgproto3.NewBackend(proxySide, proxySide)
-	sess := newSession(srv, proxySide, be, map[string]string{"user": "app", "database": "appdb"}, &credentials{user: "app"}, srv.log)
-	sess.replica = &backendConn{conn: replicaProxySide, rd: newFrameReader(replicaProxySide, 8<<10, 0), fe: pgproto3.NewFrontend(noReader{}, replicaProxySide),
+	sess := newSession(srv, proxySide, newFrameReader(proxySide, clientReadBuffer, srv.config().MaxMessageSize), newMsgWriter(proxySide), map[string]string{"user": "app", "database": "appdb"}, &credentials{user: "app"}, srv.log)
+	sess.replica = &backendConn{conn: replicaProxySide, rd: newFrameReader(replicaProxySide, 8<<10, 0), out: newMsgWriter(replicaProxySide),
 		endpoint: "replica", params: map[string]string{}, prepared: map[string]bool{}}
 	sess.changes = make(chan struct{})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

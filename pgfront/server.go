@@ -448,6 +448,11 @@ func (s *Server) putHub(key string, b *backendConn) bool {
 	return true
 }
 
+// clientReadBuffer is the size of a client connection's read buffer: a
+// turn's messages in one read (longer messages get a buffer of their own
+// for as long as they are read).
+const clientReadBuffer = 8 << 10
+
 // startupPacketMax is PostgreSQL's MAX_STARTUP_PACKET_LENGTH.
 const startupPacketMax = 10000
 
@@ -607,8 +612,8 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 	}
 	conn = rawconn.Wrap(conn) // see internal/rawconn: raw socket calls skip the runtime's sysmon wake-ups
 	cw := &clientWriter{conn: conn}
-	be := pgproto3.NewBackend(conn, cw)
-	be.SetMaxBodyLen(s.config().MaxMessageSize)
+	in := newFrameReader(conn, clientReadBuffer, s.config().MaxMessageSize)
+	be := newMsgWriter(cw)
 	if startup.ProtocolVersion != pgproto3.ProtocolVersion30 {
 		// A 3.x client with x > 0: tell it we speak 3.0 (what PostgreSQL 15 does).
 		var unrecognized []string
@@ -617,7 +622,7 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 				unrecognized = append(unrecognized, k)
 			}
 		}
-		be.Send(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: unrecognized})
+		be.send(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: unrecognized})
 	}
 	if _, ok := startup.Parameters["replication"]; ok && startup.Parameters["replication"] != "false" && startup.Parameters["replication"] != "0" {
 		sendFatal(be, "08P01", "spokeproxy does not relay replication connections")
@@ -630,7 +635,7 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 	}
 	log = log.With("user", user, "database", startup.Parameters["database"])
 
-	creds, err := s.authenticate(ctx, be, user)
+	creds, err := s.authenticate(ctx, in, be, user)
 	if err != nil {
 		var ae *authError
 		if errors.As(err, &ae) {
@@ -643,7 +648,7 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 		}
 		return
 	}
-	sess := newSession(s, conn, be, startup.Parameters, creds, log)
+	sess := newSession(s, conn, in, be, startup.Parameters, creds, log)
 	defer sess.close()
 	defer s.unregister(sess) // start registers the cancel key it sends
 	if err := sess.start(ctx); err != nil {
@@ -809,11 +814,11 @@ func writeFatal(w io.Writer, code, msg string) {
 // adminShutdownMessage is PostgreSQL's own text for 57P01 (admin_shutdown).
 const adminShutdownMessage = "terminating connection due to administrator command"
 
-func sendFatal(be *pgproto3.Backend, code, msg string) {
-	sendError(be, &pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: code, Message: msg})
+func sendFatal(w *msgWriter, code, msg string) {
+	sendError(w, &pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: code, Message: msg})
 }
 
-func sendError(be *pgproto3.Backend, e *pgproto3.ErrorResponse) {
-	be.Send(e)
-	_ = be.Flush()
+func sendError(w *msgWriter, e *pgproto3.ErrorResponse) {
+	w.send(e)
+	_ = w.flush()
 }

@@ -1,12 +1,14 @@
 package pgfront
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,23 +21,10 @@ import (
 	"github.com/spokeproxy/spokeproxy/routing"
 )
 
-// rawFront is an already-encoded frontend message.
-type rawFront []byte
-
-func (rawFront) Frontend()                           {}
-func (r rawFront) Decode([]byte) error               { return errors.New("pgfront: rawFront is encode-only") }
-func (r rawFront) Encode(dst []byte) ([]byte, error) { return append(dst, r...), nil }
-
-// rawBack is an already-encoded backend message.
-type rawBack []byte
-
-func (rawBack) Backend()                            {}
-func (r rawBack) Decode([]byte) error               { return errors.New("pgfront: rawBack is encode-only") }
-func (r rawBack) Encode(dst []byte) ([]byte, error) { return append(dst, r...), nil }
-
 // preparedStmt is a protocol-level prepared statement the client made; it
 // is prepared on each backend only when a batch there uses it.
 type preparedStmt struct {
+	name  string
 	parse []byte // the client's Parse, encoded
 	query string // its text
 	class Classification
@@ -43,6 +32,9 @@ type preparedStmt struct {
 
 // batchMsg is one client message of an extended-protocol batch.
 type batchMsg struct {
+	// raw is the message as the client sent it. It points into the
+	// session's batch buffer: valid until the batch ends (Sync, or a Flush
+	// that sends it).
 	raw  []byte
 	typ  byte   // 'P', 'B', 'D', 'E', 'C', 'S'
 	stmt string // statement the message names (Parse, Bind, Describe/Close of a statement)
@@ -68,12 +60,12 @@ type unit struct {
 }
 
 // session is one authenticated client connection. All its fields are
-// owned by the session goroutine except active, guarded by activeMu and
-// read by the cancel path.
+// owned by the session goroutine except active, read by the cancel path.
 type session struct {
 	srv    *Server
 	conn   net.Conn
-	be     *pgproto3.Backend
+	in     *frameReader // the client's messages
+	out    *msgWriter   // to the client, written once per turn
 	params map[string]string
 	creds  *credentials
 	log    *slog.Logger
@@ -84,8 +76,7 @@ type session struct {
 	// replicaRetry: no replica reconnect before this time (one failed).
 	replicaRetry time.Time
 
-	activeMu sync.Mutex
-	active   *backendConn // backend running the client's current request
+	active atomic.Pointer[backendConn] // backend running the client's current request
 
 	txOn     *backendConn // backend holding the open transaction; nil when idle
 	txLost   bool         // the hub transaction was cut: statements fail until ROLLBACK/COMMIT
@@ -126,9 +117,19 @@ type session struct {
 	// broken: the client failed in the middle of a unit; close pools no
 	// backend then.
 	broken bool
+
+	// The extended-protocol batch being received (up to Sync or Flush):
+	// its messages, and their bytes, copied out of the client reader.
+	// Both are reused from batch to batch.
+	batch    []batchMsg
+	batchBuf []byte
+	// Scratch for the unit and flight of a request that is answered
+	// within one turn (not kept past it, unlike a flushed flight).
+	unitBuf   unit
+	flightBuf flight
 }
 
-func newSession(srv *Server, conn net.Conn, be *pgproto3.Backend, params map[string]string, creds *credentials, log *slog.Logger) *session {
+func newSession(srv *Server, conn net.Conn, in *frameReader, out *msgWriter, params map[string]string, creds *credentials, log *slog.Logger) *session {
 	p := make(map[string]string, len(params))
 	for k, v := range params {
 		p[k] = v
@@ -136,7 +137,7 @@ func newSession(srv *Server, conn net.Conn, be *pgproto3.Backend, params map[str
 	if p["database"] == "" {
 		p["database"] = p["user"]
 	}
-	return &session{srv: srv, conn: conn, be: be, params: p, creds: creds, log: log, stmts: make(map[string]*preparedStmt)}
+	return &session{srv: srv, conn: conn, in: in, out: out, params: p, creds: creds, log: log, stmts: make(map[string]*preparedStmt)}
 }
 
 func (s *session) close() {
@@ -171,17 +172,9 @@ func (s *session) dropHub() {
 	}
 }
 
-func (s *session) setActive(b *backendConn) {
-	s.activeMu.Lock()
-	s.active = b
-	s.activeMu.Unlock()
-}
+func (s *session) setActive(b *backendConn) { s.active.Store(b) }
 
-func (s *session) activeBackend() *backendConn {
-	s.activeMu.Lock()
-	defer s.activeMu.Unlock()
-	return s.active
-}
+func (s *session) activeBackend() *backendConn { return s.active.Load() }
 
 // isolationProbe learns the login's default isolation level, pipelined
 // behind the replica login.
@@ -253,20 +246,20 @@ func (s *session) start(ctx context.Context) error {
 	}
 	s.key.pid = b.pid
 	s.srv.register(s)
-	s.be.Send(&pgproto3.AuthenticationOk{})
+	s.out.send(&pgproto3.AuthenticationOk{})
 	s.changes = s.srv.site.Changes()
 	s.hubShown = s.srv.site.HubUnavailable() == nil
 	for k, v := range b.params {
 		if k == "in_hot_standby" {
 			v = s.hotStandbyValue()
 		}
-		s.be.Send(&pgproto3.ParameterStatus{Name: k, Value: v})
+		s.out.send(&pgproto3.ParameterStatus{Name: k, Value: v})
 	}
 	var secret [4]byte
 	secret[0], secret[1], secret[2], secret[3] = byte(s.key.secret>>24), byte(s.key.secret>>16), byte(s.key.secret>>8), byte(s.key.secret)
-	s.be.Send(&pgproto3.BackendKeyData{ProcessID: s.key.pid, SecretKey: secret[:]})
-	s.be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
-	return s.be.Flush()
+	s.out.send(&pgproto3.BackendKeyData{ProcessID: s.key.pid, SecretKey: secret[:]})
+	s.out.readyForQuery('I')
+	return s.out.flush()
 }
 
 func (s *session) hotStandbyValue() string {
@@ -288,7 +281,7 @@ func (s *session) noteSiteChange() {
 	up := s.srv.site.HubUnavailable() == nil
 	if up != s.hubShown {
 		s.hubShown = up
-		s.be.Send(&pgproto3.ParameterStatus{Name: "in_hot_standby", Value: s.hotStandbyValue()})
+		s.out.send(&pgproto3.ParameterStatus{Name: "in_hot_standby", Value: s.hotStandbyValue()})
 	}
 }
 
@@ -315,21 +308,24 @@ func (s *session) run(ctx context.Context) error {
 		}
 	})
 	defer stopDrain()
-	var batch []batchMsg
 	for {
-		idle := len(batch) == 0 && s.open == nil && s.txOn == nil && !s.txLost
+		idle := len(s.batch) == 0 && s.open == nil && s.txOn == nil && !s.txLost
 		if idle {
 			s.idle.Store(true)
 			if s.srv.draining.Err() != nil {
-				sendFatal(s.be, "57P01", adminShutdownMessage)
+				sendFatal(s.out, "57P01", adminShutdownMessage)
 				return nil
 			}
 		}
 		var stopWatch func() error
-		if s.listens && s.hub != nil && s.txOn == nil && len(batch) == 0 && s.open == nil {
+		if s.listens && s.hub != nil && s.txOn == nil && len(s.batch) == 0 && s.open == nil {
 			stopWatch = s.watchNotifications(s.hub)
 		}
-		msg, err := s.be.Receive()
+		typ, frame, err := s.in.next()
+		var m frontMsg
+		if err == nil {
+			m, err = parseFront(typ, frame)
+		}
 		s.idle.Store(false)
 		if err == nil && idle && s.srv.draining.Err() != nil {
 			// The drain may have set a read deadline just as this message
@@ -342,82 +338,148 @@ func (s *session) run(ctx context.Context) error {
 			}
 		}
 		if err != nil && idle && s.srv.draining.Err() != nil && errors.Is(err, os.ErrDeadlineExceeded) {
-			sendFatal(s.be, "57P01", adminShutdownMessage)
+			sendFatal(s.out, "57P01", adminShutdownMessage)
 			return nil
 		}
 		if err != nil {
 			var tooBig *pgproto3.ExceededMaxBodyLenErr
 			if errors.As(err, &tooBig) {
 				s.srv.m.ProtocolErrors.Inc()
-				sendFatal(s.be, "08P01", fmt.Sprintf("message of %d bytes exceeds the maximum of %d", tooBig.ActualBodyLen, tooBig.MaxExpectedBodyLen))
+				sendFatal(s.out, "08P01", fmt.Sprintf("message of %d bytes exceeds the maximum of %d", tooBig.ActualBodyLen, tooBig.MaxExpectedBodyLen))
 			} else if !errors.Is(err, net.ErrClosed) && !isEOF(err) {
 				s.srv.m.ProtocolErrors.Inc()
-				sendFatal(s.be, "08P01", "invalid frontend message: "+err.Error())
+				sendFatal(s.out, "08P01", "invalid frontend message: "+err.Error())
 			}
 			return err
 		}
-		switch m := msg.(type) {
-		case *pgproto3.Query:
-			if len(batch) > 0 || s.open != nil {
-				// A simple Query ends an unsynced batch as PostgreSQL does
-				// implicitly; run what we have first.
-				batch = append(batch, batchMsg{raw: mustEncode(&pgproto3.Sync{}), typ: 'S'})
-				if err := s.endBatch(ctx, batch); err != nil {
-					return err
-				}
-				batch = nil
+		if err := s.handleMessage(ctx, m); err != nil {
+			if errors.Is(err, errTerminate) {
+				return nil
 			}
-			u := &unit{simple: true, query: m.String, class: s.srv.classifier.Load().Classify(m.String)}
-			if err := s.runUnit(ctx, u); err != nil {
-				return err
-			}
-		case *pgproto3.Parse:
-			st := &preparedStmt{parse: mustEncode(m), query: m.Query, class: s.srv.classifier.Load().Classify(m.Query)}
-			s.stmts[m.Name] = st
-			batch = append(batch, batchMsg{raw: st.parse, typ: 'P', stmt: m.Name})
-		case *pgproto3.Bind:
-			batch = append(batch, batchMsg{raw: mustEncode(m), typ: 'B', stmt: m.PreparedStatement, usesStmt: true, ps: s.stmts[m.PreparedStatement]})
-		case *pgproto3.Describe:
-			bm := batchMsg{raw: mustEncode(m), typ: 'D'}
-			if m.ObjectType == 'S' {
-				bm.stmt, bm.usesStmt, bm.ps = m.Name, true, s.stmts[m.Name]
-			}
-			batch = append(batch, bm)
-		case *pgproto3.Execute:
-			batch = append(batch, batchMsg{raw: mustEncode(m), typ: 'E'})
-		case *pgproto3.Close:
-			bm := batchMsg{raw: mustEncode(m), typ: 'C'}
-			if m.ObjectType == 'S' {
-				bm.stmt, bm.closesStmt = m.Name, true
-			}
-			batch = append(batch, bm)
-		case *pgproto3.Flush:
-			// The client waits for the answers so far (libpq's
-			// PQsendFlushRequest, pgx's pipeline): the batch is routed now
-			// and stays on that backend until its Sync.
-			if err := s.flushBatch(ctx, batch); err != nil {
-				return err
-			}
-			batch = nil
-		case *pgproto3.Sync:
-			batch = append(batch, batchMsg{raw: mustEncode(m), typ: 'S'})
-			if err := s.endBatch(ctx, batch); err != nil {
-				return err
-			}
-			batch = nil
-		case *pgproto3.FunctionCall:
-			if err := s.runUnit(ctx, &unit{fn: true, raw: mustEncode(m), class: Classification{Stmts: []Statement{{Kind: StmtWrite}}}}); err != nil {
-				return err
-			}
-		case *pgproto3.Terminate:
-			return nil
-		case *pgproto3.CopyData, *pgproto3.CopyDone, *pgproto3.CopyFail:
-			// Outside COPY PostgreSQL ignores these too.
-		default:
-			s.srv.m.ProtocolErrors.Inc()
-			sendFatal(s.be, "08P01", fmt.Sprintf("unexpected message %T", msg))
-			return fmt.Errorf("pgfront: unexpected %T", msg)
+			return err
 		}
+	}
+}
+
+// errTerminate: the client said goodbye.
+var errTerminate = errors.New("pgfront: client terminated")
+
+// syncFrame is an encoded Sync.
+var syncFrame = []byte{'S', 0, 0, 0, 4}
+
+// handleMessage acts on one client message: a simple Query or a
+// FunctionCall is run at once, extended-protocol messages are gathered
+// until Sync (or sent up to a Flush).
+func (s *session) handleMessage(ctx context.Context, m frontMsg) error {
+	switch m.typ {
+	case 'Q':
+		// Classify first: the text is in the client reader's buffer, which
+		// the COPY of a batch run just below could refill.
+		class, sql := s.srv.classifier.Load().classifyBytes(m.sql)
+		if len(s.batch) > 0 || s.open != nil {
+			// A simple Query ends an unsynced batch as PostgreSQL does
+			// implicitly; run what we have first.
+			s.addBatch(batchMsg{raw: syncFrame, typ: 'S'})
+			if err := s.endBatch(ctx); err != nil {
+				return err
+			}
+		}
+		u := &s.unitBuf
+		*u = unit{simple: true, query: sql, class: class}
+		return s.runUnit(ctx, u)
+	case 'P':
+		st := s.stmts[string(m.name)]
+		if st == nil || !bytes.Equal(st.parse, m.frame) {
+			// A new statement (re-parsing the same text under the same
+			// name, as drivers do with the unnamed one, reuses the entry).
+			class, sql := s.srv.classifier.Load().classifyBytes(m.sql)
+			st = &preparedStmt{name: string(m.name), parse: bytes.Clone(m.frame), query: sql, class: class}
+			s.stmts[st.name] = st
+		}
+		s.addBatch(batchMsg{raw: st.parse, typ: 'P', stmt: st.name})
+	case 'B':
+		st, name := s.stmt(m.name)
+		s.copyBatch(m.frame, batchMsg{typ: 'B', stmt: name, usesStmt: true, ps: st})
+	case 'D':
+		bm := batchMsg{typ: 'D'}
+		if m.obj == 'S' {
+			bm.ps, bm.stmt = s.stmt(m.name)
+			bm.usesStmt = true
+		}
+		s.copyBatch(m.frame, bm)
+	case 'E':
+		s.copyBatch(m.frame, batchMsg{typ: 'E'})
+	case 'C':
+		bm := batchMsg{typ: 'C'}
+		if m.obj == 'S' {
+			_, bm.stmt = s.stmt(m.name)
+			bm.closesStmt = true
+		}
+		s.copyBatch(m.frame, bm)
+	case 'H':
+		// The client waits for the answers so far (libpq's
+		// PQsendFlushRequest, pgx's pipeline): the batch is routed now
+		// and stays on that backend until its Sync.
+		err := s.flushBatch(ctx, s.batch)
+		s.resetBatch()
+		return err
+	case 'S':
+		s.addBatch(batchMsg{raw: syncFrame, typ: 'S'})
+		return s.endBatch(ctx)
+	case 'F':
+		var fc pgproto3.FunctionCall
+		if err := fc.Decode(m.frame[5:]); err != nil {
+			s.srv.m.ProtocolErrors.Inc()
+			sendFatal(s.out, "08P01", "invalid frontend message: "+err.Error())
+			return err
+		}
+		return s.runUnit(ctx, &unit{fn: true, raw: mustEncode(&fc), class: Classification{Stmts: []Statement{{Kind: StmtWrite}}}})
+	case 'X':
+		return errTerminate
+	case 'd', 'c', 'f':
+		// CopyData, CopyDone, CopyFail outside COPY: PostgreSQL ignores
+		// these too.
+	default:
+		s.srv.m.ProtocolErrors.Inc()
+		sendFatal(s.out, "08P01", "unexpected message "+frontName(m.typ))
+		return fmt.Errorf("pgfront: unexpected %s", frontName(m.typ))
+	}
+	return nil
+}
+
+// stmt is the statement a message names, as the session knows it now
+// (nil if it does not), and the name as a string: the statement's own
+// when known, so that looking it up costs no allocation.
+func (s *session) stmt(name []byte) (*preparedStmt, string) {
+	if st := s.stmts[string(name)]; st != nil {
+		return st, st.name
+	}
+	return nil, string(name)
+}
+
+// addBatch adds a message whose raw bytes the session owns.
+func (s *session) addBatch(m batchMsg) { s.batch = append(s.batch, m) }
+
+// copyBatch adds a message whose bytes are in the client reader's
+// buffer: they are copied into the batch buffer first.
+func (s *session) copyBatch(frame []byte, m batchMsg) {
+	start := len(s.batchBuf)
+	s.batchBuf = append(s.batchBuf, frame...)
+	m.raw = s.batchBuf[start:len(s.batchBuf):len(s.batchBuf)]
+	s.addBatch(m)
+}
+
+// resetBatch empties the batch for the next one, dropping buffers a huge
+// batch left behind.
+func (s *session) resetBatch() {
+	clear(s.batch) // release the strings and buffers the messages name
+	s.batch = s.batch[:0]
+	s.batchBuf = s.batchBuf[:0]
+	if cap(s.batchBuf) > msgWriterKeep {
+		s.batchBuf = nil
+	}
+	if cap(s.batch) > 1024 {
+		s.batch = nil
 	}
 }
 
@@ -433,23 +495,48 @@ func mustEncode(m pgproto3.Message) []byte {
 	return b
 }
 
-// extendedUnit classifies a batch by the statements it executes (Bind)
-// or, for a batch that only prepares, by nothing (it may run anywhere).
+// extendedUnit is a unit of its own for a batch that a Flush sends ahead
+// of its Sync (kept past the batch, so it keeps its own copy of msgs).
 func (s *session) extendedUnit(msgs []batchMsg) *unit {
-	u := &unit{msgs: msgs}
+	return &unit{msgs: append([]batchMsg(nil), msgs...), class: s.batchClass(msgs)}
+}
+
+// Shared classifications of a batch: callers must not modify them.
+var (
+	unknownStmts = []Statement{{Kind: StmtWrite}}
+	emptyStmts   = []Statement{{Kind: StmtEmpty}}
+)
+
+// batchClass classifies a batch by the statements it executes (Bind) or,
+// for a batch that only prepares, by nothing (it may run anywhere). A
+// statement the session does not know is a write. The result may share
+// the classifier's slices; it has no spare capacity, so appending to it
+// copies.
+func (s *session) batchClass(msgs []batchMsg) Classification {
+	var out []Statement
+	shared := true
 	for _, m := range msgs {
-		if m.typ == 'B' {
-			if st := m.ps; st != nil {
-				u.class.Stmts = append(u.class.Stmts, st.class.Stmts...)
-			} else {
-				u.class.Stmts = append(u.class.Stmts, Statement{Kind: StmtWrite})
-			}
+		if m.typ != 'B' {
+			continue
+		}
+		stmts := unknownStmts
+		if st := m.ps; st != nil {
+			stmts = st.class.Stmts
+		}
+		switch {
+		case out == nil:
+			out = stmts // the usual batch: one Bind, no copy
+		case shared:
+			out = append(out[:len(out):len(out)], stmts...)
+			shared = false
+		default:
+			out = append(out, stmts...)
 		}
 	}
-	if len(u.class.Stmts) == 0 {
-		u.class.Stmts = []Statement{{Kind: StmtEmpty}}
+	if len(out) == 0 {
+		out = emptyStmts
 	}
-	return u
+	return Classification{Stmts: out[:len(out):len(out)]}
 }
 
 // plan is where a unit runs and what goes with it.
@@ -511,7 +598,7 @@ func (s *session) runUnit(ctx context.Context, u *unit) error {
 		res, err := s.exchange(ctx, p.to, u, p)
 		if err != nil {
 			if res.open != nil {
-				return s.flightLost(res.open, err)
+				return s.flightLost(s.keep(res.open), err)
 			}
 			if !retried && s.replicaLostUnseen(p.to, res, err) {
 				continue // planned again without the lost connection
@@ -520,8 +607,9 @@ func (s *session) runUnit(ctx context.Context, u *unit) error {
 		}
 		if res.open != nil {
 			// An extended COPY FROM STDIN: the unit ends at the client's next Sync.
-			res.open.start = start
-			s.open = res.open
+			f := s.keep(res.open)
+			f.start = start
+			s.open = f
 			return nil
 		}
 		if res.rerun {
@@ -852,7 +940,7 @@ func (s *session) watchNotifications(b *backendConn) (stop func() error) {
 				}
 				switch typ {
 				case 'A', 'N':
-					s.be.Send(rawBack(frame)) // copied into the write buffer
+					s.out.raw(frame) // copied into the write buffer
 					send = true
 				case 'S':
 					if m, err := decodeBackend(typ, frame); err == nil {
@@ -866,7 +954,7 @@ func (s *session) watchNotifications(b *backendConn) (stop func() error) {
 			}
 			mu.Unlock()
 			if send {
-				if err := s.be.Flush(); err != nil {
+				if err := s.out.flush(); err != nil {
 					werr = err
 					s.conn.Close()
 					return
@@ -1102,10 +1190,10 @@ type flight struct {
 	// dropped.
 	injected   []bool
 	parses     int
-	parsedHere map[string]bool
-	holding    bool   // safety net: answers held until the first row or completion
-	held       []byte // the held answers, encoded
-	failed     bool   // an ErrorResponse ended the batch: the backend skips to Sync
+	parsedHere []string // statements the unit's own Parses prepare here
+	holding    bool     // safety net: answers held until the first row or completion
+	held       []byte   // the held answers, encoded
+	failed     bool     // an ErrorResponse ended the batch: the backend skips to Sync
 	res        exResult
 	start      time.Time // for the request duration of a flushed unit
 	// copied: the unit's COPY FROM STDIN data went through; the position
@@ -1123,7 +1211,7 @@ type flight struct {
 // what happened. Under p.safetyNet responses are held until the first
 // row or completion, so a 25006 can still be re-run elsewhere unseen.
 func (s *session) exchange(ctx context.Context, b *backendConn, u *unit, p plan) (exResult, error) {
-	f := s.begin(b, u, p)
+	f := s.begin(&s.flightBuf, b, u, p) // exchanges never nest: the scratch flight is free
 	s.sendUnit(f, u)
 	if err := s.sendEnd(f); err != nil {
 		return f.res, err
@@ -1131,21 +1219,46 @@ func (s *session) exchange(ctx context.Context, b *backendConn, u *unit, p plan)
 	return s.relay(ctx, f, -1)
 }
 
-// begin queues on b what must precede a unit there: Closes of statements
-// the client closed while b was not in use, and proxy statements.
-func (s *session) begin(b *backendConn, u *unit, p plan) *flight {
-	f := &flight{b: b, u: u, p: p, holding: p.safetyNet}
-	fe := b.fe
+// keep returns a flight that stays open past the request that started
+// it (an extended COPY FROM STDIN): exchange's flight and the request's
+// unit are the session's scratch, which the next request reuses, so they
+// are copied out.
+func (s *session) keep(f *flight) *flight {
+	if f != &s.flightBuf {
+		return f
+	}
+	k := *f
+	k.injected = slices.Clone(f.injected)
+	k.parsedHere = slices.Clone(f.parsedHere)
+	k.held = bytes.Clone(f.held)
+	k.res.open = nil
+	if f.u == &s.unitBuf {
+		u := *f.u
+		u.msgs = slices.Clone(u.msgs) // the batch's slice is reused too
+		k.u = &u
+	}
+	return &k
+}
+
+// begin sets f up for a unit on b (keeping f's buffers) and queues on b
+// what must precede the unit there: Closes of statements the client
+// closed while b was not in use, and proxy statements.
+func (s *session) begin(f *flight, b *backendConn, u *unit, p plan) *flight {
+	held := f.held[:0]
+	if cap(held) > msgWriterKeep {
+		held = nil
+	}
+	*f = flight{b: b, u: u, p: p, holding: p.safetyNet, injected: f.injected[:0], parsedHere: f.parsedHere[:0], held: held}
 	if len(b.pendingClose) > 0 {
 		for _, name := range b.pendingClose {
-			fe.Send(&pgproto3.Close{ObjectType: 'S', Name: name})
+			b.out.send(&pgproto3.Close{ObjectType: 'S', Name: name})
 		}
-		fe.Send(&pgproto3.Sync{})
+		b.out.sync()
 		f.prefix++
 		b.pendingClose = nil
 	}
 	for _, q := range b.pendingSQL {
-		fe.Send(&pgproto3.Query{String: q})
+		b.out.query(q)
 		f.prefix++
 	}
 	b.pendingSQL = nil
@@ -1155,39 +1268,40 @@ func (s *session) begin(b *backendConn, u *unit, p plan) *flight {
 // sendUnit queues the unit's messages on the flight's backend, preparing
 // lazily the named statements it uses.
 func (s *session) sendUnit(f *flight, u *unit) {
-	b, fe := f.b, f.b.fe
+	b := f.b
 	switch {
 	case u.fn:
-		fe.Send(rawFront(u.raw))
+		b.out.raw(u.raw)
 	case u.simple:
 		q := u.query
 		if f.p.rewrite != "" {
 			q = f.p.rewrite
 		}
-		fe.Send(&pgproto3.Query{String: q})
-		b.prepared[""] = false // a simple Query drops the unnamed statement
+		b.out.query(q)
+		if b.prepared[""] {
+			b.prepared[""] = false // a simple Query drops the unnamed statement
+		}
 	default:
 		other := s.other(b)
-		if f.parsedHere == nil {
-			f.parsedHere = make(map[string]bool)
-		}
 		for _, m := range u.msgs {
 			switch {
 			case m.typ == 'P':
-				f.parsedHere[m.stmt] = true
+				f.parsedHere = append(f.parsedHere, m.stmt)
 				f.injected = append(f.injected, false)
-				b.prepared[m.stmt] = true
-				if m.stmt == "" && other != nil {
+				if !b.prepared[m.stmt] {
+					b.prepared[m.stmt] = true
+				}
+				if m.stmt == "" && other != nil && other.prepared[""] {
 					other.prepared[""] = false
 				}
-			case m.usesStmt && !f.parsedHere[m.stmt] && !b.prepared[m.stmt]:
+			case m.usesStmt && !slices.Contains(f.parsedHere, m.stmt) && !b.prepared[m.stmt]:
 				// Not after a Close of it earlier in the batch: the
 				// backend then reports it missing, as PostgreSQL would.
 				if st := m.ps; st != nil && s.stmts[m.stmt] != nil {
-					fe.Send(rawFront(st.parse))
+					b.out.raw(st.parse)
 					f.injected = append(f.injected, true)
 					b.prepared[m.stmt] = true
-					f.parsedHere[m.stmt] = true
+					f.parsedHere = append(f.parsedHere, m.stmt)
 				}
 			case m.closesStmt:
 				b.prepared[m.stmt] = false
@@ -1197,7 +1311,7 @@ func (s *session) sendUnit(f *flight, u *unit) {
 				}
 				delete(s.stmts, m.stmt)
 			}
-			fe.Send(rawFront(m.raw))
+			b.out.raw(m.raw)
 		}
 	}
 }
@@ -1224,7 +1338,7 @@ func (s *session) sendEnd(f *flight) error {
 	} else {
 		s.sendSuffix(f)
 	}
-	if err := f.b.fe.Flush(); err != nil {
+	if err := f.b.out.flush(); err != nil {
 		return &backendIOError{err: err}
 	}
 	return nil
@@ -1232,8 +1346,10 @@ func (s *session) sendEnd(f *flight) error {
 
 func (s *session) sendSuffix(f *flight) {
 	if f.p.capture {
-		f.b.fe.Send(&pgproto3.Query{String: positionQuery})
-		f.b.prepared[""] = false
+		f.b.out.query(positionQuery)
+		if f.b.prepared[""] {
+			f.b.prepared[""] = false
+		}
 	}
 }
 
@@ -1377,7 +1493,7 @@ answers:
 			if f.holding {
 				f.holding = false
 				if len(f.held) > 0 {
-					s.be.Send(rawBack(f.held))
+					s.out.raw(f.held)
 					f.held = f.held[:0]
 				}
 			}
@@ -1386,7 +1502,7 @@ answers:
 			if f.holding {
 				f.held = append(f.held, frame...)
 			} else {
-				s.be.Send(rawBack(frame))
+				s.out.raw(frame)
 				f.res.relayed = true
 			}
 		}
@@ -1397,14 +1513,14 @@ answers:
 				want--
 			}
 			if want <= 0 {
-				if err := s.be.Flush(); err != nil {
+				if err := s.out.flush(); err != nil {
 					return f.res, &clientIOError{err: err}
 				}
 				return f.res, nil
 			}
 		}
 		if typ == 'G' && !f.res.rerun {
-			if err := s.be.Flush(); err != nil {
+			if err := s.out.flush(); err != nil {
 				return f.res, &clientIOError{err: err}
 			}
 			if !f.u.simple {
@@ -1430,13 +1546,13 @@ answers:
 			// The end of what arrived (at most a partial message is left):
 			// one write to the client per read from the backend, so a long
 			// result streams instead of piling up in the write buffer.
-			if err := s.be.Flush(); err != nil {
+			if err := s.out.flush(); err != nil {
 				return f.res, &clientIOError{err: err}
 			}
 		}
 	}
 	if len(f.held) > 0 {
-		s.be.Send(rawBack(f.held))
+		s.out.raw(f.held)
 		f.held = f.held[:0]
 	}
 	return f.res, nil
@@ -1450,35 +1566,38 @@ func (s *session) copyIn(f *flight) error {
 	b := f.b
 	pending := 0
 	for {
-		msg, err := s.be.Receive()
+		typ, frame, err := s.in.next()
+		if err == nil {
+			_, err = parseFront(typ, frame)
+		}
 		if err != nil {
 			return &clientIOError{err: err}
 		}
-		switch m := msg.(type) {
-		case *pgproto3.CopyData:
-			b.fe.Send(m)
-			pending += len(m.Data)
+		switch typ {
+		case 'd': // CopyData
+			b.out.raw(frame)
+			pending += len(frame) - 5
 			if pending >= 64<<10 {
 				pending = 0
-				if err := b.fe.Flush(); err != nil {
+				if err := b.out.flush(); err != nil {
 					return &backendIOError{err: err, uncommitted: true}
 				}
 			}
-		case *pgproto3.CopyDone, *pgproto3.CopyFail:
-			b.fe.Send(m)
+		case 'c', 'f': // CopyDone, CopyFail
+			b.out.raw(frame)
 			if f.u.simple {
 				// An extended unit's position query follows its Sync.
 				s.sendSuffix(f)
 			}
-			if err := b.fe.Flush(); err != nil {
+			if err := b.out.flush(); err != nil {
 				// An extended unit commits at its Sync, not sent yet.
 				return &backendIOError{err: err, uncommitted: !f.u.simple}
 			}
 			return nil
-		case *pgproto3.Flush, *pgproto3.Sync:
+		case 'H', 'S':
 		default:
 			s.srv.m.ProtocolErrors.Inc()
-			return &clientIOError{err: fmt.Errorf("unexpected %T during COPY FROM STDIN", msg)}
+			return &clientIOError{err: fmt.Errorf("unexpected %s during COPY FROM STDIN", frontName(typ))}
 		}
 	}
 }
@@ -1526,8 +1645,8 @@ func (s *session) finish(ctx context.Context, p plan, u *unit, res exResult) err
 	}
 	s.mirrorSets(ctx, b, u, res)
 	s.noteSiteChange()
-	s.be.Send(&pgproto3.ReadyForQuery{TxStatus: res.status})
-	if err := s.be.Flush(); err != nil {
+	s.out.readyForQuery(res.status)
+	if err := s.out.flush(); err != nil {
 		return &clientIOError{err: err}
 	}
 	return nil
@@ -1547,8 +1666,8 @@ func (s *session) backendFailed(b *backendConn, u *unit, err error) error {
 	if err != nil {
 		return err
 	}
-	s.be.Send(&pgproto3.ReadyForQuery{TxStatus: status})
-	if err := s.be.Flush(); err != nil {
+	s.out.readyForQuery(status)
+	if err := s.out.flush(); err != nil {
 		return &clientIOError{err: err}
 	}
 	return nil
@@ -1587,8 +1706,8 @@ func (s *session) backendLost(b *backendConn, u *unit, err error) (byte, error) 
 		s.txOn = nil
 	}
 	s.log.Warn("hub connection lost during a request", "hub", b.endpoint, "outcome_unknown", unknown, "err", err)
-	s.be.Send(errorResponseFor(&hubLostError{hub: b.endpoint, unknown: unknown, err: err}, "ERROR"))
-	if err := s.be.Flush(); err != nil {
+	s.out.send(errorResponseFor(&hubLostError{hub: b.endpoint, unknown: unknown, err: err}, "ERROR"))
+	if err := s.out.flush(); err != nil {
 		return 0, &clientIOError{err: err}
 	}
 	return status, nil
@@ -1614,8 +1733,8 @@ func (s *session) replicaLost(b *backendConn, u *unit, err error) (byte, error) 
 		}
 	}
 	s.log.Warn("replica connection lost during a request", "in_transaction", inTxn, "err", err)
-	s.be.Send(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "08006", Message: msg})
-	if err := s.be.Flush(); err != nil {
+	s.out.send(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "08006", Message: msg})
+	if err := s.out.flush(); err != nil {
 		return 0, &clientIOError{err: err}
 	}
 	return status, nil
@@ -1626,14 +1745,14 @@ func (s *session) replicaLost(b *backendConn, u *unit, err error) (byte, error) 
 func (s *session) answerLost(u *unit) error {
 	if st, ok := u.class.Single(); ok && (st.Kind == StmtRollback || st.Kind == StmtCommit) && u.simple {
 		s.txLost = false
-		s.be.Send(&pgproto3.CommandComplete{CommandTag: []byte("ROLLBACK")})
-		s.be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
+		s.out.send(&pgproto3.CommandComplete{CommandTag: []byte("ROLLBACK")})
+		s.out.readyForQuery('I')
 	} else {
-		s.be.Send(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "25P02",
+		s.out.send(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "25P02",
 			Message: "current transaction is aborted, commands ignored until end of transaction block"})
-		s.be.Send(&pgproto3.ReadyForQuery{TxStatus: 'E'})
+		s.out.readyForQuery('E')
 	}
-	if err := s.be.Flush(); err != nil {
+	if err := s.out.flush(); err != nil {
 		return &clientIOError{err: err}
 	}
 	return nil
@@ -1658,10 +1777,10 @@ func (s *session) refuse(ctx context.Context, u *unit, err error) error {
 	if s.txOn != nil || s.txLost {
 		status = 'E'
 	}
-	s.be.Send(resp)
+	s.out.send(resp)
 	s.noteSiteChange()
-	s.be.Send(&pgproto3.ReadyForQuery{TxStatus: status})
-	if err := s.be.Flush(); err != nil {
+	s.out.readyForQuery(status)
+	if err := s.out.flush(); err != nil {
 		return &clientIOError{err: err}
 	}
 	return nil
@@ -1690,13 +1809,16 @@ func (c *countingConn) Write(b []byte) (int, error) {
 	return n, err
 }
 
-// endBatch runs an extended batch that ends with Sync: as one unit, or
-// as the end of the unit in flight since a Flush.
-func (s *session) endBatch(ctx context.Context, batch []batchMsg) error {
+// endBatch runs the batch received so far, which ends with Sync: as one
+// unit, or as the end of the unit in flight since a Flush.
+func (s *session) endBatch(ctx context.Context) error {
+	defer s.resetBatch()
 	if s.open != nil {
-		return s.finishOpen(ctx, batch)
+		return s.finishOpen(ctx, s.batch)
 	}
-	return s.runUnit(ctx, s.extendedUnit(batch))
+	u := &s.unitBuf
+	*u = unit{msgs: s.batch, class: s.batchClass(s.batch)}
+	return s.runUnit(ctx, u)
 }
 
 // answers counts the messages of a batch that each get one completing
@@ -1730,7 +1852,7 @@ func needsHub(k StmtKind) bool {
 func (s *session) flushBatch(ctx context.Context, batch []batchMsg) error {
 	f := s.open
 	if f != nil && f.b != nil && f.b == s.replica && !f.failed && s.replica != nil && len(batch) > 0 &&
-		needsHub(s.extendedUnit(batch).class.Strongest()) {
+		needsHub(s.batchClass(batch).Strongest()) {
 		if err := s.closeReplicaPart(ctx, f); err != nil {
 			return err
 		}
@@ -1756,7 +1878,7 @@ func (s *session) flushBatch(ctx context.Context, batch []batchMsg) error {
 		if len(batch) > 0 {
 			s.sendUnit(f, &unit{msgs: batch})
 			f.u.msgs = append(f.u.msgs, batch...)
-			f.u.class.Stmts = append(f.u.class.Stmts, s.extendedUnit(batch).class.Stmts...)
+			f.u.class.Stmts = append(f.u.class.Stmts, s.batchClass(batch).Stmts...)
 		}
 	}
 	want := answers(batch) + f.owed
@@ -1764,8 +1886,8 @@ func (s *session) flushBatch(ctx context.Context, batch []batchMsg) error {
 	if f.failed {
 		want = 0 // the backend skips everything up to Sync
 	}
-	f.b.fe.Send(&pgproto3.Flush{})
-	if err := f.b.fe.Flush(); err != nil {
+	f.b.out.flushMsg()
+	if err := f.b.out.flush(); err != nil {
 		return s.flightLost(f, &backendIOError{err: err})
 	}
 	res, err := s.relay(ctx, f, want)
@@ -1780,8 +1902,8 @@ func (s *session) flushBatch(ctx context.Context, batch []batchMsg) error {
 // replica with a Sync, consuming its ReadyForQuery, so the rest can run
 // on the hub.
 func (s *session) closeReplicaPart(ctx context.Context, f *flight) error {
-	f.b.fe.Send(&pgproto3.Sync{})
-	if err := f.b.fe.Flush(); err != nil {
+	f.b.out.sync()
+	if err := f.b.out.flush(); err != nil {
 		return s.flightLost(f, &backendIOError{err: err})
 	}
 	f.p.capture = false
@@ -1841,7 +1963,7 @@ func (s *session) openFlight(ctx context.Context, u *unit) (*flight, error) {
 				status, lerr := s.backendLost(s.replica, u, xerr)
 				return refused(status), lerr
 			}
-			if err := s.be.Flush(); err != nil {
+			if err := s.out.flush(); err != nil {
 				return nil, &clientIOError{err: err}
 			}
 			if res.status == 'E' || res.status == 'T' {
@@ -1853,16 +1975,16 @@ func (s *session) openFlight(ctx context.Context, u *unit) (*flight, error) {
 		if s.txOn != nil || s.txLost {
 			status = 'E'
 		}
-		s.be.Send(errorResponseFor(p.refuse, "ERROR"))
-		if err := s.be.Flush(); err != nil {
+		s.out.send(errorResponseFor(p.refuse, "ERROR"))
+		if err := s.out.flush(); err != nil {
 			return nil, &clientIOError{err: err}
 		}
 		return refused(status), nil
 	}
 	if s.txLost {
-		s.be.Send(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "25P02",
+		s.out.send(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "25P02",
 			Message: "current transaction is aborted, commands ignored until end of transaction block"})
-		if err := s.be.Flush(); err != nil {
+		if err := s.out.flush(); err != nil {
 			return nil, &clientIOError{err: err}
 		}
 		return refused('E'), nil
@@ -1871,8 +1993,8 @@ func (s *session) openFlight(ctx context.Context, u *unit) (*flight, error) {
 		ok, werr := s.waitPos(ctx)
 		if werr != nil {
 			s.srv.front.Request(metrics.RouteRefuse, kind)
-			s.be.Send(errorResponseFor(werr, "ERROR"))
-			if err := s.be.Flush(); err != nil {
+			s.out.send(errorResponseFor(werr, "ERROR"))
+			if err := s.out.flush(); err != nil {
 				return nil, &clientIOError{err: err}
 			}
 			status := byte('I')
@@ -1891,7 +2013,7 @@ func (s *session) openFlight(ctx context.Context, u *unit) (*flight, error) {
 		s.moveTxnToHub(p.to)
 	}
 	p.safetyNet = false
-	f := s.begin(p.to, u, p)
+	f := s.begin(new(flight), p.to, u, p)
 	f.start = time.Now()
 	return f, nil
 }
@@ -1905,15 +2027,15 @@ func (s *session) finishOpen(ctx context.Context, batch []batchMsg) error {
 		// Refused or lost: the error was sent; PostgreSQL skips the rest
 		// of the batch and answers its Sync.
 		s.noteSiteChange()
-		s.be.Send(&pgproto3.ReadyForQuery{TxStatus: f.res.status})
-		if err := s.be.Flush(); err != nil {
+		s.out.readyForQuery(f.res.status)
+		if err := s.out.flush(); err != nil {
 			return &clientIOError{err: err}
 		}
 		return nil
 	}
 	s.sendUnit(f, &unit{msgs: batch})
 	f.u.msgs = append(f.u.msgs, batch...)
-	f.u.class.Stmts = append(f.u.class.Stmts, s.extendedUnit(batch).class.Stmts...)
+	f.u.class.Stmts = append(f.u.class.Stmts, s.batchClass(batch).Stmts...)
 	if f.b.hub && s.txOn == nil && !s.pinned && s.srv.config().Consistency != routing.ConsistencyNone &&
 		f.u.class.Strongest() >= StmtWrite {
 		f.p.capture = true // an autocommit write: learn its position

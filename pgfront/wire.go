@@ -1,6 +1,7 @@
 package pgfront
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -194,10 +195,303 @@ func decodeBackend(typ byte, frame []byte) (pgproto3.BackendMessage, error) {
 	return m, nil
 }
 
-// noReader is the read side of a pgproto3 Frontend or Backend that is
-// only used to write: reading goes through a frameReader.
-type noReader struct{}
+// msgWriter buffers messages for one connection and writes them with one
+// call per flush. Messages the relay forwards are appended as the bytes
+// they arrived as; the proxy's own are encoded in place. Neither costs an
+// allocation once the buffer has grown to the session's usual turn.
+type msgWriter struct {
+	w   io.Writer
+	buf []byte
+	err error // an encoding error, reported (and the buffer dropped) by flush
+}
 
-func (noReader) Read([]byte) (int, error) {
-	return 0, errors.New("pgfront: read through the frameReader, not pgproto3")
+// msgWriterKeep is the largest buffer a writer keeps between flushes; a
+// larger one (a big row, a long held answer) is dropped after its flush
+// so an idle session holds little memory.
+const msgWriterKeep = 64 << 10
+
+func newMsgWriter(w io.Writer) *msgWriter { return &msgWriter{w: w} }
+
+// send encodes msg into the buffer.
+func (m *msgWriter) send(msg pgproto3.Message) {
+	if m.err != nil {
+		return
+	}
+	b, err := msg.Encode(m.buf)
+	if err != nil {
+		m.err = err
+		return
+	}
+	m.buf = b
+}
+
+// raw appends frames that are already encoded.
+func (m *msgWriter) raw(frames []byte) {
+	if m.err == nil {
+		m.buf = append(m.buf, frames...)
+	}
+}
+
+// query appends a simple Query for sql.
+func (m *msgWriter) query(sql string) {
+	if m.err != nil {
+		return
+	}
+	n := 4 + len(sql) + 1
+	m.buf = append(m.buf, 'Q', byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	m.buf = append(m.buf, sql...)
+	m.buf = append(m.buf, 0)
+}
+
+// readyForQuery appends ReadyForQuery with a transaction status.
+func (m *msgWriter) readyForQuery(status byte) {
+	if m.err == nil {
+		m.buf = append(m.buf, 'Z', 0, 0, 0, 5, status)
+	}
+}
+
+// sync appends Sync; flushMsg appends Flush.
+func (m *msgWriter) sync() {
+	if m.err == nil {
+		m.buf = append(m.buf, 'S', 0, 0, 0, 4)
+	}
+}
+
+func (m *msgWriter) flushMsg() {
+	if m.err == nil {
+		m.buf = append(m.buf, 'H', 0, 0, 0, 4)
+	}
+}
+
+// flush writes what is buffered in one write.
+func (m *msgWriter) flush() error {
+	if err := m.err; err != nil {
+		m.err = nil
+		m.buf = m.buf[:0]
+		return err
+	}
+	if len(m.buf) == 0 {
+		return nil
+	}
+	_, err := m.w.Write(m.buf)
+	if cap(m.buf) > msgWriterKeep {
+		m.buf = nil
+	} else {
+		m.buf = m.buf[:0]
+	}
+	return err
+}
+
+// frontMsg is one client message after login, parsed only as far as the
+// session needs it. Its slices point into the frame, valid until the
+// client reader's next read.
+type frontMsg struct {
+	typ   byte
+	frame []byte // the whole message; for Parse, Bind and Execute without bytes past their last field
+	name  []byte // Parse, Bind: the statement; Describe, Close: the object
+	sql   []byte // Query, Parse: the SQL text
+	obj   byte   // Describe, Close: 'S' (statement) or 'P' (portal)
+}
+
+// invalidFront is a client message the proxy cannot parse.
+type invalidFront struct{ what string }
+
+func (e *invalidFront) Error() string { return e.what }
+
+// cstring splits a NUL-terminated string off b.
+func cstring(b []byte) (s, rest []byte, ok bool) {
+	i := bytes.IndexByte(b, 0)
+	if i < 0 {
+		return nil, nil, false
+	}
+	return b[:i], b[i+1:], true
+}
+
+// parseFront checks a client message as pgproto3's decoders do (what
+// they accept, this accepts) and picks out its fields without copying.
+// Parse, Bind and Execute followed by bytes past their last field lose
+// those bytes, as a decode and re-encode would.
+func parseFront(typ byte, frame []byte) (frontMsg, error) {
+	m := frontMsg{typ: typ, frame: frame}
+	body := frame[5:]
+	bad := func(name string) (frontMsg, error) {
+		return frontMsg{}, &invalidFront{what: name + " message has an invalid format"}
+	}
+	trim := func(rest []byte) {
+		if len(rest) > 0 {
+			m.frame = reframe(frame, len(body)-len(rest))
+		}
+	}
+	switch typ {
+	case 'Q':
+		if len(body) == 0 || bytes.IndexByte(body, 0) != len(body)-1 {
+			return bad("Query")
+		}
+		m.sql = body[:len(body)-1]
+	case 'P':
+		var ok bool
+		var rest []byte
+		if m.name, rest, ok = cstring(body); !ok {
+			return bad("Parse")
+		}
+		if m.sql, rest, ok = cstring(rest); !ok || len(rest) < 2 {
+			return bad("Parse")
+		}
+		n := int(binary.BigEndian.Uint16(rest))
+		if len(rest) < 2+4*n {
+			return bad("Parse")
+		}
+		trim(rest[2+4*n:])
+	case 'B':
+		_, rest, ok := cstring(body) // the portal
+		if !ok {
+			return bad("Bind")
+		}
+		if m.name, rest, ok = cstring(rest); !ok {
+			return bad("Bind")
+		}
+		if len(rest) < 2 {
+			return bad("Bind")
+		}
+		n := int(binary.BigEndian.Uint16(rest))
+		if rest = rest[2:]; len(rest) < 2*n+2 {
+			return bad("Bind")
+		}
+		rest = rest[2*n:]
+		n = int(binary.BigEndian.Uint16(rest))
+		rest = rest[2:]
+		for range n {
+			if len(rest) < 4 {
+				return bad("Bind")
+			}
+			size := int(int32(binary.BigEndian.Uint32(rest)))
+			rest = rest[4:]
+			if size == -1 {
+				continue
+			}
+			if size < 0 || len(rest) < size {
+				return bad("Bind")
+			}
+			rest = rest[size:]
+		}
+		if len(rest) < 2 {
+			return bad("Bind")
+		}
+		n = int(binary.BigEndian.Uint16(rest))
+		if rest = rest[2:]; len(rest) < 2*n {
+			return bad("Bind")
+		}
+		trim(rest[2*n:])
+	case 'D', 'C':
+		what := "Describe"
+		if typ == 'C' {
+			what = "Close"
+		}
+		if len(body) < 2 || bytes.IndexByte(body[1:], 0) != len(body)-2 {
+			return bad(what)
+		}
+		m.obj, m.name = body[0], body[1:len(body)-1]
+	case 'E':
+		_, rest, ok := cstring(body)
+		if !ok || len(rest) < 4 {
+			return bad("Execute")
+		}
+		trim(rest[4:])
+	case 'S', 'H', 'X', 'c':
+		if len(body) != 0 {
+			return frontMsg{}, &invalidFront{what: fmt.Sprintf("%s message has %d bytes, want 0", frontName(typ), len(body))}
+		}
+	case 'f':
+		if len(body) == 0 || bytes.IndexByte(body, 0) != len(body)-1 {
+			return bad("CopyFail")
+		}
+	case 'd', 'F', 'p':
+		// CopyData is opaque; FunctionCall is decoded where it is run; a
+		// password message after login is refused by the session.
+	default:
+		return frontMsg{}, &invalidFront{what: fmt.Sprintf("unknown message type: %c", typ)}
+	}
+	return m, nil
+}
+
+// reframe returns a copy of frame's first n body bytes as a frame of its own.
+func reframe(frame []byte, n int) []byte {
+	out := make([]byte, 5+n)
+	copy(out, frame[:5+n])
+	binary.BigEndian.PutUint32(out[1:], uint32(4+n))
+	return out
+}
+
+// frontName names a client message type for errors.
+func frontName(typ byte) string {
+	switch typ {
+	case 'S':
+		return "Sync"
+	case 'H':
+		return "Flush"
+	case 'X':
+		return "Terminate"
+	case 'c':
+		return "CopyDone"
+	case 'F':
+		return "FunctionCall"
+	case 'p':
+		return "PasswordMessage"
+	}
+	return string(typ)
+}
+
+// receiveAuth reads the client's answer to an authentication request: a
+// password-type message is decoded as that request's answer, anything
+// else as what it is (for the caller's error). Its byte slices are valid
+// until the next read.
+func receiveAuth(in *frameReader, authType uint32) (pgproto3.FrontendMessage, error) {
+	typ, frame, err := in.next()
+	if err != nil {
+		return nil, err
+	}
+	var m pgproto3.FrontendMessage
+	switch typ {
+	case 'p':
+		switch authType {
+		case pgproto3.AuthTypeSASL:
+			m = &pgproto3.SASLInitialResponse{}
+		case pgproto3.AuthTypeSASLContinue:
+			m = &pgproto3.SASLResponse{}
+		default:
+			m = &pgproto3.PasswordMessage{}
+		}
+	case 'Q':
+		m = &pgproto3.Query{}
+	case 'P':
+		m = &pgproto3.Parse{}
+	case 'B':
+		m = &pgproto3.Bind{}
+	case 'D':
+		m = &pgproto3.Describe{}
+	case 'E':
+		m = &pgproto3.Execute{}
+	case 'C':
+		m = &pgproto3.Close{}
+	case 'S':
+		m = &pgproto3.Sync{}
+	case 'H':
+		m = &pgproto3.Flush{}
+	case 'X':
+		m = &pgproto3.Terminate{}
+	case 'F':
+		m = &pgproto3.FunctionCall{}
+	case 'd':
+		m = &pgproto3.CopyData{}
+	case 'c':
+		m = &pgproto3.CopyDone{}
+	case 'f':
+		m = &pgproto3.CopyFail{}
+	default:
+		return nil, fmt.Errorf("unknown message type: %c", typ)
+	}
+	if err := m.Decode(frame[5:]); err != nil {
+		return nil, err
+	}
+	return m, nil
 }

@@ -2,6 +2,7 @@ package pgfront
 
 import (
 	"bytes"
+	"encoding/binary"
 	"io"
 	"testing"
 
@@ -50,5 +51,164 @@ func TestFrameReaderComplete(t *testing.T) {
 	}
 	if rd.buffered() != 0 {
 		t.Fatalf("%d bytes left", rd.buffered())
+	}
+}
+
+// decodeFront decodes a client message with pgproto3, the reference
+// parseFront must agree with.
+func decodeFront(typ byte, body []byte) (pgproto3.FrontendMessage, error) {
+	var m pgproto3.FrontendMessage
+	switch typ {
+	case 'Q':
+		m = &pgproto3.Query{}
+	case 'P':
+		m = &pgproto3.Parse{}
+	case 'B':
+		m = &pgproto3.Bind{}
+	case 'D':
+		m = &pgproto3.Describe{}
+	case 'E':
+		m = &pgproto3.Execute{}
+	case 'C':
+		m = &pgproto3.Close{}
+	case 'S':
+		m = &pgproto3.Sync{}
+	case 'H':
+		m = &pgproto3.Flush{}
+	case 'X':
+		m = &pgproto3.Terminate{}
+	case 'c':
+		m = &pgproto3.CopyDone{}
+	case 'f':
+		m = &pgproto3.CopyFail{}
+	case 'd':
+		m = &pgproto3.CopyData{}
+	default:
+		return nil, nil
+	}
+	return m, m.Decode(body)
+}
+
+func frontFrame(typ byte, body []byte) []byte {
+	f := []byte{typ, 0, 0, 0, 0}
+	binary.BigEndian.PutUint32(f[1:], uint32(4+len(body)))
+	return append(f, body...)
+}
+
+// FuzzParseFront: parseFront accepts exactly the messages pgproto3's
+// decoders accept, the fields it picks out are theirs, and the frame it
+// forwards is the message as pgproto3 would re-encode it (what the relay
+// sent before it forwarded client messages as bytes).
+func FuzzParseFront(f *testing.F) {
+	enc := func(m pgproto3.FrontendMessage) (byte, []byte) {
+		b, _ := m.Encode(nil)
+		return b[0], b[5:]
+	}
+	for _, m := range []pgproto3.FrontendMessage{
+		&pgproto3.Query{String: "SELECT 1"},
+		&pgproto3.Parse{Name: "s1", Query: "SELECT $1", ParameterOIDs: []uint32{23}},
+		&pgproto3.Bind{DestinationPortal: "p", PreparedStatement: "s1", ParameterFormatCodes: []int16{1},
+			Parameters: [][]byte{{0, 0, 0, 7}, nil}, ResultFormatCodes: []int16{0, 1}},
+		&pgproto3.Bind{},
+		&pgproto3.Describe{ObjectType: 'S', Name: "s1"},
+		&pgproto3.Describe{ObjectType: 'P'},
+		&pgproto3.Execute{Portal: "p", MaxRows: 10},
+		&pgproto3.Close{ObjectType: 'S', Name: "s1"},
+		&pgproto3.Sync{}, &pgproto3.Flush{}, &pgproto3.Terminate{},
+		&pgproto3.CopyData{Data: []byte("1\n")}, &pgproto3.CopyDone{}, &pgproto3.CopyFail{Message: "no"},
+	} {
+		typ, body := enc(m)
+		f.Add(typ, body)
+		f.Add(typ, append(bytes.Clone(body), 0, 1)) // trailing bytes
+		if len(body) > 0 {
+			f.Add(typ, body[:len(body)-1]) // cut short
+		}
+	}
+	f.Fuzz(func(t *testing.T, typ byte, body []byte) {
+		ref, refErr := decodeFront(typ, body)
+		if ref == nil {
+			return // types the session handles elsewhere (F, p) or rejects
+		}
+		frame := frontFrame(typ, body)
+		m, err := parseFront(typ, frame)
+		if (err != nil) != (refErr != nil) {
+			t.Fatalf("%c %q: parseFront error %v, pgproto3 error %v", typ, body, err, refErr)
+		}
+		if err != nil {
+			return
+		}
+		want, _ := ref.Encode(nil)
+		if typ == 'd' {
+			want = frame
+		}
+		if !bytes.Equal(m.frame, want) {
+			t.Fatalf("%c %q: forwards %q, pgproto3 re-encodes %q", typ, body, m.frame, want)
+		}
+		switch r := ref.(type) {
+		case *pgproto3.Query:
+			if string(m.sql) != r.String {
+				t.Fatalf("Query text %q, want %q", m.sql, r.String)
+			}
+		case *pgproto3.Parse:
+			if string(m.name) != r.Name || string(m.sql) != r.Query {
+				t.Fatalf("Parse %q %q, want %q %q", m.name, m.sql, r.Name, r.Query)
+			}
+		case *pgproto3.Bind:
+			if string(m.name) != r.PreparedStatement {
+				t.Fatalf("Bind statement %q, want %q", m.name, r.PreparedStatement)
+			}
+		case *pgproto3.Describe:
+			if m.obj != r.ObjectType || string(m.name) != r.Name {
+				t.Fatalf("Describe %c %q, want %c %q", m.obj, m.name, r.ObjectType, r.Name)
+			}
+		case *pgproto3.Close:
+			if m.obj != r.ObjectType || string(m.name) != r.Name {
+				t.Fatalf("Close %c %q, want %c %q", m.obj, m.name, r.ObjectType, r.Name)
+			}
+		}
+	})
+}
+
+func TestParseFrontRejects(t *testing.T) {
+	for _, tc := range []struct {
+		typ  byte
+		body string
+	}{
+		{'Q', "SELECT 1"},          // no terminator
+		{'Q', "SELECT\x001\x00"},   // two strings
+		{'S', "x"},                 // Sync with a body
+		{'B', "\x00s\x00\x00\x01"}, // format code count without codes
+		{'Z', ""},                  // a backend message type
+	} {
+		if _, err := parseFront(tc.typ, frontFrame(tc.typ, []byte(tc.body))); err == nil {
+			t.Errorf("%c %q accepted", tc.typ, tc.body)
+		}
+	}
+}
+
+// TestMsgWriterEncodings: the writer's hand-encoded messages are
+// pgproto3's encodings.
+func TestMsgWriterEncodings(t *testing.T) {
+	var got bytes.Buffer
+	w := newMsgWriter(&got)
+	w.query("SELECT 1")
+	w.readyForQuery('T')
+	w.sync()
+	w.flushMsg()
+	w.raw([]byte("raw"))
+	if err := w.flush(); err != nil {
+		t.Fatal(err)
+	}
+	var want []byte
+	for _, m := range []pgproto3.Message{&pgproto3.Query{String: "SELECT 1"}, &pgproto3.ReadyForQuery{TxStatus: 'T'},
+		&pgproto3.Sync{}, &pgproto3.Flush{}} {
+		want, _ = m.Encode(want)
+	}
+	want = append(want, "raw"...)
+	if !bytes.Equal(got.Bytes(), want) {
+		t.Fatalf("wrote %q, want %q", got.Bytes(), want)
+	}
+	if err := w.flush(); err != nil || got.Len() != len(want) {
+		t.Fatalf("an empty flush wrote or failed: %v", err)
 	}
 }
