@@ -1213,9 +1213,7 @@ type flight struct {
 func (s *session) exchange(ctx context.Context, b *backendConn, u *unit, p plan) (exResult, error) {
 	f := s.begin(&s.flightBuf, b, u, p) // exchanges never nest: the scratch flight is free
 	s.sendUnit(f, u)
-	if err := s.sendEnd(f); err != nil {
-		return f.res, err
-	}
+	s.sendEnd(f)
 	return s.relay(ctx, f, -1)
 }
 
@@ -1328,9 +1326,9 @@ func copyInUnit(u *unit) bool {
 }
 
 // sendEnd queues the position query behind a complete unit (except
-// behind COPY FROM STDIN, where copyIn sends it after CopyDone) and
+// behind COPY FROM STDIN, where copyIn sends it after CopyDone); relay
 // writes everything queued in one write.
-func (s *session) sendEnd(f *flight) error {
+func (s *session) sendEnd(f *flight) {
 	if copyInUnit(f.u) && !f.copied {
 		if len(f.u.class.Stmts) > 1 {
 			f.p.capture = false
@@ -1338,10 +1336,6 @@ func (s *session) sendEnd(f *flight) error {
 	} else {
 		s.sendSuffix(f)
 	}
-	if err := f.b.out.flush(); err != nil {
-		return &backendIOError{err: err}
-	}
-	return nil
 }
 
 func (s *session) sendSuffix(f *flight) {
@@ -1365,8 +1359,9 @@ func completes(typ byte) bool {
 	return false
 }
 
-// relay reads the flight's answers from its backend and forwards the
-// unit's to the client. With want < 0 it runs to the unit's ReadyForQuery
+// relay writes what is queued for the flight's backend, reads the
+// answers and forwards the unit's to the client. With want < 0 it runs to
+// the unit's ReadyForQuery
 // (not sent: finish sends it) and, under capture, the position query's.
 // With want >= 0 it stops after want messages of the unit are answered
 // or at its first error: the answer to a Flush.
@@ -1407,6 +1402,18 @@ func (s *session) relay(ctx context.Context, f *flight, want int) (exResult, err
 				}
 			}
 		}()
+	}
+	// Everything queued goes out in one write. When answers are awaited
+	// the read is armed before the write, so no read is tried before an
+	// answer can be there (see rawconn.WriteRead).
+	var err error
+	if f.prefix > 0 || want != 0 {
+		err = b.rd.sendThenFill(b.out)
+	} else {
+		err = b.out.flush()
+	}
+	if err != nil {
+		return f.res, &backendIOError{err: err}
 	}
 	// The answers to proxy statements sent ahead come first.
 	for f.prefix > 0 {
@@ -1887,9 +1894,6 @@ func (s *session) flushBatch(ctx context.Context, batch []batchMsg) error {
 		want = 0 // the backend skips everything up to Sync
 	}
 	f.b.out.flushMsg()
-	if err := f.b.out.flush(); err != nil {
-		return s.flightLost(f, &backendIOError{err: err})
-	}
 	res, err := s.relay(ctx, f, want)
 	if err != nil {
 		return s.flightLost(f, err)
@@ -1903,9 +1907,6 @@ func (s *session) flushBatch(ctx context.Context, batch []batchMsg) error {
 // on the hub.
 func (s *session) closeReplicaPart(ctx context.Context, f *flight) error {
 	f.b.out.sync()
-	if err := f.b.out.flush(); err != nil {
-		return s.flightLost(f, &backendIOError{err: err})
-	}
 	f.p.capture = false
 	res, err := s.relay(ctx, f, -1)
 	if err != nil {
@@ -2040,9 +2041,7 @@ func (s *session) finishOpen(ctx context.Context, batch []batchMsg) error {
 		f.u.class.Strongest() >= StmtWrite {
 		f.p.capture = true // an autocommit write: learn its position
 	}
-	if err := s.sendEnd(f); err != nil {
-		return s.backendFailed(f.b, f.u, err)
-	}
+	s.sendEnd(f)
 	res, err := s.relay(ctx, f, -1)
 	if err != nil {
 		if res.open != nil {

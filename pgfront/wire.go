@@ -8,6 +8,8 @@ import (
 	"io"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/spokeproxy/spokeproxy/internal/rawconn"
 )
 
 // frameReader reads PostgreSQL messages as frames (type byte, length,
@@ -82,6 +84,25 @@ func (f *frameReader) fill(n int) error {
 		}
 	}
 	return nil
+}
+
+// sendThenFill writes what w holds and reads the first bytes that come
+// back: in one call on a connection that can arm its read before the
+// write (rawconn.WriteReader), skipping a read attempt that could only
+// find nothing. w must hold a request the peer answers.
+func (f *frameReader) sendThenFill(w *msgWriter) error {
+	wr, ok := f.r.(rawconn.WriteReader)
+	if !ok || w.err != nil || len(w.buf) == 0 || f.start != f.end {
+		return w.flush() // and next reads as usual
+	}
+	f.start, f.end = 0, 0
+	if len(f.buf) > f.size {
+		f.buf = make([]byte, f.size)
+	}
+	n, err := wr.WriteRead(w.buf, f.buf)
+	w.reset()
+	f.end = n
+	return err
 }
 
 // wait blocks until at least one byte of a message is readable.
@@ -274,12 +295,17 @@ func (m *msgWriter) flush() error {
 		return nil
 	}
 	_, err := m.w.Write(m.buf)
+	m.reset()
+	return err
+}
+
+// reset empties the buffer once written.
+func (m *msgWriter) reset() {
 	if cap(m.buf) > msgWriterKeep {
 		m.buf = nil
 	} else {
 		m.buf = m.buf[:0]
 	}
-	return err
 }
 
 // frontMsg is one client message after login, parsed only as far as the

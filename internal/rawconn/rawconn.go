@@ -31,6 +31,14 @@ type conn struct {
 	*net.TCPConn
 	rc   syscall.RawConn
 	r, w rawOp // net.Conn allows one Read and one Write at a time
+
+	// WriteRead's request, written from inside the read (under both
+	// directions' locks) before the read waits for the answer.
+	req         []byte
+	reqN        int
+	reqErrno    syscall.Errno
+	reqFull     bool // the socket took only reqN bytes: Write does the rest
+	writeReadFn func(fd uintptr) bool
 }
 
 // rawOp is one direction's call in progress. The function RawConn runs is
@@ -58,6 +66,7 @@ func Wrap(c net.Conn) net.Conn {
 	}
 	w := &conn{TCPConn: tc, rc: rc}
 	w.r.fn, w.w.fn = w.r.read, w.w.write
+	w.writeReadFn = w.writeRead
 	return w
 }
 
@@ -144,6 +153,90 @@ func (c *conn) write(p []byte, noWait bool) (int, error) {
 		return written, c.opError("write", os.NewSyscallError("write", errno))
 	}
 	return written, nil
+}
+
+// WriteRead writes req, then reads into p the first bytes that arrive,
+// for a request the peer answers. Unlike Write then Read it does not try
+// the socket before waiting: right after a request, that read can only
+// find the socket empty, a system call for nothing. The wait is armed
+// before the write, so an answer however quick is not missed, and bytes
+// the peer sent before req are read with the answer. When the socket
+// cannot take all of req at once, the rest goes through Write and p is
+// filled by Read.
+//
+// Only for a request that is answered (or a connection that fails): a
+// request without an answer leaves the read waiting for the peer's next
+// bytes, like a Read would once it found nothing.
+func (c *conn) WriteRead(req, p []byte) (int, error) {
+	if len(req) == 0 {
+		return c.Read(p)
+	}
+	if len(p) == 0 {
+		_, err := c.Write(req)
+		return 0, err
+	}
+	c.w.mu.Lock()
+	c.r.mu.Lock()
+	c.req, c.reqN, c.reqErrno, c.reqFull = req, 0, 0, false
+	o := &c.r
+	o.p, o.n, o.errno = p, 0, 0
+	err := c.rc.Read(c.writeReadFn)
+	written, reqErrno, full := c.reqN, c.reqErrno, c.reqFull
+	n, errno := o.n, o.errno
+	c.req, o.p = nil, nil
+	c.r.mu.Unlock()
+	c.w.mu.Unlock()
+	if reqErrno != 0 {
+		return 0, c.opError("write", os.NewSyscallError("write", reqErrno))
+	}
+	if full {
+		if _, err := c.Write(req[written:]); err != nil {
+			return 0, err
+		}
+		return c.Read(p)
+	}
+	if err != nil {
+		if written < len(req) { // the read failed before the request went out
+			return 0, c.opError("write", unwrapOp(err))
+		}
+		return 0, c.opError("read", unwrapOp(err))
+	}
+	if errno != 0 {
+		return 0, c.opError("read", os.NewSyscallError("read", errno))
+	}
+	if n == 0 {
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// writeRead is WriteRead's RawConn.Read function: on its first call it
+// writes the request and waits; then it reads.
+func (c *conn) writeRead(fd uintptr) bool {
+	if c.req == nil {
+		return c.r.read(fd)
+	}
+	for c.reqN < len(c.req) {
+		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&c.req[c.reqN])), uintptr(len(c.req)-c.reqN))
+		switch e {
+		case 0:
+			c.reqN += int(r)
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			c.reqFull = true
+			return true
+		default:
+			c.reqErrno = e
+			return true
+		}
+	}
+	c.req = nil
+	return false // wait for the answer
+}
+
+// WriteReader is implemented by the connections Wrap wraps.
+type WriteReader interface {
+	WriteRead(req, p []byte) (int, error)
 }
 
 // TryWriter is implemented by the connections Wrap wraps.

@@ -120,6 +120,80 @@ func TestRawConn(t *testing.T) {
 			t.Fatal("writes to a closed peer kept succeeding")
 		}
 	})
+	t.Run("WriteRead: request, answer", func(t *testing.T) {
+		fast, peer := tcpPair(t)
+		go func() { // an echo server that answers each request at once
+			buf := make([]byte, 64<<10)
+			for {
+				n, err := peer.Read(buf)
+				if err != nil {
+					return
+				}
+				if _, err := peer.Write(buf[:n]); err != nil {
+					return
+				}
+			}
+		}()
+		wr := fast.(WriteReader)
+		buf := make([]byte, 16)
+		for i := 0; i < 200; i++ {
+			n, err := wr.WriteRead([]byte("ping"), buf)
+			if err != nil || string(buf[:n]) != "ping" {
+				t.Fatalf("WriteRead %d: %q, %v", i, buf[:n], err)
+			}
+		}
+	})
+	t.Run("WriteRead: what the peer sent before the request comes first", func(t *testing.T) {
+		fast, peer := tcpPair(t)
+		if _, err := peer.Write([]byte("early;")); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond) // in fast's socket before the request
+		go func() {
+			buf := make([]byte, 4)
+			if _, err := io.ReadFull(peer, buf); err == nil {
+				_, _ = peer.Write([]byte("answer"))
+			}
+		}()
+		got := make([]byte, 0, 64)
+		buf := make([]byte, 64)
+		n, err := fast.(WriteReader).WriteRead([]byte("ping"), buf)
+		for err == nil && len(got)+n < len("early;answer") {
+			got = append(got, buf[:n]...)
+			n, err = fast.Read(buf)
+		}
+		got = append(got, buf[:n]...)
+		if err != nil || string(got) != "early;answer" {
+			t.Fatalf("read %q, %v", got, err)
+		}
+	})
+	t.Run("WriteRead: a request beyond the socket buffers", func(t *testing.T) {
+		fast, peer := tcpPair(t)
+		req := bytes.Repeat([]byte("0123456789abcdef"), 1<<18) // 4 MiB: the write meets EAGAIN
+		go func() {
+			if _, err := io.ReadFull(peer, make([]byte, len(req))); err == nil {
+				_, _ = peer.Write([]byte("done"))
+			}
+		}()
+		buf := make([]byte, 16)
+		n, err := fast.(WriteReader).WriteRead(req, buf)
+		if err != nil || string(buf[:n]) != "done" {
+			t.Fatalf("WriteRead: %q, %v", buf[:n], err)
+		}
+	})
+	t.Run("WriteRead: deadline while waiting for the answer", func(t *testing.T) {
+		fast, peer := tcpPair(t)
+		_ = fast.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+		_, err := fast.(WriteReader).WriteRead([]byte("ping"), make([]byte, 4))
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("WriteRead past the deadline: %v", err)
+		}
+		buf := make([]byte, 4) // the request went out all the same
+		_ = peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(peer, buf); err != nil || string(buf) != "ping" {
+			t.Fatalf("peer read %q, %v", buf, err)
+		}
+	})
 	t.Run("not TCP: unchanged", func(t *testing.T) {
 		a, b := net.Pipe()
 		defer a.Close()
