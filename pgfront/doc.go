@@ -162,7 +162,11 @@
 // of the proxy's CPU per pgbench transaction). A request goes out with
 // rawconn.WriteRead: the read of its answer is armed before the write, so
 // the read attempt that would find the socket still empty (a system call
-// for nothing, dear on a virtual machine) is skipped.
+// for nothing, dear on a virtual machine) is skipped. The client is read
+// through a rawconn.ArmedReader, which keeps the wait for its next message
+// armed between reads and so skips the same empty read after each answer:
+// a pgbench transaction costs the proxy about 2 reads, 2 writes and 2-3
+// poller waits (epoll_pwait, the runtime's) instead of 4.4 reads.
 //
 // Flush without Sync (libpq's PQsendFlushRequest, pgx's pipeline): the
 // batch so far is routed as a unit is, sent with a Flush, and its answers

@@ -612,7 +612,14 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 	}
 	conn = rawconn.Wrap(conn) // see internal/rawconn: raw socket calls skip the runtime's sysmon wake-ups
 	cw := &clientWriter{conn: conn}
-	in := newFrameReader(conn, clientReadBuffer, s.config().MaxMessageSize)
+	var cr io.Reader = conn
+	if ar := rawconn.NewArmedReader(conn); ar != nil {
+		// The wait for the client's next message stays armed from one read
+		// to the next, so none is tried before the message can be there.
+		defer ar.Stop()
+		cr = ar
+	}
+	in := newFrameReader(cr, clientReadBuffer, s.config().MaxMessageSize)
 	be := newMsgWriter(cw)
 	if startup.ProtocolVersion != pgproto3.ProtocolVersion30 {
 		// A 3.x client with x > 0: tell it we speak 3.0 (what PostgreSQL 15 does).

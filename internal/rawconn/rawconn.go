@@ -14,11 +14,15 @@
 //
 // Wrap returns anything that is not a *net.TCPConn unchanged (TLS, pipes).
 // The wrapper passes golang.org/x/net/nettest.TestConn, allocates nothing per
-// Read or Write, and offers TryWrite (TryWriter), a write that never waits.
+// Read or Write, and offers TryWrite (TryWriter), a write that never waits,
+// and WriteRead (WriteReader), a request and the wait for its answer without
+// a read that finds nothing. ArmedReader reads a client the same way between
+// requests.
 package rawconn
 
 import (
 	"io"
+	"iter"
 	"net"
 	"os"
 	"sync"
@@ -232,6 +236,114 @@ func (c *conn) writeRead(fd uintptr) bool {
 	}
 	c.req = nil
 	return false // wait for the answer
+}
+
+// ArmedReader reads a connection from Wrap keeping the wait for its next
+// bytes armed from one read to the next.
+//
+// Why: a Read arms the runtime's wait anew on each call, forgetting
+// whether bytes arrived since the last one, so it must first try the
+// socket. Serving a request-answer client, that try comes right after the
+// answer went out and nearly always finds nothing: a system call for
+// nothing per request, dear on a virtual machine. An ArmedReader stays in
+// one RawConn.Read across calls (run as a coroutine with iter.Pull), so
+// after a read that emptied the socket it waits for the next bytes
+// without trying first, and misses none: the wait was never disarmed.
+//
+// Read must not be called concurrently, and no other Read may be made on
+// the connection while the ArmedReader is in use. While it is, the
+// connection's Close takes effect (the socket is closed) when the reader
+// next reads or stops: Stop must be called once reading is over.
+type ArmedReader struct {
+	c       *conn
+	next    func() (struct{}, bool)
+	stop    func()
+	yield   func(struct{}) bool
+	loopFn  func(fd uintptr) bool
+	p       []byte
+	n       int
+	errno   syscall.Errno
+	err     error // RawConn.Read's, when the loop ended
+	drained bool  // the last read took less than it asked: the socket was empty after it
+	reads   int   // read system calls made (for tests)
+}
+
+// NewArmedReader returns an ArmedReader for c, or nil when c is not a
+// connection from Wrap (TLS, pipes): read those directly.
+func NewArmedReader(c net.Conn) *ArmedReader {
+	rc, ok := c.(*conn)
+	if !ok {
+		return nil
+	}
+	r := &ArmedReader{c: rc}
+	r.loopFn = r.loop
+	return r
+}
+
+func (r *ArmedReader) start() {
+	r.drained = false // a new wait starts disarmed: try the socket first
+	r.next, r.stop = iter.Pull(func(yield func(struct{}) bool) {
+		r.yield = yield
+		r.err = r.c.rc.Read(r.loopFn)
+	})
+}
+
+// loop is the RawConn.Read function the coroutine stays in: it reads,
+// hands each read to Read (yield), and after a read that emptied the
+// socket returns false, so that RawConn waits for the next bytes.
+func (r *ArmedReader) loop(fd uintptr) bool {
+	for {
+		if r.drained {
+			r.drained = false
+			return false
+		}
+		r.reads++
+		n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&r.p[0])), uintptr(len(r.p)))
+		switch e {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		}
+		r.n, r.errno = int(n), e
+		r.drained = e == 0 && n > 0 && int(n) < len(r.p)
+		if !r.yield(struct{}{}) {
+			return true // Stop
+		}
+	}
+}
+
+// Read reads as net.Conn's Read does.
+func (r *ArmedReader) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if r.next == nil {
+		r.start()
+	}
+	r.p = p
+	_, ok := r.next()
+	r.p = nil
+	if !ok { // the wait failed: deadline, Close
+		err := r.err
+		r.next, r.stop, r.err = nil, nil, nil
+		return 0, r.c.opError("read", unwrapOp(err))
+	}
+	if r.errno != 0 {
+		return 0, r.c.opError("read", os.NewSyscallError("read", r.errno))
+	}
+	if r.n == 0 {
+		return 0, io.EOF
+	}
+	return r.n, nil
+}
+
+// Stop ends the reader's coroutine, releasing the connection.
+func (r *ArmedReader) Stop() {
+	if r.stop != nil {
+		r.stop()
+		r.next, r.stop = nil, nil
+	}
 }
 
 // WriteReader is implemented by the connections Wrap wraps.

@@ -291,3 +291,176 @@ func TestTryWrite(t *testing.T) {
 		t.Fatalf("peer read %d bytes, want the %d written, in order", len(b), len(want))
 	}
 }
+
+func TestArmedReader(t *testing.T) {
+	armed := func(t *testing.T) (*ArmedReader, net.Conn, net.Conn) {
+		fast, peer := tcpPair(t)
+		r := NewArmedReader(fast)
+		if r == nil {
+			t.Fatal("no ArmedReader for a wrapped TCP connection")
+		}
+		t.Cleanup(r.Stop)
+		return r, fast, peer
+	}
+	readWithin := func(t *testing.T, r io.Reader, p []byte) (int, error) {
+		t.Helper()
+		type res struct {
+			n   int
+			err error
+		}
+		ch := make(chan res, 1)
+		go func() { n, err := r.Read(p); ch <- res{n, err} }()
+		select {
+		case x := <-ch:
+			return x.n, x.err
+		case <-time.After(5 * time.Second):
+			t.Fatal("Read hung: bytes that arrived were missed")
+			return 0, nil
+		}
+	}
+	t.Run("request-answer turns: one read system call each", func(t *testing.T) {
+		r, fast, peer := armed(t)
+		go func() { // a client that sends its next request once answered
+			buf := make([]byte, 4)
+			for i := 0; i < 100; i++ {
+				if _, err := peer.Write([]byte("req.")); err != nil {
+					return
+				}
+				if _, err := io.ReadFull(peer, buf); err != nil {
+					return
+				}
+			}
+			peer.Close()
+		}()
+		buf := make([]byte, 64)
+		turns := 0
+		for {
+			n, err := readWithin(t, r, buf)
+			if err == io.EOF {
+				break
+			}
+			if err != nil || string(buf[:n]) != "req." {
+				t.Fatalf("turn %d: %q, %v", turns, buf[:n], err)
+			}
+			turns++
+			time.Sleep(100 * time.Microsecond) // the request is served
+			if _, err := fast.Write([]byte("ans.")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if turns != 100 {
+			t.Fatalf("%d turns, want 100", turns)
+		}
+		// One read per request and one for the EOF, hardly any that found
+		// the socket empty (a plain Read tries once before each wait: about
+		// twice as many).
+		if r.reads > turns+1+turns/10 {
+			t.Fatalf("%d read system calls for %d turns, want about %d", r.reads, turns, turns+1)
+		}
+	})
+	t.Run("bytes that arrive between reads are not missed", func(t *testing.T) {
+		r, _, peer := armed(t)
+		buf := make([]byte, 64)
+		for i := 0; i < 50; i++ {
+			if _, err := peer.Write([]byte("a")); err != nil {
+				t.Fatal(err)
+			}
+			if n, err := readWithin(t, r, buf); err != nil || string(buf[:n]) != "a" {
+				t.Fatalf("read %q, %v", buf[:n], err)
+			}
+			// The socket is empty now; more comes while the reader is
+			// busy, before its next Read.
+			if _, err := peer.Write([]byte("b")); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(time.Millisecond)
+			if n, err := readWithin(t, r, buf); err != nil || string(buf[:n]) != "b" {
+				t.Fatalf("read %q, %v", buf[:n], err)
+			}
+		}
+	})
+	t.Run("a full buffer is read on without waiting", func(t *testing.T) {
+		r, _, peer := armed(t)
+		if _, err := peer.Write([]byte("0123456789")); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+		got := make([]byte, 0, 10)
+		buf := make([]byte, 4)
+		for len(got) < 10 {
+			n, err := readWithin(t, r, buf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, buf[:n]...)
+		}
+		if string(got) != "0123456789" {
+			t.Fatalf("read %q", got)
+		}
+	})
+	t.Run("deadline, then reading again", func(t *testing.T) {
+		r, fast, peer := armed(t)
+		_ = fast.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+		if _, err := readWithin(t, r, make([]byte, 4)); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("Read past the deadline: %v", err)
+		}
+		_ = fast.SetReadDeadline(time.Time{})
+		if _, err := peer.Write([]byte("late")); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 4)
+		if n, err := readWithin(t, r, buf); err != nil || string(buf[:n]) != "late" {
+			t.Fatalf("read after the deadline was lifted: %q, %v", buf[:n], err)
+		}
+	})
+	t.Run("Close unblocks a waiting read; Stop then closes the socket", func(t *testing.T) {
+		r, fast, peer := armed(t)
+		if _, err := peer.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 4)
+		if _, err := readWithin(t, r, buf); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { _, err := r.Read(buf); done <- err }()
+		time.Sleep(20 * time.Millisecond)
+		fast.Close()
+		select {
+		case err := <-done:
+			if !errors.Is(err, net.ErrClosed) {
+				t.Fatalf("Read after Close: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("Close did not unblock the read")
+		}
+		r.Stop()
+		_ = peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := peer.Read(buf); err != io.EOF {
+			t.Fatalf("peer read after Close and Stop: %v, want EOF", err)
+		}
+	})
+	t.Run("Stop between reads releases the connection", func(t *testing.T) {
+		r, fast, peer := armed(t)
+		if _, err := peer.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := readWithin(t, r, make([]byte, 4)); err != nil {
+			t.Fatal(err)
+		}
+		r.Stop()
+		fast.Close()
+		_ = peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := peer.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("peer read after Stop and Close: %v, want EOF", err)
+		}
+	})
+	t.Run("not a wrapped connection: none", func(t *testing.T) {
+		a, b := net.Pipe()
+		defer a.Close()
+		defer b.Close()
+		if NewArmedReader(a) != nil {
+			t.Fatal("an ArmedReader for a pipe")
+		}
+	})
+}
