@@ -165,8 +165,8 @@
 // for nothing, dear on a virtual machine) is skipped. The client is read
 // through a rawconn.ArmedReader, which keeps the wait for its next message
 // armed between reads and so skips the same empty read after each answer:
-// a pgbench transaction costs the proxy about 2 reads, 2 writes and 2-3
-// poller waits (epoll_pwait, the runtime's) instead of 4.4 reads.
+// a pgbench -S transaction costs the proxy 2 reads and 2 writes (4.4 reads
+// before these two).
 //
 // Flush without Sync (libpq's PQsendFlushRequest, pgx's pipeline): the
 // batch so far is routed as a unit is, sent with a Flush, and its answers
@@ -214,11 +214,17 @@
 //   - Pooled hub connections keep the role and database settings of their
 //     login; only a changed default isolation level retires them.
 //   - pgbench -S throughput through the proxy is below PgBouncer's on the
-//     shared, virtualised 2-core machine (BenchmarkPGBenchSelect: about
-//     0.5-0.6 of direct, 0.8 of PgBouncer). The proxy makes the minimum
-//     of system calls (per transaction about 2 writes, 2.7 reads, 0.3
-//     epoll waits), yet spends about 45-60 µs of CPU per transaction to
-//     PgBouncer's 30: perf puts most of it in the kernel's loopback send
-//     and wake-up path (pvm_irq_enable, the paravirtualised interrupt
-//     enable), not in Go code.
+//     shared, virtualised 2-core machine (BenchmarkPGBenchSelect on a quiet
+//     machine: 0.5-0.6 of direct and 0.8-0.85 of PgBouncer, which itself
+//     reaches only 0.55-0.65 of direct, so 0.85 of direct is out of reach
+//     for any proxy there). Per transaction the proxy makes about the
+//     system calls PgBouncer makes (5.2 to its 4.8: 2 reads, 2 writes, 0.7
+//     poller waits) and as many context switches (0.8 to 0.6), yet spends
+//     39-45 µs of CPU to PgBouncer's 28-30. perf puts the difference in
+//     the kernel's send and wake-up path (a write costs the proxy about
+//     1.5 times what it costs PgBouncer: the runtime's threads run on both
+//     cores, so more wake-ups cross CPUs) and in the runtime's scheduler
+//     (findRunnable, about a tenth of the proxy's CPU). With GOMAXPROCS=1
+//     the same benchmark took 33-40 µs and reached 0.9-0.97 of PgBouncer,
+//     but fell behind when other processes loaded the machine.
 package pgfront
