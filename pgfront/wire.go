@@ -477,8 +477,7 @@ func receiveAuth(in *frameReader, authType uint32) (pgproto3.FrontendMessage, er
 		return nil, err
 	}
 	var m pgproto3.FrontendMessage
-	switch typ {
-	case 'p':
+	if typ == 'p' {
 		switch authType {
 		case pgproto3.AuthTypeSASL:
 			m = &pgproto3.SASLInitialResponse{}
@@ -487,37 +486,46 @@ func receiveAuth(in *frameReader, authType uint32) (pgproto3.FrontendMessage, er
 		default:
 			m = &pgproto3.PasswordMessage{}
 		}
-	case 'Q':
-		m = &pgproto3.Query{}
-	case 'P':
-		m = &pgproto3.Parse{}
-	case 'B':
-		m = &pgproto3.Bind{}
-	case 'D':
-		m = &pgproto3.Describe{}
-	case 'E':
-		m = &pgproto3.Execute{}
-	case 'C':
-		m = &pgproto3.Close{}
-	case 'S':
-		m = &pgproto3.Sync{}
-	case 'H':
-		m = &pgproto3.Flush{}
-	case 'X':
-		m = &pgproto3.Terminate{}
-	case 'F':
-		m = &pgproto3.FunctionCall{}
-	case 'd':
-		m = &pgproto3.CopyData{}
-	case 'c':
-		m = &pgproto3.CopyDone{}
-	case 'f':
-		m = &pgproto3.CopyFail{}
-	default:
+	} else if m = frontendMessage(typ); m == nil {
 		return nil, fmt.Errorf("unknown message type: %c", typ)
 	}
 	if err := m.Decode(frame[5:]); err != nil {
 		return nil, err
 	}
 	return m, nil
+}
+
+// frontendMessage is the pgproto3 type of a client message after startup
+// ('p' aside: its type depends on the authentication asked for), or nil
+// for a type the protocol does not have.
+func frontendMessage(typ byte) pgproto3.FrontendMessage {
+	switch typ {
+	case 'Q':
+		return &pgproto3.Query{}
+	case 'P':
+		return &pgproto3.Parse{}
+	case 'B':
+		return &pgproto3.Bind{}
+	case 'D':
+		return &pgproto3.Describe{}
+	case 'E':
+		return &pgproto3.Execute{}
+	case 'C':
+		return &pgproto3.Close{}
+	case 'S':
+		return &pgproto3.Sync{}
+	case 'H':
+		return &pgproto3.Flush{}
+	case 'X':
+		return &pgproto3.Terminate{}
+	case 'F':
+		return &pgproto3.FunctionCall{}
+	case 'd':
+		return &pgproto3.CopyData{}
+	case 'c':
+		return &pgproto3.CopyDone{}
+	case 'f':
+		return &pgproto3.CopyFail{}
+	}
+	return nil
 }

@@ -57,33 +57,8 @@ func TestFrameReaderComplete(t *testing.T) {
 // decodeFront decodes a client message with pgproto3, the reference
 // parseFront must agree with.
 func decodeFront(typ byte, body []byte) (pgproto3.FrontendMessage, error) {
-	var m pgproto3.FrontendMessage
-	switch typ {
-	case 'Q':
-		m = &pgproto3.Query{}
-	case 'P':
-		m = &pgproto3.Parse{}
-	case 'B':
-		m = &pgproto3.Bind{}
-	case 'D':
-		m = &pgproto3.Describe{}
-	case 'E':
-		m = &pgproto3.Execute{}
-	case 'C':
-		m = &pgproto3.Close{}
-	case 'S':
-		m = &pgproto3.Sync{}
-	case 'H':
-		m = &pgproto3.Flush{}
-	case 'X':
-		m = &pgproto3.Terminate{}
-	case 'c':
-		m = &pgproto3.CopyDone{}
-	case 'f':
-		m = &pgproto3.CopyFail{}
-	case 'd':
-		m = &pgproto3.CopyData{}
-	default:
+	m := frontendMessage(typ)
+	if m == nil || typ == 'F' { // FunctionCall is decoded where the session runs it
 		return nil, nil
 	}
 	return m, m.Decode(body)
