@@ -128,6 +128,16 @@
 // outside its lock, and a write that fails, a slow client's included,
 // ends the session).
 //
+// A pinned session's state lives on its one hub connection, so losing
+// that connection (the hub restarted or failed over, the backend was
+// terminated, the hub list moved) ends the session with a FATAL 08006 at
+// its next safe point, or at once when a LISTEN watcher sees it, rather
+// than letting it go on without its state on a fresh connection. While
+// the hub is merely unavailable (an outage, a drill) the session's
+// statements are refused and the connection is kept, so a session whose
+// connection outlives the outage keeps its state. A refused pinning
+// statement does not pin.
+//
 // Hub connections are dialled through Site.DialHub (the routing core's
 // keepalive and TCP_USER_TIMEOUT) and, with Config.HubTLS, upgraded with
 // SSLRequest and a verified TLS handshake (never a silent downgrade).

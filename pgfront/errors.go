@@ -59,6 +59,10 @@ func (e *hubLostError) Error() string {
 }
 func (e *hubLostError) Unwrap() error { return e.err }
 
+// errPinnedStateLost: a pinned session's hub connection died between
+// requests; the request was not sent anywhere.
+var errPinnedStateLost = errors.New("the session's state on the hub is gone; the statement was not run")
+
 // errSnapshotOnReplica refuses the first write of a REPEATABLE READ
 // transaction that opened on the replica while the hub was unavailable:
 // it cannot continue on the hub with the same snapshot. 40001 tells the
@@ -85,6 +89,9 @@ func errorResponseFor(err error, severity string) *pgproto3.ErrorResponse {
 	if errors.As(err, &hl) {
 		if hl.unknown {
 			return mk("08007", fmt.Sprintf("connection to hub %s lost while the request was in flight: the outcome is unknown (it may have committed)", hl.hub))
+		}
+		if errors.Is(hl.err, errPinnedStateLost) {
+			return mk("08006", fmt.Sprintf("connection to hub %s lost: %v", hl.hub, hl.err))
 		}
 		return mk("08006", fmt.Sprintf("connection to hub %s lost: the transaction on the hub is gone", hl.hub))
 	}

@@ -180,6 +180,9 @@ func TestLabPGReplicaLossRefuse(t *testing.T) {
 	var standby bool
 	err := c.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&standby)
 	wantCode(t, err, "08006")
+	if got := counterValue(t, f.m.Front.WritesRefused); got != 0 {
+		t.Errorf("a read refused for want of the standby counted as %v refused writes", got)
+	}
 	if _, err := c.Exec(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'standby down, refuse')"); err != nil {
 		t.Fatalf("write with the standby down: %v", err)
 	}

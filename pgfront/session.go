@@ -88,6 +88,12 @@ type session struct {
 	txSnapshot bool
 	pinned     bool
 	listens    bool // LISTEN ran on the hub: relay notifications while idle
+	// pinLost: the hub endpoint whose connection a pinned session lost.
+	// Its state there (temporary tables, LISTEN, session advisory locks,
+	// held cursors) is gone, so the session ends at its next safe point,
+	// as it would have on a direct connection, rather than run on a fresh
+	// connection without it.
+	pinLost string
 	// defaultReadOnly, isolation: what a transaction that names no access
 	// mode or isolation level gets (default_transaction_read_only and
 	// _isolation), as the replica had them at login (startup options, role
@@ -166,6 +172,9 @@ func (s *session) close() {
 
 func (s *session) dropHub() {
 	if s.hub != nil {
+		if s.pinned {
+			s.pinLost = s.hub.endpoint
+		}
 		s.hub.close()
 		s.hub = nil
 		s.srv.front.HubConnections.Dec()
@@ -358,7 +367,18 @@ func (s *session) run(ctx context.Context) error {
 			}
 			return err
 		}
+		if s.pinLost != "" {
+			s.log.Warn("ending a pinned session: its hub connection was lost with the state it held", "hub", s.pinLost)
+			sendFatal(s.out, "08006", pinLostMessage(s.pinLost))
+			return nil
+		}
 	}
+}
+
+// pinLostMessage ends a pinned session whose hub connection is gone.
+func pinLostMessage(hub string) string {
+	return "terminating the session: its connection to hub " + hub +
+		" was lost, and with it the session state held there (temporary tables, LISTEN, session advisory locks, WITH HOLD cursors); reconnect"
 }
 
 // errTerminate: the client said goodbye.
@@ -573,7 +593,7 @@ func (s *session) runUnit(ctx context.Context, u *unit) error {
 				"refuse", p.refuse != nil, "in_txn", s.txOn != nil, "txn_on_hub", s.txOn != nil && s.txOn == s.hub, "pinned", s.pinned)
 		}
 		if p.refuse != nil {
-			s.srv.front.WritesRefused.Inc()
+			s.countRefusal(kind == "write", p.refuse)
 			s.srv.front.Request(metrics.RouteRefuse, kind)
 			return s.refuse(ctx, u, p.refuse)
 		}
@@ -616,7 +636,7 @@ func (s *session) runUnit(ctx context.Context, u *unit) error {
 			s.srv.m.SafetyNetReruns.Inc()
 			hb, err := s.hubConn(ctx)
 			if err != nil {
-				s.srv.front.WritesRefused.Inc()
+				s.countRefusal(true, err) // the standby said it writes
 				return s.refuse(ctx, u, err)
 			}
 			if s.txOn != nil && s.txOn == s.replica {
@@ -632,6 +652,17 @@ func (s *session) runUnit(ctx context.Context, u *unit) error {
 		s.srv.front.Request(p.route, kind)
 		s.srv.front.RequestDuration(p.route).Observe(time.Since(start).Seconds())
 		return s.finish(ctx, p, u, res)
+	}
+}
+
+// countRefusal counts a refused unit in spokeproxy_writes_refused_total
+// when it is a write refused for want of a usable hub: a read refused
+// because no backend can answer it is not a refused write, and counting
+// it would page the on-call for an outage of the local standby.
+func (s *session) countRefusal(write bool, err error) {
+	var hu *routing.HubUnavailableError
+	if write && errors.As(err, &hu) {
+		s.srv.front.WritesRefused.Inc()
 	}
 }
 
@@ -735,7 +766,7 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 	}
 	if u.fn || s.pinned || s.replica == nil || (s.txOn != nil && s.txOn == s.hub) {
 		p, err := toHub()
-		if k == StmtPin && !s.pinned {
+		if k == StmtPin && !s.pinned && err == nil && p.refuse == nil {
 			s.pin()
 		}
 		s.noteListen(u)
@@ -918,11 +949,30 @@ func (s *session) watchNotifications(b *backendConn) (stop func() error) {
 	stopped := false
 	done := make(chan struct{})
 	var werr error // set before done is closed
+	// lost ends the session when the hub connection fails while the
+	// client waits for notifications: without it the client would wait
+	// forever on a LISTEN that no longer exists. hubSaid is the hub's
+	// own FATAL, if it sent one.
+	lost := func(hubSaid string, err error) {
+		s.log.Warn("ending a listening session: its hub connection was lost while idle", "hub", b.endpoint, "hub_said", hubSaid, "err", err)
+		msg := pinLostMessage(b.endpoint)
+		if hubSaid != "" {
+			msg += " (the hub said: " + hubSaid + ")"
+		}
+		sendFatal(s.out, "08006", msg)
+		werr = &hubLostError{hub: b.endpoint, err: errPinnedStateLost}
+		s.conn.Close()
+	}
 	go func() {
 		defer close(done)
 		for {
 			if b.rd.buffered() == 0 {
 				if err := b.rd.wait(); err != nil {
+					mu.Lock()
+					if !stopped {
+						lost("", err)
+					}
+					mu.Unlock()
 					return
 				}
 			}
@@ -935,10 +985,20 @@ func (s *session) watchNotifications(b *backendConn) (stop func() error) {
 			for {
 				typ, frame, err := b.rd.next()
 				if err != nil {
+					lost("", err)
 					mu.Unlock()
 					return
 				}
 				switch typ {
+				case 'E':
+					said := "an error"
+					if m, err := decodeBackend(typ, frame); err == nil {
+						e := m.(*pgproto3.ErrorResponse)
+						said = e.Severity + " " + e.Code + " " + e.Message
+					}
+					lost(said, nil)
+					mu.Unlock()
+					return
 				case 'A', 'N':
 					s.out.raw(frame) // copied into the write buffer
 					send = true
@@ -1052,6 +1112,12 @@ func (s *session) hubConn(ctx context.Context) (*backendConn, error) {
 			s.txOn, s.txLost = nil, true
 			return nil, &hubLostError{hub: hub, err: err}
 		}
+		if s.pinned && s.hub != nil {
+			// Keep the connection and the session's state on it: it may
+			// outlive a short outage or a drill. Until then the session,
+			// which runs everything on the hub, is refused.
+			return nil, err
+		}
 		s.dropHub()
 		return nil, err
 	}
@@ -1061,6 +1127,9 @@ func (s *session) hubConn(ctx context.Context) (*backendConn, error) {
 		// failed over): a fresh one costs a login, while a request sent on
 		// the dead one would end as "outcome unknown".
 		s.dropHub()
+	}
+	if s.pinLost != "" {
+		return nil, &hubLostError{hub: s.pinLost, err: errPinnedStateLost}
 	}
 	if s.hub != nil {
 		return s.hub, nil
@@ -1951,7 +2020,7 @@ func (s *session) openFlight(ctx context.Context, u *unit) (*flight, error) {
 		kind = "write"
 	}
 	if p.refuse != nil {
-		s.srv.front.WritesRefused.Inc()
+		s.countRefusal(kind == "write", p.refuse)
 		s.srv.front.Request(metrics.RouteRefuse, kind)
 		if s.txOn == s.replica && s.replica != nil {
 			// Abort the replica transaction as the standby's own 25006 would.

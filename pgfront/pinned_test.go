@@ -1,0 +1,100 @@
+package pgfront
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/spokeproxy/spokeproxy/lab"
+)
+
+// A session pinned to the hub (a temporary table, LISTEN) keeps its
+// state through a drill, which only refuses its statements; when its hub
+// connection is really lost (the hub backend terminated) the session
+// ends with 08006, as a direct connection would, instead of going on
+// without its state on a fresh connection; and a LISTEN waiting for
+// notifications learns of the loss at once instead of waiting forever.
+func TestLabPGPinnedHubLost(t *testing.T) {
+	l := lab.ForTest(t, lab.Options{})
+	f := startFront(t, l, nil)
+	f.waitHub(t, true)
+	ctx := ctxT(t)
+	super, err := pgx.Connect(ctx, l.HubSuperDSN(lab.AppDatabase))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer super.Close(context.Background())
+	hubPID := func(c *pgx.Conn) uint32 {
+		t.Helper()
+		var pid uint32
+		var standby bool
+		if err := c.QueryRow(ctx, "SELECT pg_backend_pid(), pg_is_in_recovery()").Scan(&pid, &standby); err != nil || standby {
+			t.Fatalf("pinned session's backend: pid %d on the standby %v, %v", pid, standby, err)
+		}
+		return pid
+	}
+	terminate := func(pid uint32) {
+		t.Helper()
+		var ok bool
+		if err := super.QueryRow(ctx, "SELECT pg_terminate_backend($1, 5000)", pid).Scan(&ok); err != nil || !ok {
+			t.Errorf("pg_terminate_backend(%d): %v %v", pid, ok, err)
+		}
+	}
+
+	c := f.connect(t, nil)
+	if _, err := c.Exec(ctx, "CREATE TEMP TABLE scratch (a int)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(ctx, "INSERT INTO scratch VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	f.site.StartDrill(time.Minute)
+	_, err = c.Exec(ctx, "INSERT INTO scratch VALUES (2)")
+	wantCode(t, err, "25006")
+	f.site.StopDrill()
+	var n int
+	if err := c.QueryRow(ctx, "SELECT count(*) FROM scratch").Scan(&n); err != nil || n != 1 {
+		t.Fatalf("temporary table after a drill: %d rows, %v (want the one row from before)", n, err)
+	}
+
+	terminate(hubPID(c))
+	_, err = c.Exec(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'after the pin was lost')")
+	wantCode(t, err, "08006")
+	_, err = c.Exec(ctx, "SELECT 1")
+	if pe := wantCode(t, err, "08006"); !strings.Contains(pe.Message, "terminating the session") || pe.Severity != "FATAL" {
+		t.Errorf("after its hub state was lost the session got %s %q, want it ended", pe.Severity, pe.Message)
+	}
+	var written int
+	if err := super.QueryRow(ctx, "SELECT count(*) FROM notes WHERE body = 'after the pin was lost'").Scan(&written); err != nil || written != 0 {
+		t.Errorf("the statement after the lost pin ran on the hub %d times (%v), want none", written, err)
+	}
+
+	listener := f.connect(t, nil)
+	if _, err := listener.Exec(ctx, "LISTEN pin_lost"); err != nil {
+		t.Fatal(err)
+	}
+	pid := hubPID(listener)
+	terminated := make(chan struct{})
+	go func() {
+		defer close(terminated)
+		time.Sleep(200 * time.Millisecond)
+		terminate(pid)
+	}()
+	defer func() { <-terminated }()
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err = listener.WaitForNotification(wctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		t.Fatal("a LISTEN whose hub connection was lost waited out its deadline")
+	}
+	pe := wantCode(t, err, "08006")
+	if !strings.Contains(pe.Message, "57P01") {
+		t.Errorf("the listener's FATAL does not carry what the hub said: %q", pe.Message)
+	}
+	t.Logf("listener told %s after its hub backend was terminated: %s", time.Since(start).Round(time.Millisecond), pe.Message)
+}
