@@ -73,8 +73,9 @@ type session struct {
 
 	replica *backendConn // nil while the session has none (lost, or down at login)
 	hub     *backendConn
-	// replicaRetry: no replica reconnect before this time (one failed).
-	replicaRetry time.Time
+	// replicaFailed: when a replica reconnect last failed. The next waits
+	// a second, unless the routing core saw the replica come up since.
+	replicaFailed time.Time
 
 	active atomic.Pointer[backendConn] // backend running the client's current request
 
@@ -703,17 +704,21 @@ func (s *session) dropReplica(err error) {
 // has none, between transactions, once the routing core sees the replica
 // up: the session's SETs are replayed there and its prepared statements
 // prepared again when used. A failed attempt is not repeated for a
-// second.
+// second, unless the routing core has seen the replica come up since (a
+// restart it saw end): then the replica is worth trying at once.
 func (s *session) reconnectReplica(ctx context.Context) {
-	if s.replica != nil || s.pinned || s.txOn != nil || s.txLost || s.open != nil ||
-		time.Now().Before(s.replicaRetry) || !s.srv.site.Snapshot().Replica.Up {
+	if s.replica != nil || s.pinned || s.txOn != nil || s.txLost || s.open != nil {
+		return
+	}
+	rv := s.srv.site.Snapshot().Replica
+	if !rv.Up || (time.Since(s.replicaFailed) < time.Second && !rv.Since.After(s.replicaFailed)) {
 		return
 	}
 	dctx, cancel := context.WithTimeout(ctx, s.srv.config().BackendTimeout)
 	defer cancel()
 	b, iso, err := s.dialReplica(dctx)
 	if err != nil {
-		s.replicaRetry = time.Now().Add(time.Second)
+		s.replicaFailed = time.Now()
 		s.log.Info("replica reconnect failed", "err", err)
 		return
 	}
