@@ -71,9 +71,16 @@ type authCall struct {
 // lookups of different roles run at once; more wait for one to end.
 const authConnsMax = 8
 
+// authIdleTimeout closes an auth connection nobody used for this long. A
+// burst of logins leaves several idle, and the hub's are only used while
+// the replica is down: kept forever they would hold backends at the hub,
+// one set per spoke, and WAN keepalives, long after the outage. (A
+// variable for tests.)
+var authIdleTimeout = time.Minute
+
 func newAuthLookup(cfg Config, site Site, hubConfig func(ctx context.Context) (*pgx.ConnConfig, error)) *authLookup {
 	a := &authLookup{cfg: cfg, site: site, hubConfig: hubConfig, inflight: make(map[string]*authCall),
-		replica: newAuthConns(), hub: newAuthConns()}
+		replica: newAuthConns(authIdleTimeout), hub: newAuthConns(authIdleTimeout)}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	return a
 }
@@ -253,16 +260,55 @@ func withCause(ctx context.Context, err error) error {
 }
 
 // authConns is the auth role's connections to one server: at most
-// authConnsMax in use at once, the idle ones kept for the next lookups.
+// authConnsMax in use at once, the idle ones kept for the next lookups
+// until they have idled for idleTimeout.
 type authConns struct {
-	slots chan struct{} // one per connection in use
+	slots       chan struct{} // one per connection in use
+	idleTimeout time.Duration
 
-	mu     sync.Mutex // guards idle and closed
-	idle   []*pgx.Conn
+	mu     sync.Mutex  // guards idle, reaper and closed
+	idle   []idleConn  // oldest first; get takes the newest
+	reaper *time.Timer // armed while idle is not empty
 	closed bool
 }
 
-func newAuthConns() *authConns { return &authConns{slots: make(chan struct{}, authConnsMax)} }
+type idleConn struct {
+	conn  *pgx.Conn
+	since time.Time
+}
+
+func newAuthConns(idleTimeout time.Duration) *authConns {
+	return &authConns{slots: make(chan struct{}, authConnsMax), idleTimeout: idleTimeout}
+}
+
+// reap closes the connections idle for idleTimeout and arms itself again
+// for the oldest one left.
+func (p *authConns) reap() {
+	p.mu.Lock()
+	cutoff := time.Now().Add(-p.idleTimeout)
+	n := 0
+	for n < len(p.idle) && !p.idle[n].since.After(cutoff) {
+		n++
+	}
+	expired := make([]idleConn, n)
+	copy(expired, p.idle[:n])
+	p.idle = append(p.idle[:0], p.idle[n:]...)
+	p.reaper = nil
+	if len(p.idle) > 0 && !p.closed {
+		p.reaper = time.AfterFunc(time.Until(p.idle[0].since.Add(p.idleTimeout)), p.reap)
+	}
+	p.mu.Unlock()
+	for _, ic := range expired {
+		closeAuthConn(ic.conn)
+	}
+}
+
+// idleCount is the number of idle connections (for tests).
+func (p *authConns) idleCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.idle)
+}
 
 // get returns an idle connection (reused) or a new one dialled with cfg.
 // The caller gives it back with put or discard.
@@ -274,7 +320,7 @@ func (p *authConns) get(ctx context.Context, cfg func(context.Context) (*pgx.Con
 	}
 	p.mu.Lock()
 	if n := len(p.idle); n > 0 {
-		c = p.idle[n-1]
+		c = p.idle[n-1].conn
 		p.idle = p.idle[:n-1]
 	}
 	p.mu.Unlock()
@@ -297,7 +343,10 @@ func (p *authConns) put(c *pgx.Conn) {
 	p.mu.Lock()
 	closed := p.closed
 	if !closed {
-		p.idle = append(p.idle, c)
+		p.idle = append(p.idle, idleConn{conn: c, since: time.Now()})
+		if p.reaper == nil {
+			p.reaper = time.AfterFunc(p.idleTimeout, p.reap)
+		}
 	}
 	p.mu.Unlock()
 	if closed {
@@ -315,12 +364,9 @@ func (p *authConns) discard(c *pgx.Conn) {
 // close closes the idle connections; those in use close when given back.
 func (p *authConns) close() {
 	p.mu.Lock()
-	idle := p.idle
-	p.idle, p.closed = nil, true
+	p.closed = true
 	p.mu.Unlock()
-	for _, c := range idle {
-		closeAuthConn(c)
-	}
+	p.dropIdle()
 }
 
 // dropIdle closes the idle connections and keeps serving.
@@ -328,9 +374,13 @@ func (p *authConns) dropIdle() {
 	p.mu.Lock()
 	idle := p.idle
 	p.idle = nil
+	if p.reaper != nil {
+		p.reaper.Stop()
+		p.reaper = nil
+	}
 	p.mu.Unlock()
-	for _, c := range idle {
-		closeAuthConn(c)
+	for _, ic := range idle {
+		closeAuthConn(ic.conn)
 	}
 }
 

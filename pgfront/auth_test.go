@@ -104,6 +104,59 @@ func TestLabAuthLookupStuckRoleDoesNotBlockOthers(t *testing.T) {
 	}
 }
 
+// Idle auth connections close after authIdleTimeout (here those a burst of
+// logins left on the replica; the hub's, opened while the replica was
+// down, share the code): the server's pg_stat_activity shows them gone.
+func TestLabAuthIdleConnectionsClose(t *testing.T) {
+	l := lab.ForTest(t, lab.Options{})
+	ctx := ctxT(t)
+	saved := authIdleTimeout
+	authIdleTimeout = 500 * time.Millisecond
+	t.Cleanup(func() { authIdleTimeout = saved })
+	f := startFront(t, l, nil)
+	f.waitHub(t, true)
+	replica, err := pgx.Connect(ctx, l.ReplicaSuperDSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer replica.Close(ctx)
+	authBackends := func() int {
+		var n int
+		if err := replica.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'spokeproxy auth'").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := pgx.Connect(ctx, f.dsn(lab.AppUser, lab.AppPassword))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			c.Close(ctx)
+		}()
+	}
+	wg.Wait()
+	if n := f.srv.auth.replica.idleCount(); n == 0 || authBackends() != n {
+		t.Fatalf("after a burst of logins: %d idle auth connections, %d auth backends on the replica", n, authBackends())
+	}
+	waitFor(t, "the idle auth connections to close", func() bool { return f.srv.auth.replica.idleCount() == 0 && authBackends() == 0 })
+
+	// A lookup made again dials anew and works.
+	c, err := pgx.Connect(ctx, f.dsn(lab.AppUser, lab.AppPassword))
+	if err != nil {
+		t.Fatalf("login after the idle auth connections closed: %v", err)
+	}
+	c.Close(ctx)
+	if n := f.srv.auth.replica.idleCount(); n != 1 {
+		t.Errorf("%d idle auth connections after one login, want 1", n)
+	}
+}
+
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {

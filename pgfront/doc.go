@@ -56,7 +56,9 @@
 // role's connections: lookups of different roles never wait for each
 // other, concurrent logins of one role share one query, and each query
 // is bounded by BackendTimeout and abandoned when the routing core judges
-// its server down, the hub being asked next.
+// its server down, the hub being asked next. Connections idle for
+// authIdleTimeout close, so those opened on the hub while the replica was
+// down do not hold hub backends after the outage.
 //
 // # Routing
 //
