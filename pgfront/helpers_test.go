@@ -1,10 +1,22 @@
 package pgfront
 
 import (
+	"context"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 func counterValue(_ *testing.T, c prometheus.Collector) float64 { return testutil.ToFloat64(c) }
+
+// terminateBackend ends backend pid through super, a superuser
+// connection to its server, and waits up to 5s for it to exit. It may
+// run in a goroutine of its own (it only reports with t.Errorf).
+func terminateBackend(ctx context.Context, t *testing.T, super *pgx.Conn, pid uint32) {
+	var ok bool
+	if err := super.QueryRow(ctx, "SELECT pg_terminate_backend($1, 5000)", pid).Scan(&ok); err != nil || !ok {
+		t.Errorf("pg_terminate_backend(%d): %v %v", pid, ok, err)
+	}
+}

@@ -37,13 +37,7 @@ func TestLabPGPinnedHubLost(t *testing.T) {
 		}
 		return pid
 	}
-	terminate := func(pid uint32) {
-		t.Helper()
-		var ok bool
-		if err := super.QueryRow(ctx, "SELECT pg_terminate_backend($1, 5000)", pid).Scan(&ok); err != nil || !ok {
-			t.Errorf("pg_terminate_backend(%d): %v %v", pid, ok, err)
-		}
-	}
+	terminate := func(pid uint32) { terminateBackend(ctx, t, super, pid) }
 
 	c := f.connect(t, nil)
 	if _, err := c.Exec(ctx, "CREATE TEMP TABLE scratch (a int)"); err != nil {

@@ -223,10 +223,7 @@ func TestLabPGReplicaBackendTerminated(t *testing.T) {
 		if err := c.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
 			t.Fatal(err)
 		}
-		var ok bool
-		if err := super.QueryRow(ctx, "SELECT pg_terminate_backend($1, 5000)", pid).Scan(&ok); err != nil || !ok {
-			t.Fatalf("pg_terminate_backend(%d): %v %v", pid, ok, err)
-		}
+		terminateBackend(ctx, t, super, pid)
 	}
 
 	c := f.connect(t, nil)
