@@ -2,6 +2,7 @@ package pgfront
 
 import (
 	"container/list"
+	"strconv"
 	"strings"
 	"sync"
 )
@@ -81,10 +82,31 @@ type Statement struct {
 	DropsPrepared bool
 	// Listen: a LISTEN (StmtPin), whose notifications the front relays.
 	Listen bool
+	// SetConfigs: the set_config() calls of a read, which change settings
+	// on the backend that runs it only: the front repeats them on the
+	// session's other backend (or when the transaction moves to the hub).
+	// A call it could not repeat (an argument that is an expression) makes
+	// the statement StmtPin instead.
+	SetConfigs []SetConfigCall
 	// Text is the statement's own text when it is a StmtSession inside a
 	// string of several statements: the front applies it to the session's
 	// other backend too.
 	Text string
+}
+
+// SetConfigCall is one set_config(setting_name, new_value, is_local)
+// call whose arguments are each a plain string literal, a boolean
+// literal, NULL or a bare parameter.
+type SetConfigCall struct {
+	Name, Value, Local ConfigArg
+}
+
+// ConfigArg is one argument of a set_config call: parameter Param
+// (1-based), or the literal Lit (NULL when Null).
+type ConfigArg struct {
+	Param int
+	Lit   string
+	Null  bool
 }
 
 // Classification is the result for one query string. It is shared through
@@ -464,6 +486,7 @@ func (c *Classifier) query(toks []token) Statement {
 	}
 	isWith := toks[0].kind == tokWord && toks[0].text == "with"
 	depth := 0
+	var setConfigs []SetConfigCall
 	for i, t := range toks {
 		switch t.kind {
 		case tokLParen:
@@ -478,6 +501,13 @@ func (c *Classifier) query(toks []token) Statement {
 			if next == tokLParen {
 				if f, ok := c.funcs[funcName(t)]; ok {
 					raise(f)
+				}
+				if t.kind == tokWord && t.text == "set_config" && (i == 0 || toks[i-1].kind != tokDot || (i >= 2 && toks[i-2].text == "pg_catalog")) {
+					if call, ok := setConfigCall(toks[i+2:]); ok {
+						setConfigs = append(setConfigs, call)
+					} else {
+						raise(StmtPin)
+					}
 				}
 			}
 			if t.kind != tokWord {
@@ -506,7 +536,63 @@ func (c *Classifier) query(toks []token) Statement {
 			}
 		}
 	}
-	return Statement{Kind: k}
+	if k >= StmtWrite {
+		setConfigs = nil // it runs on the hub, which keeps what it sets
+	}
+	return Statement{Kind: k, SetConfigs: setConfigs}
+}
+
+// setConfigCall reads the arguments of a set_config call, toks starting
+// after its opening parenthesis. Each must be a plain string literal,
+// TRUE, FALSE, NULL or a bare parameter, optionally cast to text, varchar
+// or boolean: anything else (an expression, an escape string E'...') is not
+// repeatable from the text alone.
+func setConfigCall(toks []token) (SetConfigCall, bool) {
+	var args []ConfigArg
+	i := 0
+	for len(args) < 3 {
+		if i >= len(toks) {
+			return SetConfigCall{}, false
+		}
+		var a ConfigArg
+		t := toks[i]
+		switch {
+		case t.kind == tokString && t.plain:
+			a.Lit = strings.ReplaceAll(t.text, "''", "'")
+		case t.kind == tokParam:
+			n, err := strconv.Atoi(t.text)
+			if err != nil || n < 1 {
+				return SetConfigCall{}, false
+			}
+			a.Param = n
+		case t.kind == tokWord && (t.text == "true" || t.text == "false"):
+			a.Lit = t.text
+		case t.kind == tokWord && t.text == "null":
+			a.Null = true
+		default:
+			return SetConfigCall{}, false
+		}
+		i++
+		// An optional cast to a type that keeps the value as it is.
+		if i+2 < len(toks) && toks[i].text == ":" && toks[i+1].text == ":" {
+			if w := toks[i+2]; w.kind == tokWord && (w.text == "text" || w.text == "varchar" || w.text == "bool" || w.text == "boolean") {
+				i += 3
+			}
+		}
+		if i >= len(toks) {
+			return SetConfigCall{}, false
+		}
+		want := tokComma
+		if len(args) == 2 {
+			want = tokRParen
+		}
+		if toks[i].kind != want {
+			return SetConfigCall{}, false
+		}
+		i++
+		args = append(args, a)
+	}
+	return SetConfigCall{Name: args[0], Value: args[1], Local: args[2]}, true
 }
 
 // funcName is the name a call token refers to, for the hub function list.

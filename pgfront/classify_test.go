@@ -2,6 +2,7 @@ package pgfront
 
 import (
 	"fmt"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
@@ -163,6 +164,42 @@ func TestClassify(t *testing.T) {
 	}
 }
 
+// set_config() calls in a read are kept for the front to repeat on the
+// session's other backend; one it cannot repeat from the text pins the
+// session, and one in a write needs nothing (it runs on the hub).
+func TestClassifySetConfig(t *testing.T) {
+	c := NewClassifier(nil, 0, 0)
+	lit := func(s string) ConfigArg { return ConfigArg{Lit: s} }
+	par := func(n int) ConfigArg { return ConfigArg{Param: n} }
+	cases := []struct {
+		sql  string
+		want Statement
+	}{
+		{"SELECT set_config('search_path', 'app, public', false)",
+			Statement{Kind: StmtRead, SetConfigs: []SetConfigCall{{Name: lit("search_path"), Value: lit("app, public"), Local: lit("false")}}}},
+		{"select pg_catalog.set_config('app.user', 'o''brien', TRUE), 1",
+			Statement{Kind: StmtRead, SetConfigs: []SetConfigCall{{Name: lit("app.user"), Value: lit("o'brien"), Local: lit("true")}}}},
+		{"SELECT set_config($1, $2::text, $3::boolean), set_config('a.b', NULL, 'on')",
+			Statement{Kind: StmtRead, SetConfigs: []SetConfigCall{{Name: par(1), Value: par(2), Local: par(3)}, {Name: lit("a.b"), Value: ConfigArg{Null: true}, Local: lit("on")}}}},
+		{"SELECT set_config('request.jwt.claims', $1, true), * FROM accounts WHERE id = $2",
+			Statement{Kind: StmtRead, SetConfigs: []SetConfigCall{{Name: lit("request.jwt.claims"), Value: par(1), Local: lit("true")}}}},
+		{"SELECT set_config('a.b', current_user, false)", Statement{Kind: StmtPin}},
+		{"SELECT set_config('a.b', E'x', false)", Statement{Kind: StmtPin}},
+		{"SELECT set_config('a.b', $1 || 'x', false)", Statement{Kind: StmtPin}},
+		{"SELECT set_config('a.b', 'x')", Statement{Kind: StmtPin}},
+		{"SELECT set_config('a.b', 'x', false, 1)", Statement{Kind: StmtPin}},
+		{"SELECT myschema.set_config('a', 'b', false)", Statement{Kind: StmtRead}},
+		{"SELECT 'set_config(' AS x", Statement{Kind: StmtRead}},
+		{"WITH x AS (INSERT INTO t VALUES (1) RETURNING 1) SELECT set_config('a.b', 'c', false)", Statement{Kind: StmtWrite}},
+	}
+	for _, tc := range cases {
+		got, ok := c.Classify(tc.sql).Single()
+		if !ok || !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("Classify(%q) = %+v (single %v), want %+v", tc.sql, got, ok, tc.want)
+		}
+	}
+}
+
 func TestClassifyTransactionModes(t *testing.T) {
 	c := NewClassifier(nil, 0, 0)
 	cases := []struct {
@@ -204,7 +241,7 @@ func TestClassifyTransactionModes(t *testing.T) {
 	}
 	for _, tc := range cases {
 		got, ok := c.Classify(tc.sql).Single()
-		if !ok || got != tc.want {
+		if !ok || !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("Classify(%q) = %+v (single %v), want %+v", tc.sql, got, ok, tc.want)
 		}
 	}
@@ -282,7 +319,7 @@ func FuzzClassify(f *testing.F) {
 	for _, s := range []string{
 		"SELECT 1", "INSERT INTO t VALUES (1)", "BEGIN ISOLATION LEVEL SERIALIZABLE", "SELECT $a$ x $a$",
 		"SELECT E'\\''", "/* /* */ */ SELECT", "COPY (SELECT 1) TO STDOUT", "EXPLAIN (ANALYZE) SELECT",
-		"DECLARE c CURSOR WITH HOLD FOR", "CREATE FUNCTION f() BEGIN ATOMIC CASE END; END", "U&\"x", "$1$", "SET default_transaction_read_only =",
+		"DECLARE c CURSOR WITH HOLD FOR", "SELECT set_config($1, 'x'::text, $2::bool)", "SELECT pg_catalog.set_config('a', E'\\', null)", "CREATE FUNCTION f() BEGIN ATOMIC CASE END; END", "U&\"x", "$1$", "SET default_transaction_read_only =",
 	} {
 		f.Add(s)
 	}
@@ -298,7 +335,7 @@ func FuzzClassify(f *testing.F) {
 			t.Fatalf("non-deterministic classification of %q: %+v vs %+v", sql, a, b)
 		}
 		for i := range a.Stmts {
-			if a.Stmts[i] != b.Stmts[i] {
+			if !reflect.DeepEqual(a.Stmts[i], b.Stmts[i]) {
 				t.Fatalf("non-deterministic classification of %q: %+v vs %+v", sql, a, b)
 			}
 		}

@@ -70,7 +70,7 @@
 //	    |------------ idle: read (after WaitFor(session pos)) ----> replica (25006 before any row: re-run on hub)
 //	    |------------ idle: write ------------------------------> hub, "SELECT pg_current_wal_lsn()" pipelined
 //	    |                                                         behind it, result consumed: the session position
-//	    '------------ idle: SET/RESET --------------------------> replica, and the hub if attached
+//	    '------------ idle: SET/RESET, set_config() ------------> replica, and the hub if attached
 //	                                                              (replayed when it attaches)
 //
 // While the hub is unavailable a write gets 25006 at once, naming the hub;
@@ -81,6 +81,21 @@
 // autocommit write whose answer is lost gets 08007. A hub exchange stops
 // waiting as soon as the routing core's probes see the hub down (a
 // blackholed link is acknowledged by the WAN and never fails a read).
+//
+// # set_config()
+//
+// A read that calls set_config() changes a setting on the backend that
+// runs it only. The classifier keeps each call whose arguments are plain
+// literals or bare parameters, and the front repeats it, rendered with
+// the Bind's parameters, as SET is repeated: a session-level call, once
+// its unit has committed, on the other backend and on any hub connection
+// attached later; one made in a transaction on the replica (PostgREST's
+// request.jwt.claims, a row-level security policy's tenant) with the
+// transaction's SET LOCALs, replayed on the hub if the transaction moves
+// there, so the hub's policies see what the client set. A call the front
+// cannot repeat (a computed value, an escape string) pins the session to
+// the hub. Extended-protocol SET LOCALs in a transaction on the replica
+// are kept for the same replay.
 //
 // # Transaction defaults
 //
@@ -216,11 +231,13 @@
 //
 //   - A flushed unit (Flush before Sync) whose replica connection dies is
 //     not run again elsewhere: it gets 08006 (see Replica loss).
-//   - A SET inside an explicit transaction that was sent through the
-//     extended protocol or beside other statements in one Query applies
-//     on the backend that ran it only (outside transactions such SETs are
-//     mirrored to the other backend once the unit has committed, see
-//     mirrorSets; a lone simple-protocol SET is mirrored everywhere).
+//   - A session-level SET (or set_config) inside an explicit transaction
+//     that was sent through the extended protocol or beside other
+//     statements in one Query applies on the backend that ran it, and on
+//     the hub if the transaction moves there, only (outside transactions
+//     such SETs are mirrored to the other backend once the unit has
+//     committed, see mirrorSets; a lone simple-protocol SET is mirrored
+//     everywhere).
 //   - Session transaction defaults changed inside an explicit transaction,
 //     or by set_config(), are not followed (see Transaction defaults).
 //   - Pooled hub connections keep the role and database settings of their

@@ -19,17 +19,19 @@ const (
 	tokSemicolon                        // ;
 	tokComma                            // ,
 	tokDot                              // .
-	tokOp                               // any other operator or punctuation character
+	tokOp                               // any other operator or punctuation character (text: that one character)
 )
 
 // token is one lexed token. Text is only kept where the classifier looks at
-// it: words, quoted identifiers, and the body of a plain '...' string as it
-// stands in the input (a slice of it, doubled quotes left doubled: the
-// value of a SET). For other strings and numbers it is empty.
+// it: words, quoted identifiers, a parameter's number, and the body of a
+// plain '...' string as it stands in the input (a slice of it, doubled
+// quotes left doubled: the value of a SET; plain tells it from the other
+// strings). For other strings and numbers it is empty.
 type token struct {
-	kind tokenKind
-	text string
-	pos  int // byte offset in the input; set for semicolons only (statement boundaries)
+	kind  tokenKind
+	plain bool // a plain '...' string, terminated
+	text  string
+	pos   int // byte offset in the input; set for semicolons only (statement boundaries)
 }
 
 // lex splits sql into tokens, dropping whitespace and comments. It never
@@ -62,11 +64,12 @@ func lex(toks []token, sql string) []token {
 		case c == '\'':
 			end := skipString(sql, i+1, false)
 			body := ""
-			if end-1 > i && sql[end-1] == '\'' {
+			plain := end-1 > i && sql[end-1] == '\''
+			if plain {
 				body = sql[i+1 : end-1]
 			}
 			i = end
-			toks = append(toks, token{kind: tokString, text: body})
+			toks = append(toks, token{kind: tokString, text: body, plain: plain})
 		case c == '"':
 			var ident string
 			ident, i = scanQuotedIdent(sql, i+1)
@@ -77,7 +80,7 @@ func lex(toks []token, sql string) []token {
 				for j < n && isDigit(sql[j]) {
 					j++
 				}
-				toks = append(toks, token{kind: tokParam})
+				toks = append(toks, token{kind: tokParam, text: sql[i+1 : j]})
 				i = j
 				continue
 			}
@@ -149,7 +152,7 @@ func lex(toks []token, sql string) []token {
 			toks = append(toks, token{kind: tokDot})
 			i++
 		default:
-			toks = append(toks, token{kind: tokOp})
+			toks = append(toks, token{kind: tokOp, text: sql[i : i+1]})
 			i++
 		}
 	}

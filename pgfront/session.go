@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -47,6 +48,11 @@ type batchMsg struct {
 	ps       *preparedStmt
 	// closesStmt: a Close of a statement (as opposed to a portal).
 	closesStmt bool
+	// setConfigs: the set_config() calls of a Bind, rendered with its
+	// parameters when it arrived (raw does not outlive a flushed batch);
+	// setConfigPin: one of them could not be, so the unit pins.
+	setConfigs   []setConfigRepeat
+	setConfigPin bool
 }
 
 // unit is one routing unit: a simple Query or an extended batch up to Sync.
@@ -420,7 +426,18 @@ func (s *session) handleMessage(ctx context.Context, m frontMsg) error {
 		s.addBatch(batchMsg{raw: st.parse, typ: 'P', stmt: st.name})
 	case 'B':
 		st, name := s.stmt(m.name)
-		s.copyBatch(m.frame, batchMsg{typ: 'B', stmt: name, usesStmt: true, ps: st})
+		bm := batchMsg{typ: 'B', stmt: name, usesStmt: true, ps: st}
+		if st != nil {
+			if one, ok := st.class.Single(); ok && len(one.SetConfigs) > 0 {
+				var bind pgproto3.Bind
+				ok := bind.Decode(m.frame[5:]) == nil
+				if ok {
+					bm.setConfigs, ok = renderSetConfigs(one.SetConfigs, &bind)
+				}
+				bm.setConfigPin = !ok
+			}
+		}
+		s.copyBatch(m.frame, bm)
 	case 'D':
 		bm := batchMsg{typ: 'D'}
 		if m.obj == 'S' {
@@ -525,6 +542,7 @@ func (s *session) extendedUnit(msgs []batchMsg) *unit {
 // Shared classifications of a batch: callers must not modify them.
 var (
 	unknownStmts = []Statement{{Kind: StmtWrite}}
+	pinStmts     = []Statement{{Kind: StmtPin}}
 	emptyStmts   = []Statement{{Kind: StmtEmpty}}
 )
 
@@ -543,6 +561,9 @@ func (s *session) batchClass(msgs []batchMsg) Classification {
 		stmts := unknownStmts
 		if st := m.ps; st != nil {
 			stmts = st.class.Stmts
+		}
+		if m.setConfigPin {
+			stmts = pinStmts
 		}
 		switch {
 		case out == nil:
@@ -1725,6 +1746,7 @@ func (s *session) finish(ctx context.Context, p plan, u *unit, res exResult) err
 		}
 	}
 	s.mirrorSets(ctx, b, u, res)
+	s.repeatSetConfigs(ctx, b, u, res)
 	s.noteSiteChange()
 	s.out.readyForQuery(res.status)
 	if err := s.out.flush(); err != nil {
@@ -2170,19 +2192,168 @@ func (s *session) mirrorSets(ctx context.Context, b *backendConn, u *unit, res e
 		}
 	}
 	for _, q := range texts {
-		s.sets = append(s.sets, q)
-		other := s.other(b)
-		if other == nil {
-			continue // a hub connection gets s.sets when it attaches
+		s.keepSet(ctx, b, q)
+	}
+}
+
+// keepSet keeps q, a session-level setting that ran on b, for hub
+// connections attached later and applies it on the session's other
+// backend now. If that fails the backend is dropped: a new connection
+// replays every kept setting.
+func (s *session) keepSet(ctx context.Context, b *backendConn, q string) {
+	s.sets = append(s.sets, q)
+	other := s.other(b)
+	if other == nil {
+		return // a hub connection gets s.sets when it attaches
+	}
+	if err := s.silent(ctx, other, q); err != nil {
+		if other.hub {
+			s.srv.site.ReportHubFailure(other.endpoint, err)
+			s.dropHub()
+		} else {
+			s.log.Warn("could not apply a session setting on the replica", "err", err)
+			s.dropReplica(err)
 		}
-		if err := s.silent(ctx, other, q); err != nil {
-			if other.hub {
-				s.srv.site.ReportHubFailure(other.endpoint, err)
-				s.dropHub()
-			} else {
-				s.log.Warn("could not apply a session SET on the replica", "err", err)
-				s.dropReplica(err) // a new connection replays s.sets
+	}
+}
+
+// setConfigRepeat is one set_config() call as SQL that repeats it on
+// another backend, its arguments literals.
+type setConfigRepeat struct {
+	sql   string
+	local bool // is_local: it lasts until the end of the transaction
+}
+
+// renderSetConfigs renders set_config calls with the parameters of their
+// Bind (nil for a simple Query). ok is false when one cannot be: a
+// parameter missing, or a boolean in a binary form this does not read.
+func renderSetConfigs(calls []SetConfigCall, bind *pgproto3.Bind) (reps []setConfigRepeat, ok bool) {
+	for _, c := range calls {
+		name, ok1 := configArgSQL(c.Name, bind, false)
+		value, ok2 := configArgSQL(c.Value, bind, false)
+		local, ok3 := configArgSQL(c.Local, bind, true)
+		if !ok1 || !ok2 || !ok3 {
+			return nil, false
+		}
+		reps = append(reps, setConfigRepeat{
+			sql:   "SELECT pg_catalog.set_config(" + name + ", " + value + ", " + local + ")",
+			local: local == "true",
+		})
+	}
+	return reps, true
+}
+
+// configArgSQL renders one set_config argument as an SQL constant: a
+// string, NULL, or for is_local (boolean) true or false, a NULL is_local
+// being false to set_config.
+func configArgSQL(a ConfigArg, bind *pgproto3.Bind, boolean bool) (string, bool) {
+	v, null := a.Lit, a.Null
+	binary := false
+	if a.Param > 0 {
+		if bind == nil || a.Param > len(bind.Parameters) {
+			return "", false
+		}
+		p := bind.Parameters[a.Param-1]
+		v, null = string(p), p == nil
+		switch f := bind.ParameterFormatCodes; len(f) {
+		case 0:
+		case 1:
+			binary = f[0] == 1
+		default:
+			if a.Param > len(f) {
+				return "", false
 			}
+			binary = f[a.Param-1] == 1
+		}
+	}
+	if !boolean {
+		// A text's binary form is its text.
+		if null {
+			return "NULL", true
+		}
+		return sqlString(v), true
+	}
+	if null {
+		return "false", true
+	}
+	if binary {
+		if len(v) != 1 {
+			return "", false
+		}
+		return strconv.FormatBool(v[0] != 0), true
+	}
+	b, known := parseBool(v)
+	if !known {
+		return "", false
+	}
+	return strconv.FormatBool(b), true
+}
+
+// parseBool reads a boolean as PostgreSQL's boolin does for the usual
+// spellings.
+func parseBool(s string) (value, ok bool) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "t", "true", "y", "yes", "on", "1":
+		return true, true
+	case "f", "false", "n", "no", "off", "0":
+		return false, true
+	}
+	return false, false
+}
+
+// sqlString is s as an SQL string constant, whatever
+// standard_conforming_strings says: with a backslash in it, an escape string E'...'
+// with the backslashes doubled.
+func sqlString(s string) string {
+	q := strings.ReplaceAll(s, "'", "''")
+	if strings.Contains(q, `\`) {
+		return "E'" + strings.ReplaceAll(q, `\`, `\\`) + "'"
+	}
+	return "'" + q + "'"
+}
+
+// repeatSetConfigs repeats what the unit's set_config() calls changed on
+// b, as mirrorSets does for SET: a session-level one, once its unit has
+// committed, on the session's other backend and any hub connection
+// attached later; a transaction-local one (and a session-level one made
+// in a transaction) with the transaction's SET LOCALs, replayed on the
+// hub if a transaction on the replica moves there. A row-level security
+// policy on the hub then sees what the client set (request.jwt.claims,
+// app.tenant). SET LOCALs sent through the extended protocol in a
+// transaction on the replica are kept for that replay too.
+func (s *session) repeatSetConfigs(ctx context.Context, b *backendConn, u *unit, res exResult) {
+	if res.failed || u.fn {
+		return
+	}
+	var reps []setConfigRepeat
+	if u.simple {
+		for _, st := range u.class.Stmts {
+			if len(st.SetConfigs) > 0 {
+				if r, ok := renderSetConfigs(st.SetConfigs, nil); ok {
+					reps = append(reps, r...)
+				}
+			}
+		}
+	} else {
+		inReplicaTxn := s.txOn != nil && s.txOn == s.replica && b == s.replica
+		for _, m := range u.msgs {
+			reps = append(reps, m.setConfigs...)
+			if inReplicaTxn && m.typ == 'B' && m.ps != nil {
+				if one, ok := m.ps.class.Single(); ok && one.Kind == StmtSetLocal {
+					s.txLocals = append(s.txLocals, m.ps.query)
+				}
+			}
+		}
+	}
+	for _, r := range reps {
+		if s.txOn != nil {
+			if s.txOn == s.replica && b == s.replica {
+				s.txLocals = append(s.txLocals, r.sql)
+			}
+			continue
+		}
+		if !r.local { // a local one ended with the unit's implicit transaction
+			s.keepSet(ctx, b, r.sql)
 		}
 	}
 }

@@ -1,0 +1,148 @@
+package pgfront
+
+import (
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/spokeproxy/spokeproxy/lab"
+)
+
+func TestRenderSetConfigs(t *testing.T) {
+	lit := func(s string) ConfigArg { return ConfigArg{Lit: s} }
+	par := func(n int) ConfigArg { return ConfigArg{Param: n} }
+	cases := []struct {
+		name  string
+		call  SetConfigCall
+		bind  *pgproto3.Bind
+		want  string
+		local bool
+		ok    bool
+	}{
+		{"literals", SetConfigCall{lit("a.b"), lit("it's"), lit("false")}, nil,
+			"SELECT pg_catalog.set_config('a.b', 'it''s', false)", false, true},
+		{"backslash", SetConfigCall{lit("a.b"), lit(`c:\x`), lit("on")}, nil,
+			`SELECT pg_catalog.set_config('a.b', E'c:\\x', true)`, true, true},
+		{"text params", SetConfigCall{par(1), par(2), par(3)},
+			&pgproto3.Bind{Parameters: [][]byte{[]byte("app.tenant"), []byte("NULL"), []byte("t")}},
+			"SELECT pg_catalog.set_config('app.tenant', 'NULL', true)", true, true},
+		{"binary boolean", SetConfigCall{lit("a.b"), par(1), par(2)},
+			&pgproto3.Bind{ParameterFormatCodes: []int16{1}, Parameters: [][]byte{[]byte("v"), {0}}},
+			"SELECT pg_catalog.set_config('a.b', 'v', false)", false, true},
+		{"per-parameter formats", SetConfigCall{lit("a.b"), par(1), par(2)},
+			&pgproto3.Bind{ParameterFormatCodes: []int16{0, 1}, Parameters: [][]byte{[]byte("v"), {1}}},
+			"SELECT pg_catalog.set_config('a.b', 'v', true)", true, true},
+		{"NULLs", SetConfigCall{lit("a.b"), ConfigArg{Null: true}, par(1)},
+			&pgproto3.Bind{Parameters: [][]byte{nil}},
+			"SELECT pg_catalog.set_config('a.b', NULL, false)", false, true},
+		{"missing parameter", SetConfigCall{lit("a.b"), par(3), lit("true")},
+			&pgproto3.Bind{Parameters: [][]byte{[]byte("x")}}, "", false, false},
+		{"parameter in a simple query", SetConfigCall{lit("a.b"), par(1), lit("true")}, nil, "", false, false},
+		{"binary boolean of two bytes", SetConfigCall{lit("a.b"), lit("v"), par(1)},
+			&pgproto3.Bind{ParameterFormatCodes: []int16{1}, Parameters: [][]byte{{0, 1}}}, "", false, false},
+		{"not a boolean", SetConfigCall{lit("a.b"), lit("v"), lit("maybe")}, nil, "", false, false},
+	}
+	for _, tc := range cases {
+		reps, ok := renderSetConfigs([]SetConfigCall{tc.call}, tc.bind)
+		if ok != tc.ok {
+			t.Errorf("%s: ok = %v, want %v (%+v)", tc.name, ok, tc.ok, reps)
+			continue
+		}
+		if ok && (len(reps) != 1 || reps[0].sql != tc.want || reps[0].local != tc.local) {
+			t.Errorf("%s: %+v, want %q local %v", tc.name, reps, tc.want, tc.local)
+		}
+	}
+}
+
+// set_config() calls follow the session to the hub as SET does: a
+// session-level one made by a read on the standby is there when a later
+// write runs on the hub, with parameters in text or binary form; a
+// transaction-local one (PostgREST's request.jwt.claims, a row-level
+// security policy's tenant) is replayed on the hub when its transaction
+// moves there at its first write, and ends with it; so is an extended
+// SET LOCAL. A call whose value is an expression cannot be repeated and
+// pins the session to the hub instead.
+func TestLabPGSetConfigFollowsTheSession(t *testing.T) {
+	l := lab.ForTest(t, lab.Options{})
+	f := startFront(t, l, nil)
+	f.waitHub(t, true)
+	ctx := ctxT(t)
+	// onHub writes a note whose body is the setting's value as the hub
+	// sees it.
+	onHub := func(c *pgx.Conn, setting string) string {
+		t.Helper()
+		var body string
+		var standby bool
+		if err := c.QueryRow(ctx, "INSERT INTO notes (account_id, body) VALUES (1, coalesce(current_setting($1, true), '<unset>')) RETURNING body, pg_is_in_recovery()", setting).Scan(&body, &standby); err != nil || standby {
+			t.Fatalf("write reading %s: %v (on the standby: %v)", setting, err, standby)
+		}
+		return body
+	}
+
+	c := f.connect(t, nil)
+	var got string
+	if err := c.QueryRow(ctx, "SELECT set_config('app.tenant', $1, false)", "acme").Scan(&got); err != nil || got != "acme" {
+		t.Fatalf("set_config through the proxy: %q %v", got, err)
+	}
+	if !standbyRead(t, c) {
+		t.Fatal("the session is no longer reading locally after a repeatable set_config")
+	}
+	if v := onHub(c, "app.tenant"); v != "acme" {
+		t.Errorf("session-level set_config with a text parameter: the hub sees app.tenant = %q, want acme", v)
+	}
+	if _, err := c.Exec(ctx, "SELECT set_config($1, $2, $3)", "app.flag", "x", false); err != nil {
+		t.Fatal(err)
+	}
+	if v := onHub(c, "app.flag"); v != "x" {
+		t.Errorf("set_config with a binary boolean parameter: the hub sees %q, want x", v)
+	}
+	simple := f.connect(t, func(cc *pgx.ConnConfig) { cc.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol })
+	if _, err := simple.Exec(ctx, `SELECT set_config('app.name', 'o''brien \ co', false)`); err != nil {
+		t.Fatal(err)
+	}
+	if v := onHub(simple, "app.name"); v != `o'brien \ co` {
+		t.Errorf("simple-protocol set_config: the hub sees %q", v)
+	}
+
+	// PostgREST's pattern: claims set for the transaction, then a write.
+	tx, err := c.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "SELECT set_config('request.jwt.claims', $1, true)", `{"sub":"alice"}`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Conn().PgConn().ExecParams(ctx, "SET LOCAL statement_timeout = 4321", nil, nil, nil, nil).Close(); err != nil {
+		t.Fatal(err)
+	}
+	var standby bool
+	if err := tx.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&standby); err != nil || !standby {
+		t.Fatalf("the transaction's read before its write: standby %v, %v (want the standby)", standby, err)
+	}
+	var claims, timeout string
+	if err := tx.QueryRow(ctx, "INSERT INTO notes (account_id, body) VALUES (1, current_setting('request.jwt.claims')) RETURNING body, current_setting('statement_timeout'), pg_is_in_recovery()").Scan(&claims, &timeout, &standby); err != nil {
+		t.Fatalf("the transaction's write after set_config(..., true): %v", err)
+	}
+	if standby || claims != `{"sub":"alice"}` || timeout != "4321ms" {
+		t.Errorf("the write of a transaction moved to the hub sees request.jwt.claims %q and statement_timeout %q (on the standby: %v); want what the transaction set", claims, timeout, standby)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if v := onHub(c, "request.jwt.claims"); v != "" && v != "<unset>" {
+		t.Errorf("a transaction-local set_config outlived its transaction on the hub: %q", v)
+	}
+
+	// An expression cannot be repeated: the session moves to the hub.
+	p := f.connect(t, nil)
+	if _, err := p.Exec(ctx, "SELECT set_config('app.who', current_user, false)"); err != nil {
+		t.Fatal(err)
+	}
+	if standbyRead(t, p) {
+		t.Error("a session whose set_config could not be repeated still reads on the standby")
+	}
+	if v := onHub(p, "app.who"); v != lab.AppUser {
+		t.Errorf("the hub sees app.who = %q, want %s", v, lab.AppUser)
+	}
+}
