@@ -48,12 +48,14 @@ func cmdLab(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "spokeproxy lab: stopping: %v\n", err)
 		}
 	}()
+	// The summary comes first: programs (and the tests) take lab.json as
+	// the sign that the lab is up, and by then it is all on the terminal.
+	fmt.Fprint(stdout, l.Summary())
 	infoPath := filepath.Join(l.Dir(), "lab.json")
 	if err := l.WriteInfo(infoPath); err != nil {
 		fmt.Fprintf(stderr, "spokeproxy lab: %v\n", err)
 		return 1
 	}
-	fmt.Fprint(stdout, l.Summary())
 	fmt.Fprintf(stdout, "\nEndpoints for programs: %s\nCtrl-C stops the lab.\n", infoPath)
 	<-ctx.Done()
 	fmt.Fprintln(stderr, "spokeproxy lab: stopping")
