@@ -78,7 +78,13 @@
 // block raising 25006), so the transaction is aborted exactly as a
 // standby's own refusal would abort it. A hub transaction cut mid-way gets
 // 08006 and the session answers 25P02 until ROLLBACK; a COMMIT or
-// autocommit write whose answer is lost gets 08007. A hub exchange stops
+// autocommit write whose answer is lost gets 08007, unless it was lost
+// before its Sync was sent (a flushed extended batch, which commits at
+// Sync): 08006. A hub backend's own FATAL (terminated, shut down) is not
+// relayed, as a client told FATAL drops its session: the request gets
+// 08006 or 08007 as for a cut, the session goes on with a new hub
+// connection, and one lost backend is not reported to the routing core
+// as a hub failure (its probes see a real shutdown). A hub exchange stops
 // waiting as soon as the routing core's probes see the hub down (a
 // blackholed link is acknowledged by the WAN and never fails a read).
 //

@@ -36,14 +36,16 @@ func (e *replicaError) Error() string {
 }
 func (e *replicaError) Unwrap() error { return e.err }
 
-// replicaEndedError: the replica ended the session's connection with a
-// FATAL error (a shutdown, a terminated backend, a timeout).
-type replicaEndedError struct {
+// backendEndedError: a backend ended the session's connection to it with
+// a FATAL error (a shutdown, a terminated backend, a timeout). It is not
+// relayed: the client's session with the proxy goes on.
+type backendEndedError struct {
+	target        string // "replica" or "hub"
 	code, message string
 }
 
-func (e *replicaEndedError) Error() string {
-	return fmt.Sprintf("replica ended the connection: %s (SQLSTATE %s)", e.message, e.code)
+func (e *backendEndedError) Error() string {
+	return fmt.Sprintf("%s ended the connection: %s (SQLSTATE %s)", e.target, e.message, e.code)
 }
 
 // hubLostError: the hub connection broke while a request was in flight.

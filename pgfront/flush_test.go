@@ -132,6 +132,65 @@ func TestLabPGFlushWithoutSync(t *testing.T) {
 		}
 	})
 
+	t.Run("a flushed write whose hub connection dies before Sync is known not done", func(t *testing.T) {
+		ctx := ctxT(t)
+		super, err := pgconn.Connect(ctx, l.HubSuperDSN(lab.AppDatabase))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer super.Close(context.Background())
+		pl := pc.StartPipeline(ctx)
+		pl.SendQueryParams("INSERT INTO notes (account_id, body) SELECT 1, 'flushed then lost' FROM pg_sleep(1)", nil, nil, nil, nil)
+		pl.SendFlushRequest()
+		if err := pl.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		terminated := make(chan error, 1)
+		go func() {
+			for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+				res := super.ExecParams(ctx, "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%flushed then lost%' AND pid <> pg_backend_pid()", nil, nil, nil, nil).Read()
+				if res.Err != nil || len(res.Rows) > 0 {
+					terminated <- res.Err
+					return
+				}
+			}
+			terminated <- errors.New("the flushed INSERT never ran on the hub")
+		}()
+		got, err := pl.GetResults()
+		if rr, ok := got.(*pgconn.ResultReader); ok && err == nil {
+			err = rr.Read().Err
+		}
+		if terr := <-terminated; terr != nil {
+			t.Fatal(terr)
+		}
+		wantCode(t, err, "08006")
+		pl.SendPipelineSync()
+		if err := pl.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; ; i++ {
+			if i == 5 {
+				t.Fatal("no PipelineSync after the lost write")
+			}
+			got, err := pl.GetResults()
+			if err != nil {
+				continue
+			}
+			if _, ok := got.(*pgconn.PipelineSync); ok {
+				break
+			}
+		}
+		_ = pl.Close()
+		res := super.ExecParams(ctx, "SELECT count(*) FROM notes WHERE body = 'flushed then lost'", nil, nil, nil, nil).Read()
+		if res.Err != nil || len(res.Rows) != 1 || string(res.Rows[0][0]) != "0" {
+			t.Errorf("the write reported not done is on the hub: %v %v", res.Rows, res.Err)
+		}
+		var one int
+		if err := c.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil || one != 1 {
+			t.Fatalf("session after the lost flushed write: %d, %v", one, err)
+		}
+	})
+
 	t.Run("hub down: a flushed write is refused at once", func(t *testing.T) {
 		f.cut(t)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/spokeproxy/spokeproxy/lab"
@@ -151,5 +152,46 @@ func TestLabPGLostCommitInAMultiStatementQuery(t *testing.T) {
 	var n int
 	if err := c.QueryRow(ctx, "SELECT count(*) FROM accounts").Scan(&n); err != nil || n == 0 {
 		t.Fatalf("read after the lost COMMIT: %d %v", n, err)
+	}
+}
+
+// A hub backend terminated under a request (pg_terminate_backend, an
+// idle timeout at the hub) ends only that connection: its FATAL is not
+// relayed (a client told FATAL drops its session), the request gets
+// 08007, the session goes on with a new hub connection, and the site does
+// not go read-only for one lost backend.
+func TestLabPGHubBackendTerminated(t *testing.T) {
+	l := lab.ForTest(t, lab.Options{})
+	f := startFront(t, l, nil)
+	f.waitHub(t, true)
+	ctx := ctxT(t)
+	super, err := pgx.Connect(ctx, l.HubSuperDSN(lab.AppDatabase))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer super.Close(context.Background())
+	c := f.connect(t, nil)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			var n int
+			if err := super.QueryRow(ctx, "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%terminated under%' AND pid <> pg_backend_pid()").Scan(&n); err != nil || n > 0 {
+				return
+			}
+		}
+	}()
+	_, err = c.Exec(ctx, "INSERT INTO notes (account_id, body) SELECT 1, 'terminated under' FROM pg_sleep(1)")
+	<-done
+	pe := wantCode(t, err, "08007")
+	if pe.Severity != "ERROR" {
+		t.Errorf("the lost request got %s, want an ERROR the session survives", pe.Severity)
+	}
+	if !f.site.Snapshot().Hub.Up {
+		t.Error("one terminated hub backend made the site read-only")
+	}
+	var standby bool
+	if err := c.QueryRow(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'after the terminated backend') RETURNING pg_is_in_recovery()").Scan(&standby); err != nil || standby {
+		t.Fatalf("write after the hub backend was terminated: %v (on the standby %v)", err, standby)
 	}
 }

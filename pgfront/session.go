@@ -712,7 +712,7 @@ func (s *session) dropReplica(err error) {
 	if s.replica == nil {
 		return
 	}
-	var ended *replicaEndedError
+	var ended *backendEndedError
 	if !errors.As(err, &ended) {
 		s.srv.site.ReportReplicaFailure(err)
 	}
@@ -1571,10 +1571,11 @@ answers:
 				}
 			}
 		case 'E':
-			if !b.hub && endsSession(frame[5:]) {
+			if endsSession(frame[5:]) {
 				// A shutdown, a terminated backend: the connection is lost,
-				// and its last word is the proxy's to report, not relayed.
-				return f.res, &backendIOError{err: &replicaEndedError{code: errorCode(frame[5:]), message: errorField(frame[5:], 'M')}}
+				// and its last word is the proxy's to report, not relayed
+				// (a client told FATAL would drop a session that goes on).
+				return f.res, &backendIOError{err: &backendEndedError{target: b.target(), code: errorCode(frame[5:]), message: errorField(frame[5:], 'M')}}
 			}
 			if f.holding && !b.hub && errorCode(frame[5:]) == "25006" {
 				f.res.rerun = true
@@ -1787,7 +1788,11 @@ func (s *session) backendLost(b *backendConn, u *unit, err error) (byte, error) 
 	if b == nil || !b.hub {
 		return s.replicaLost(b, u, err)
 	}
-	s.srv.site.ReportHubFailure(b.endpoint, err)
+	if ended := (*backendEndedError)(nil); !errors.As(err, &ended) {
+		// One terminated hub backend says nothing of the hub, whose
+		// shutdown the probes see: the site stays writable.
+		s.srv.site.ReportHubFailure(b.endpoint, err)
+	}
 	inTxn := s.txOn == b
 	s.dropHub()
 	k := u.class.Strongest()
@@ -1992,10 +1997,28 @@ func (s *session) flushBatch(ctx context.Context, batch []batchMsg) error {
 	f.b.out.flushMsg()
 	res, err := s.relay(ctx, f, want)
 	if err != nil {
-		return s.flightLost(f, err)
+		return s.flightLost(f, beforeSync(err))
 	}
 	f.res = res
 	return nil
+}
+
+// beforeSync marks a backend failure met before the unit's Sync was sent
+// as uncommitted: the implicit transaction of an extended batch commits
+// at its Sync, so a write lost before it is known not done (08006, not
+// 08007); a COMMIT among the statements still makes it unknown
+// (backendLost).
+func beforeSync(err error) error {
+	var bio *backendIOError
+	if errors.As(err, &bio) {
+		bio.uncommitted = true
+		return err
+	}
+	var cio *clientIOError
+	if errors.As(err, &cio) {
+		return err
+	}
+	return &backendIOError{err: err, uncommitted: true}
 }
 
 // closeReplicaPart ends the part of a flushed unit that ran on the
