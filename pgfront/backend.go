@@ -25,6 +25,8 @@ type backendConn struct {
 	pid       uint32
 	secretKey uint32
 	params    map[string]string // ParameterStatus as reported at login and since
+	loggedIn  time.Time         // when the login completed
+	pooledAt  time.Time         // when it last went into the hub pool (guarded by Server.mu)
 
 	// prepared holds the protocol-level statement names prepared on this
 	// backend ("" is the unnamed statement); pendingClose those the client
@@ -242,6 +244,7 @@ func login(ctx context.Context, conn net.Conn, hub bool, endpoint string, params
 		case *pgproto3.ErrorResponse:
 			return nil, "", newBackendError(m)
 		case *pgproto3.ReadyForQuery:
+			b.loggedIn = time.Now()
 			if probe == "" {
 				return b, "", nil
 			}

@@ -171,6 +171,10 @@
 // costs no WAN login. Idle and pooled connections are checked with a
 // non-blocking MSG_PEEK before use: one that died (hub restart, failover)
 // is replaced instead of carrying a write whose outcome would be unknown.
+// A pooled connection unused for HubPoolIdleTimeout is closed (a timer
+// reaps the pool), and one HubPoolMaxAge after its login is closed rather
+// than reused, so the hub's backends are not held for roles that stopped
+// writing, and role settings changed at the hub reach new sessions.
 //
 // # Relay
 //

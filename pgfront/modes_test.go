@@ -121,6 +121,51 @@ func TestLabPGModes(t *testing.T) {
 		}
 	})
 
+	t.Run("pooled hub connections age out", func(t *testing.T) {
+		ctx := ctxT(t)
+		hub, err := pgx.Connect(ctx, l.HubSuperDSN("postgres"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer hub.Close(context.Background())
+		appBackends := func() int {
+			var n int
+			if err := hub.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE usename = $1", lab.AppUser).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+		pool := func(f *front) {
+			t.Helper()
+			c := f.connect(t, nil)
+			if _, err := c.Exec(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'pooled')"); err != nil {
+				t.Fatal(err)
+			}
+			c.Close(ctx)
+			waitFor(t, "the session's hub connection in the pool", func() bool { return f.srv.pooledHubs() == 1 })
+		}
+
+		// Unused for HubPoolIdleTimeout: closed, and gone from the hub.
+		f := startFront(t, l, func(c *Config) { c.HubPoolIdleTimeout = 300 * time.Millisecond })
+		pool(f)
+		if n := appBackends(); n != 1 {
+			t.Fatalf("%d backends of %s on the hub with one pooled connection", n, lab.AppUser)
+		}
+		waitFor(t, "the idle pooled connection to close", func() bool { return f.srv.pooledHubs() == 0 && appBackends() == 0 })
+
+		// HubPoolMaxAge after its login: not reused.
+		g := startFront(t, l, func(c *Config) { c.HubPoolMaxAge = 300 * time.Millisecond })
+		pool(g)
+		time.Sleep(400 * time.Millisecond)
+		c := g.connect(t, nil)
+		if _, err := c.Exec(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'after the pooled one aged')"); err != nil {
+			t.Fatal(err)
+		}
+		if hits := counterValue(t, g.m.HubPoolHits); hits != 0 {
+			t.Errorf("a pooled hub connection older than HubPoolMaxAge was reused (%v hits)", hits)
+		}
+	})
+
 	t.Run("pinning and no leaks", func(t *testing.T) {
 		f := startFront(t, l, nil)
 		ctx := ctxT(t)

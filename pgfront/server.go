@@ -101,6 +101,13 @@ type Config struct {
 	// per role, database and startup parameters for later sessions
 	// (default 4; negative disables the pool).
 	HubPoolSize int
+	// HubPoolIdleTimeout closes a pooled hub connection nobody took for
+	// this long (default 10m), so roles that stopped writing do not hold
+	// hub backends. HubPoolMaxAge retires one this long after its login
+	// (default 1h): role and database settings changed at the hub since
+	// (ALTER ROLE ... SET) reach new sessions.
+	HubPoolIdleTimeout time.Duration
+	HubPoolMaxAge      time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -130,6 +137,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.HubPoolSize == 0 {
 		c.HubPoolSize = 4
+	}
+	if c.HubPoolIdleTimeout <= 0 {
+		c.HubPoolIdleTimeout = 10 * time.Minute
+	}
+	if c.HubPoolMaxAge <= 0 {
+		c.HubPoolMaxAge = time.Hour
 	}
 	if c.ClassifierCacheEntries <= 0 {
 		c.ClassifierCacheEntries = 10000
@@ -161,6 +174,7 @@ type Server struct {
 	conns     map[net.Conn]struct{}
 	sessions  map[cancelKey]*session // by the proxy-owned BackendKeyData
 	hubPool   map[string][]*backendConn
+	hubReaper *time.Timer // armed while the pool holds a connection
 	shutdown  bool
 
 	// draining ends when Shutdown starts: idle sessions then get 57P01 at
@@ -376,6 +390,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	pool := s.hubPool
 	s.hubPool = make(map[string][]*backendConn)
+	if s.hubReaper != nil {
+		s.hubReaper.Stop()
+		s.hubReaper = nil
+	}
 	s.mu.Unlock()
 	for _, conns := range pool {
 		for _, b := range conns {
@@ -417,7 +435,7 @@ func (s *Server) takeHub(key string) *backendConn {
 		b := conns[len(conns)-1]
 		s.hubPool[key] = conns[:len(conns)-1]
 		s.mu.Unlock()
-		if b.alive() {
+		if time.Since(b.loggedIn) < s.config().HubPoolMaxAge && b.alive() {
 			return b
 		}
 		b.close()
@@ -441,11 +459,49 @@ func (s *Server) pooledHubs() int {
 func (s *Server) putHub(key string, b *backendConn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.shutdown || len(s.hubPool[key]) >= s.config().HubPoolSize {
+	if s.shutdown || len(s.hubPool[key]) >= s.config().HubPoolSize || time.Since(b.loggedIn) >= s.config().HubPoolMaxAge {
 		return false
 	}
+	b.pooledAt = time.Now()
 	s.hubPool[key] = append(s.hubPool[key], b)
+	if s.hubReaper == nil {
+		s.hubReaper = time.AfterFunc(s.nextHubExpiryLocked(), s.reapHubPool)
+	}
 	return true
+}
+
+// hubExpired reports whether a pooled hub connection has idled for
+// HubPoolIdleTimeout or lived for HubPoolMaxAge. Called under s.mu.
+func (s *Server) hubExpired(b *backendConn, now time.Time) bool {
+	cfg := s.config()
+	return now.Sub(b.pooledAt) >= cfg.HubPoolIdleTimeout || now.Sub(b.loggedIn) >= cfg.HubPoolMaxAge
+}
+
+// nextHubExpiryLocked is how long until the first pooled connection
+// expires.
+func (s *Server) nextHubExpiryLocked() time.Duration {
+	cfg := s.config()
+	now := time.Now()
+	next := cfg.HubPoolIdleTimeout
+	for _, conns := range s.hubPool {
+		for _, b := range conns {
+			next = min(next, b.pooledAt.Add(cfg.HubPoolIdleTimeout).Sub(now), b.loggedIn.Add(cfg.HubPoolMaxAge).Sub(now))
+		}
+	}
+	return max(next, 10*time.Millisecond)
+}
+
+// reapHubPool closes the expired pooled hub connections and arms itself
+// for the next expiry while any are left.
+func (s *Server) reapHubPool() {
+	now := time.Now()
+	s.pruneHubPool(func(b *backendConn) bool { return s.hubExpired(b, now) })
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hubReaper = nil
+	if len(s.hubPool) > 0 && !s.shutdown {
+		s.hubReaper = time.AfterFunc(s.nextHubExpiryLocked(), s.reapHubPool)
+	}
 }
 
 // clientReadBuffer is the size of a client connection's read buffer: a

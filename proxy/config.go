@@ -114,6 +114,10 @@ type PostgresConfig struct {
 	// releasing its backend connections.
 	WriteTimeout time.Duration `yaml:"write_timeout"`
 	HubPoolSize  int           `yaml:"hub_pool_size"`
+	// HubPoolIdleTimeout closes a pooled hub connection unused this long;
+	// HubPoolMaxAge retires one this long after its login.
+	HubPoolIdleTimeout time.Duration `yaml:"hub_pool_idle_timeout"`
+	HubPoolMaxAge      time.Duration `yaml:"hub_pool_max_age"`
 }
 
 // PostgresBackend is one PostgreSQL server, as host:port.
@@ -279,6 +283,8 @@ func (c *Config) applyDefaults() {
 		defDur(&p.StartupTimeout, 10*time.Second)
 		defDur(&p.WriteTimeout, 30*time.Second)
 		defInt(&p.HubPoolSize, 4)
+		defDur(&p.HubPoolIdleTimeout, 10*time.Minute)
+		defDur(&p.HubPoolMaxAge, time.Hour)
 	}
 	if l := c.LDAP; l != nil {
 		def(&l.Listen, "127.0.0.1:3389")
@@ -581,6 +587,8 @@ func (c *Config) validate() []string {
 		}
 		positiveDur("postgres.startup_timeout", pg.StartupTimeout)
 		positiveDur("postgres.write_timeout", pg.WriteTimeout)
+		positiveDur("postgres.hub_pool_idle_timeout", pg.HubPoolIdleTimeout)
+		positiveDur("postgres.hub_pool_max_age", pg.HubPoolMaxAge)
 	}
 	if l := c.LDAP; l != nil {
 		hostPort("ldap.listen", l.Listen, true)
