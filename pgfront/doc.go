@@ -251,7 +251,8 @@
 //   - Session transaction defaults changed inside an explicit transaction,
 //     or by set_config(), are not followed (see Transaction defaults).
 //   - Pooled hub connections keep the role and database settings of their
-//     login; only a changed default isolation level retires them.
+//     login until HubPoolMaxAge; only a changed default isolation level
+//     retires them sooner.
 //   - pgbench -S throughput through the proxy is below PgBouncer's on the
 //     shared, virtualised 2-core machine (BenchmarkPGBenchSelect on a quiet
 //     machine: 0.5-0.6 of direct and 0.8-0.85 of PgBouncer, which itself
