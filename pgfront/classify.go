@@ -815,20 +815,8 @@ func setStatement(s *stmtCursor) Statement {
 		}
 		return st
 	case s.accept("default_transaction_isolation"):
-		st := Statement{Kind: StmtSession}
-		switch setValue(s) {
-		case "serializable":
-			st.Isolation = IsolationSerializable
-		case "repeatable read":
-			st.Isolation = IsolationRepeatableRead
-		case "read committed":
-			st.Isolation = IsolationReadCommitted
-		case "read uncommitted":
-			st.Isolation = IsolationReadUncommitted
-		case "default":
-			st.ResetsIsolation = true
-		}
-		return st
+		v := setValue(s)
+		return Statement{Kind: StmtSession, Isolation: parseIsolation(v), ResetsIsolation: v == "default"}
 	}
 	return Statement{Kind: StmtSession}
 }

@@ -117,8 +117,9 @@
 // ParameterStatus, default_transaction_isolation from a SHOW sent as soon
 // as the login is authenticated (answered when the backend is ready, so
 // it costs no round trip). From then on the session's own SET SESSION
-// CHARACTERISTICS, SET default_transaction_* and RESET (ALL), DISCARD ALL
-// are followed when they run outside an explicit transaction. While the
+// CHARACTERISTICS, SET default_transaction_* and RESET (ALL), DISCARD ALL,
+// and set_config() of default_transaction_*, are followed when they run
+// outside an explicit transaction. While the
 // hub is unreachable a REPEATABLE READ read-write transaction opens on the
 // replica so its reads go on; it keeps that snapshot, so its first write
 // gets 25006, or 40001 (retry) if the hub has come back meanwhile.
@@ -248,8 +249,8 @@
 //     such SETs are mirrored to the other backend once the unit has
 //     committed, see mirrorSets; a lone simple-protocol SET is mirrored
 //     everywhere).
-//   - Session transaction defaults changed inside an explicit transaction,
-//     or by set_config(), are not followed (see Transaction defaults).
+//   - Session transaction defaults changed inside an explicit transaction
+//     (by SET or set_config()) are not followed (see Transaction defaults).
 //   - Pooled hub connections keep the role and database settings of their
 //     login until HubPoolMaxAge; only a changed default isolation level
 //     retires them sooner.

@@ -2245,71 +2245,90 @@ func (s *session) keepSet(ctx context.Context, b *backendConn, q string) {
 type setConfigRepeat struct {
 	sql   string
 	local bool // is_local: it lasts until the end of the transaction
+	// defaults: the change to the session's transaction defaults, as the
+	// SET it amounts to (zero when it sets something else).
+	defaults Statement
 }
 
 // renderSetConfigs renders set_config calls with the parameters of their
 // Bind (nil for a simple Query). ok is false when one cannot be: a
-// parameter missing, or a boolean in a binary form this does not read.
+// parameter missing, or a boolean in a form this does not read.
 func renderSetConfigs(calls []SetConfigCall, bind *pgproto3.Bind) (reps []setConfigRepeat, ok bool) {
+	lit := func(v string, null bool) string {
+		if null {
+			return "NULL"
+		}
+		return sqlString(v)
+	}
 	for _, c := range calls {
-		name, ok1 := configArgSQL(c.Name, bind, false)
-		value, ok2 := configArgSQL(c.Value, bind, false)
-		local, ok3 := configArgSQL(c.Local, bind, true)
+		name, nameNull, ok1 := configArg(c.Name, bind, false)
+		value, valueNull, ok2 := configArg(c.Value, bind, false)
+		local, localNull, ok3 := configArg(c.Local, bind, true)
 		if !ok1 || !ok2 || !ok3 {
 			return nil, false
 		}
-		reps = append(reps, setConfigRepeat{
-			sql:   "SELECT pg_catalog.set_config(" + name + ", " + value + ", " + local + ")",
-			local: local == "true",
-		})
+		isLocal := false // set_config takes a NULL is_local as false
+		if !localNull {
+			b, known := parseBool(local)
+			if !known {
+				return nil, false
+			}
+			isLocal = b
+		}
+		rep := setConfigRepeat{
+			sql:   "SELECT pg_catalog.set_config(" + lit(name, nameNull) + ", " + lit(value, valueNull) + ", " + strconv.FormatBool(isLocal) + ")",
+			local: isLocal,
+		}
+		switch strings.ToLower(name) {
+		case "default_transaction_isolation":
+			rep.defaults = Statement{Kind: StmtSession, Isolation: parseIsolation(value), ResetsIsolation: valueNull}
+		case "default_transaction_read_only":
+			rep.defaults = Statement{Kind: StmtSession, ResetsAccess: valueNull}
+			if b, known := parseBool(value); known && !valueNull {
+				rep.defaults.Access = AccessReadWrite
+				if b {
+					rep.defaults.Access = AccessReadOnly
+				}
+			}
+		}
+		reps = append(reps, rep)
 	}
 	return reps, true
 }
 
-// configArgSQL renders one set_config argument as an SQL constant: a
-// string, NULL, or for is_local (boolean) true or false, a NULL is_local
-// being false to set_config.
-func configArgSQL(a ConfigArg, bind *pgproto3.Bind, boolean bool) (string, bool) {
-	v, null := a.Lit, a.Null
+// configArg is one set_config argument's value, from its literal or its
+// Bind parameter: null for NULL; for is_local (boolean) a binary
+// parameter's one byte reads as "true" or "false". ok is false when the
+// parameter is missing or unreadable.
+func configArg(a ConfigArg, bind *pgproto3.Bind, boolean bool) (v string, null, ok bool) {
+	if a.Param == 0 {
+		return a.Lit, a.Null, true
+	}
+	if bind == nil || a.Param > len(bind.Parameters) {
+		return "", false, false
+	}
+	p := bind.Parameters[a.Param-1]
+	if p == nil {
+		return "", true, true
+	}
 	binary := false
-	if a.Param > 0 {
-		if bind == nil || a.Param > len(bind.Parameters) {
-			return "", false
+	switch f := bind.ParameterFormatCodes; len(f) {
+	case 0:
+	case 1:
+		binary = f[0] == 1
+	default:
+		if a.Param > len(f) {
+			return "", false, false
 		}
-		p := bind.Parameters[a.Param-1]
-		v, null = string(p), p == nil
-		switch f := bind.ParameterFormatCodes; len(f) {
-		case 0:
-		case 1:
-			binary = f[0] == 1
-		default:
-			if a.Param > len(f) {
-				return "", false
-			}
-			binary = f[a.Param-1] == 1
+		binary = f[a.Param-1] == 1
+	}
+	if binary && boolean {
+		if len(p) != 1 {
+			return "", false, false
 		}
+		return strconv.FormatBool(p[0] != 0), false, true
 	}
-	if !boolean {
-		// A text's binary form is its text.
-		if null {
-			return "NULL", true
-		}
-		return sqlString(v), true
-	}
-	if null {
-		return "false", true
-	}
-	if binary {
-		if len(v) != 1 {
-			return "", false
-		}
-		return strconv.FormatBool(v[0] != 0), true
-	}
-	b, known := parseBool(v)
-	if !known {
-		return "", false
-	}
-	return strconv.FormatBool(b), true
+	return string(p), false, true // a text's binary form is its text
 }
 
 // parseBool reads a boolean as PostgreSQL's boolin does for the usual
@@ -2376,7 +2395,10 @@ func (s *session) repeatSetConfigs(ctx context.Context, b *backendConn, u *unit,
 			continue
 		}
 		if !r.local { // a local one ended with the unit's implicit transaction
-			s.keepSet(ctx, b, r.sql)
+			s.noteDefaults(r.defaults)
+			// In a transaction of its own: under a SERIALIZABLE default a
+			// standby refuses a bare SELECT (0A000), where SET would pass.
+			s.keepSet(ctx, b, "BEGIN ISOLATION LEVEL READ COMMITTED; "+r.sql+"; COMMIT")
 		}
 	}
 }

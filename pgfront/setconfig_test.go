@@ -1,6 +1,7 @@
 package pgfront
 
 import (
+	"reflect"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -42,6 +43,21 @@ func TestRenderSetConfigs(t *testing.T) {
 		{"binary boolean of two bytes", SetConfigCall{lit("a.b"), lit("v"), par(1)},
 			&pgproto3.Bind{ParameterFormatCodes: []int16{1}, Parameters: [][]byte{{0, 1}}}, "", false, false},
 		{"not a boolean", SetConfigCall{lit("a.b"), lit("v"), lit("maybe")}, nil, "", false, false},
+	}
+	reps, _ := renderSetConfigs([]SetConfigCall{
+		{lit("default_transaction_isolation"), lit("Serializable"), lit("false")},
+		{lit("Default_Transaction_Read_Only"), par(1), lit("false")},
+		{lit("default_transaction_read_only"), ConfigArg{Null: true}, lit("false")},
+	}, &pgproto3.Bind{Parameters: [][]byte{[]byte("on")}})
+	wantDefaults := []Statement{
+		{Kind: StmtSession, Isolation: IsolationSerializable},
+		{Kind: StmtSession, Access: AccessReadOnly},
+		{Kind: StmtSession, ResetsAccess: true},
+	}
+	for i, want := range wantDefaults {
+		if i >= len(reps) || !reflect.DeepEqual(reps[i].defaults, want) {
+			t.Errorf("transaction defaults of call %d: %+v, want %+v", i, reps, want)
+		}
 	}
 	for _, tc := range cases {
 		reps, ok := renderSetConfigs([]SetConfigCall{tc.call}, tc.bind)
@@ -133,6 +149,32 @@ func TestLabPGSetConfigFollowsTheSession(t *testing.T) {
 	if v := onHub(c, "request.jwt.claims"); v != "" && v != "<unset>" {
 		t.Errorf("a transaction-local set_config outlived its transaction on the hub: %q", v)
 	}
+
+	// A default isolation set by set_config is followed as SET's is: a
+	// SERIALIZABLE transaction, which a standby refuses, opens on the hub.
+	if _, err := c.Exec(ctx, "SELECT set_config('default_transaction_isolation', $1, false)", "serializable"); err != nil {
+		t.Fatal(err)
+	}
+	tx, err = c.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var iso string
+	if err := tx.QueryRow(ctx, "SELECT current_setting('transaction_isolation'), pg_is_in_recovery()").Scan(&iso, &standby); err != nil || standby || iso != "serializable" {
+		t.Errorf("a transaction under a SERIALIZABLE default set by set_config: %q on the standby %v, %v; want serializable on the hub", iso, standby, err)
+	}
+	_ = tx.Rollback(ctx)
+	if _, err := c.Exec(ctx, "SELECT set_config('default_transaction_isolation', 'read committed', false)"); err != nil {
+		t.Fatal(err)
+	}
+	tx, err = c.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&standby); err != nil || !standby {
+		t.Errorf("a read committed transaction after set_config put the default back: on the standby %v, %v", standby, err)
+	}
+	_ = tx.Rollback(ctx)
 
 	// An expression cannot be repeated: the session moves to the hub.
 	p := f.connect(t, nil)
