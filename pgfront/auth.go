@@ -266,10 +266,13 @@ type authConns struct {
 	slots       chan struct{} // one per connection in use
 	idleTimeout time.Duration
 
-	mu     sync.Mutex  // guards idle, reaper and closed
+	mu     sync.Mutex  // guards idle, reaper, reaperGen and closed
 	idle   []idleConn  // oldest first; get takes the newest
 	reaper *time.Timer // armed while idle is not empty
-	closed bool
+	// reaperGen tells the armed reaper from one that fired after it was
+	// replaced (dropIdle), which must not arm another.
+	reaperGen uint64
+	closed    bool
 }
 
 type idleConn struct {
@@ -281,9 +284,16 @@ func newAuthConns(idleTimeout time.Duration) *authConns {
 	return &authConns{slots: make(chan struct{}, authConnsMax), idleTimeout: idleTimeout}
 }
 
-// reap closes the connections idle for idleTimeout and arms itself again
-// for the oldest one left.
-func (p *authConns) reap() {
+// armReaperLocked arms the reaper to fire after d.
+func (p *authConns) armReaperLocked(d time.Duration) {
+	p.reaperGen++
+	gen := p.reaperGen
+	p.reaper = time.AfterFunc(d, func() { p.reap(gen) })
+}
+
+// reap closes the connections idle for idleTimeout and, if it is still
+// the armed reaper, arms itself again for the oldest one left.
+func (p *authConns) reap(gen uint64) {
 	p.mu.Lock()
 	cutoff := time.Now().Add(-p.idleTimeout)
 	n := 0
@@ -293,9 +303,11 @@ func (p *authConns) reap() {
 	expired := make([]idleConn, n)
 	copy(expired, p.idle[:n])
 	p.idle = append(p.idle[:0], p.idle[n:]...)
-	p.reaper = nil
-	if len(p.idle) > 0 && !p.closed {
-		p.reaper = time.AfterFunc(time.Until(p.idle[0].since.Add(p.idleTimeout)), p.reap)
+	if gen == p.reaperGen {
+		p.reaper = nil
+		if len(p.idle) > 0 && !p.closed {
+			p.armReaperLocked(time.Until(p.idle[0].since.Add(p.idleTimeout)))
+		}
 	}
 	p.mu.Unlock()
 	for _, ic := range expired {
@@ -345,7 +357,7 @@ func (p *authConns) put(c *pgx.Conn) {
 	if !closed {
 		p.idle = append(p.idle, idleConn{conn: c, since: time.Now()})
 		if p.reaper == nil {
-			p.reaper = time.AfterFunc(p.idleTimeout, p.reap)
+			p.armReaperLocked(p.idleTimeout)
 		}
 	}
 	p.mu.Unlock()
@@ -377,6 +389,7 @@ func (p *authConns) dropIdle() {
 	if p.reaper != nil {
 		p.reaper.Stop()
 		p.reaper = nil
+		p.reaperGen++
 	}
 	p.mu.Unlock()
 	for _, ic := range idle {

@@ -26,7 +26,10 @@ type backendConn struct {
 	secretKey uint32
 	params    map[string]string // ParameterStatus as reported at login and since
 	loggedIn  time.Time         // when the login completed
-	pooledAt  time.Time         // when it last went into the hub pool (guarded by Server.mu)
+	// sentAhead: simple queries already written (sendAhead) whose answers
+	// are still to be read, ahead of the next unit's.
+	sentAhead int
+	pooledAt  time.Time // when it last went into the hub pool (guarded by Server.mu)
 
 	// prepared holds the protocol-level statement names prepared on this
 	// backend ("" is the unnamed statement); pendingClose those the client
@@ -85,6 +88,21 @@ func (b *backendConn) alive() bool {
 		return true
 	})
 	return err == nil && alive
+}
+
+// sendAhead writes a simple query now, between requests, its answer to
+// be read (and dropped) with the next unit's. It reports false if the
+// connection would not take it within a short bound.
+func (b *backendConn) sendAhead(q string) bool {
+	b.out.query(q)
+	_ = b.conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	err := b.out.flush()
+	_ = b.conn.SetWriteDeadline(time.Time{})
+	if err != nil {
+		return false
+	}
+	b.sentAhead++
+	return true
 }
 
 func (b *backendConn) close() {

@@ -502,7 +502,7 @@ func (c *Classifier) query(toks []token) Statement {
 				if f, ok := c.funcs[funcName(t)]; ok {
 					raise(f)
 				}
-				if t.kind == tokWord && t.text == "set_config" && (i == 0 || toks[i-1].kind != tokDot || (i >= 2 && toks[i-2].text == "pg_catalog")) {
+				if funcName(t) == "set_config" && (i == 0 || toks[i-1].kind != tokDot || (i >= 2 && toks[i-2].text == "pg_catalog")) {
 					if call, ok := setConfigCall(toks[i+2:]); ok {
 						setConfigs = append(setConfigs, call)
 					} else {

@@ -189,6 +189,8 @@ func TestClassifySetConfig(t *testing.T) {
 		{"SELECT set_config('a.b', 'x')", Statement{Kind: StmtPin}},
 		{"SELECT set_config('a.b', 'x', false, 1)", Statement{Kind: StmtPin}},
 		{"SELECT myschema.set_config('a', 'b', false)", Statement{Kind: StmtRead}},
+		{`SELECT "set_config"('a.b', 'c', false)`, Statement{Kind: StmtRead, SetConfigs: []SetConfigCall{{Name: lit("a.b"), Value: lit("c"), Local: lit("false")}}}},
+		{`SELECT "SET_CONFIG"('a.b', 'c', false)`, Statement{Kind: StmtRead}},
 		{"SELECT 'set_config(' AS x", Statement{Kind: StmtRead}},
 		{"WITH x AS (INSERT INTO t VALUES (1) RETURNING 1) SELECT set_config('a.b', 'c', false)", Statement{Kind: StmtWrite}},
 	}

@@ -101,7 +101,16 @@
 // there, so the hub's policies see what the client set. A call the front
 // cannot repeat (a computed value, an escape string) pins the session to
 // the hub. Extended-protocol SET LOCALs in a transaction on the replica
-// are kept for the same replay.
+// are kept for the same replay. Values are rendered dollar-quoted, so no
+// byte of them is special whatever the client encoding (Shift JIS and
+// Big5 characters may hold a backslash byte), standard_conforming_strings
+// or backslash_quote say. Repeats to the hub, like mirrored SETs, are
+// queued ahead of its next request: no WAN round trip, and nothing to
+// hang on while the link is dead. Only the last value of each setting is
+// kept for connections made later. The repeat follows the text: a call
+// in a branch that did not run (WHERE false, a CASE arm), or undone by a
+// ROLLBACK later in the same Query, is repeated all the same, and a
+// parameter declared char(n) or name is repeated as sent.
 //
 // # Transaction defaults
 //
@@ -159,8 +168,12 @@
 // than letting it go on without its state on a fresh connection. While
 // the hub is merely unavailable (an outage, a drill) the session's
 // statements are refused and the connection is kept, so a session whose
-// connection outlives the outage keeps its state. A refused pinning
-// statement does not pin.
+// connection outlives the outage keeps its state; a hub transaction open
+// then is lost (08006) and a ROLLBACK is sent ahead at once, releasing
+// its locks while the link works (a drill). Notifications that arrive
+// between the watcher's stop and the next statement are relayed before
+// its answer (settleIdle), not taken for a dead connection. A refused
+// pinning statement does not pin.
 //
 // Hub connections are dialled through Site.DialHub (the routing core's
 // keepalive and TCP_USER_TIMEOUT) and, with Config.HubTLS, upgraded with

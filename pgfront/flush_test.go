@@ -86,6 +86,36 @@ func TestLabPGFlushWithoutSync(t *testing.T) {
 		}
 	})
 
+	// The write comes with the Sync rather than behind a Flush of its own;
+	// the flushed read before it set a setting the write must see.
+	t.Run("flushed set_config, then a write with the Sync", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		pl := pc.StartPipeline(ctx)
+		pl.SendQueryParams("SELECT set_config('app.tenant', $1, false), pg_is_in_recovery()", [][]byte{[]byte("flushed-tenant")}, nil, nil, nil)
+		pl.SendFlushRequest()
+		if err := pl.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if r := rows(t, results(t, pl)); len(r) != 1 || string(r[0][1]) != "t" {
+			t.Fatalf("flushed set_config: rows %q, want it run on the standby", r)
+		}
+		pl.SendQueryParams("INSERT INTO notes (account_id, body) VALUES (1, current_setting('app.tenant')) RETURNING body, pg_is_in_recovery()", nil, nil, nil, nil)
+		pl.SendPipelineSync()
+		if err := pl.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if r := rows(t, results(t, pl)); len(r) != 1 || string(r[0][0]) != "flushed-tenant" || string(r[0][1]) != "f" {
+			t.Fatalf("write sent with the Sync: rows %q, want the tenant set by the flushed read, on the hub", r)
+		}
+		if _, ok := results(t, pl).(*pgconn.PipelineSync); !ok {
+			t.Fatal("no PipelineSync after the batch's Sync")
+		}
+		if err := pl.Close(); err != nil {
+			t.Fatalf("pipeline close: %v", err)
+		}
+	})
+
 	t.Run("error skips to sync", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/spokeproxy/spokeproxy/lab"
 )
@@ -55,6 +57,39 @@ func TestLabPGPinnedHubLost(t *testing.T) {
 		t.Fatalf("temporary table after a drill: %d rows, %v (want the one row from before)", n, err)
 	}
 
+	// A drill in the middle of a hub transaction: the transaction is lost
+	// (08006, rolled back on the hub at once), the session and its table
+	// stay.
+	pid := hubPID(c)
+	if _, err := c.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(ctx, "INSERT INTO scratch VALUES (2)"); err != nil {
+		t.Fatal(err)
+	}
+	f.site.StartDrill(time.Minute)
+	_, err = c.Exec(ctx, "INSERT INTO scratch VALUES (3)")
+	wantCode(t, err, "08006")
+	var state string
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if err := super.QueryRow(ctx, "SELECT state FROM pg_stat_activity WHERE pid = $1", pid).Scan(&state); err != nil {
+			t.Fatal(err)
+		}
+		if state == "idle" || time.Now().After(deadline) {
+			break
+		}
+	}
+	if state != "idle" {
+		t.Errorf("the pinned session's hub backend is %q during the drill, want its lost transaction rolled back", state)
+	}
+	if _, err := c.Exec(ctx, "ROLLBACK"); err != nil {
+		t.Fatal(err)
+	}
+	f.site.StopDrill()
+	if err := c.QueryRow(ctx, "SELECT count(*) FROM scratch").Scan(&n); err != nil || n != 1 {
+		t.Fatalf("temporary table after a drill cut its transaction: %d rows, %v (want the one committed row)", n, err)
+	}
+
 	terminate(hubPID(c))
 	_, err = c.Exec(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'after the pin was lost')")
 	wantCode(t, err, "08006")
@@ -67,11 +102,47 @@ func TestLabPGPinnedHubLost(t *testing.T) {
 		t.Errorf("the statement after the lost pin ran on the hub %d times (%v), want none", written, err)
 	}
 
+	// Notifications that arrive between the idle watcher's stop and the
+	// next statement are relayed, not taken for a dead connection.
+	var notified atomic.Int64
+	busy := f.connect(t, func(cc *pgx.ConnConfig) {
+		cc.OnNotification = func(*pgconn.PgConn, *pgconn.Notification) { notified.Add(1) }
+	})
+	if _, err := busy.Exec(ctx, "LISTEN busy_channel"); err != nil {
+		t.Fatal(err)
+	}
+	stopNotify := make(chan struct{})
+	notifying := make(chan struct{})
+	go func() {
+		defer close(notifying)
+		for {
+			select {
+			case <-stopNotify:
+				return
+			default:
+			}
+			_, _ = super.Exec(ctx, "NOTIFY busy_channel, 'x'")
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	for i := 0; i < 200; i++ {
+		if _, err := busy.Exec(ctx, "SELECT 1"); err != nil {
+			t.Errorf("statement %d of a listening session while notifications flow: %v", i, err)
+			break
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	close(stopNotify)
+	<-notifying
+	if notified.Load() == 0 {
+		t.Error("no notification reached the listening session")
+	}
+
 	listener := f.connect(t, nil)
 	if _, err := listener.Exec(ctx, "LISTEN pin_lost"); err != nil {
 		t.Fatal(err)
 	}
-	pid := hubPID(listener)
+	pid = hubPID(listener)
 	terminated := make(chan struct{})
 	go func() {
 		defer close(terminated)

@@ -968,17 +968,27 @@ func (s *session) noteDefaults(st Statement) {
 // the deadline, so a message is never cut in half. It writes to the
 // client outside mu: stop sets the deadline at once and then waits only
 // for the write in progress (the client must see it before the session's
-// next answer), which the write timeout bounds. A failed write closes the
-// client connection, ending the session's read, and stop returns it.
+// next answer), which the write timeout bounds. A failed write, or the
+// hub connection's loss, interrupts the session's read of the client
+// with a deadline, and stop returns why the session must end.
 func (s *session) watchNotifications(b *backendConn) (stop func() error) {
 	var mu sync.Mutex
 	stopped := false
 	done := make(chan struct{})
 	var werr error // set before done is closed
+	// endSession makes the session end with err: the client's read is
+	// interrupted (not closed: the client connection's reader may be
+	// parked inside a read of its own until the session goroutine, which
+	// may be waiting in stop, resumes it), and stop returns err.
+	endSession := func(err error) {
+		werr = err
+		_ = s.conn.SetReadDeadline(time.Now())
+	}
 	// lost ends the session when the hub connection fails while the
 	// client waits for notifications: without it the client would wait
 	// forever on a LISTEN that no longer exists. hubSaid is the hub's
-	// own FATAL, if it sent one.
+	// own FATAL, if it sent one. Called without mu: the write to the
+	// client may wait for it (up to the write timeout).
 	lost := func(hubSaid string, err error) {
 		s.log.Warn("ending a listening session: its hub connection was lost while idle", "hub", b.endpoint, "hub_said", hubSaid, "err", err)
 		msg := pinLostMessage(b.endpoint)
@@ -986,8 +996,7 @@ func (s *session) watchNotifications(b *backendConn) (stop func() error) {
 			msg += " (the hub said: " + hubSaid + ")"
 		}
 		sendFatal(s.out, "08006", msg)
-		werr = &hubLostError{hub: b.endpoint, err: errPinnedStateLost}
-		s.conn.Close()
+		endSession(&hubLostError{hub: b.endpoint, err: errPinnedStateLost})
 	}
 	go func() {
 		defer close(done)
@@ -995,10 +1004,18 @@ func (s *session) watchNotifications(b *backendConn) (stop func() error) {
 			if b.rd.buffered() == 0 {
 				if err := b.rd.wait(); err != nil {
 					mu.Lock()
-					if !stopped {
+					if !stopped && errors.Is(err, os.ErrDeadlineExceeded) {
+						// A deadline someone else left (the relay's hub-down
+						// watch of the last request), not stop's.
+						_ = b.conn.SetReadDeadline(time.Time{})
+						mu.Unlock()
+						continue
+					}
+					wasStopped := stopped
+					mu.Unlock()
+					if !wasStopped {
 						lost("", err)
 					}
-					mu.Unlock()
 					return
 				}
 			}
@@ -1011,19 +1028,26 @@ func (s *session) watchNotifications(b *backendConn) (stop func() error) {
 			for {
 				typ, frame, err := b.rd.next()
 				if err != nil {
-					lost("", err)
 					mu.Unlock()
+					lost("", err)
 					return
 				}
 				switch typ {
+				case 'Z':
+					if b.sentAhead > 0 {
+						b.sentAhead-- // the answer to a query sent ahead
+					}
 				case 'E':
+					if !endsSession(frame[5:]) {
+						break // a query sent ahead failed: nothing to relay
+					}
 					said := "an error"
 					if m, err := decodeBackend(typ, frame); err == nil {
 						e := m.(*pgproto3.ErrorResponse)
 						said = e.Severity + " " + e.Code + " " + e.Message
 					}
-					lost(said, nil)
 					mu.Unlock()
+					lost(said, nil)
 					return
 				case 'A', 'N':
 					s.out.raw(frame) // copied into the write buffer
@@ -1041,8 +1065,7 @@ func (s *session) watchNotifications(b *backendConn) (stop func() error) {
 			mu.Unlock()
 			if send {
 				if err := s.out.flush(); err != nil {
-					werr = err
-					s.conn.Close()
+					endSession(err)
 					return
 				}
 			}
@@ -1132,11 +1155,16 @@ func (s *session) hubConn(ctx context.Context) (*backendConn, error) {
 	if err := s.srv.site.HubUnavailable(); err != nil {
 		if s.hub != nil && s.txOn == s.hub {
 			// The hub transaction cannot finish: it is lost (08006) and
-			// the client must end it.
-			hub := s.hub.endpoint
-			s.dropHub()
+			// the client must end it. A pinned session keeps its
+			// connection, and the state on it, with a ROLLBACK sent at
+			// once: it releases the transaction's locks now if the link
+			// works (a drill), or when it returns.
+			hub := s.hub
 			s.txOn, s.txLost = nil, true
-			return nil, &hubLostError{hub: hub, err: err}
+			if !s.pinned || !hub.sendAhead("ROLLBACK") {
+				s.dropHub()
+			}
+			return nil, &hubLostError{hub: hub.endpoint, err: err}
 		}
 		if s.pinned && s.hub != nil {
 			// Keep the connection and the session's state on it: it may
@@ -1148,7 +1176,7 @@ func (s *session) hubConn(ctx context.Context) (*backendConn, error) {
 		return nil, err
 	}
 	endpoint := s.srv.site.Snapshot().Hub.Endpoint
-	if s.hub != nil && s.txOn != s.hub && (s.hub.endpoint != endpoint || !s.hub.alive()) {
+	if s.hub != nil && s.txOn != s.hub && (s.hub.endpoint != endpoint || !s.settleIdle(s.hub)) {
 		// Between requests the hub connection died (the hub restarted or
 		// failed over): a fresh one costs a login, while a request sent on
 		// the dead one would end as "outcome unknown".
@@ -1214,6 +1242,48 @@ func (s *session) hubConn(ctx context.Context) (*backendConn, error) {
 	s.srv.front.HubConnections.Inc()
 	s.hub.pendingSQL = append(s.hub.pendingSQL, s.sets...)
 	return b, nil
+}
+
+// settleIdle reads what an idle backend connection sent since its last
+// request, and reports whether it is still usable: notifications and
+// notices (a LISTEN session's, arrived after its watcher stopped) are
+// relayed to the client and parameter changes noted; a FATAL, EOF or
+// anything else means the connection is gone. Answers to queries sent
+// ahead are left for the next exchange.
+func (s *session) settleIdle(b *backendConn) bool {
+	if b.sentAhead > 0 {
+		return true
+	}
+	for {
+		for b.rd.complete() {
+			typ, frame, err := b.rd.next()
+			if err != nil {
+				return false
+			}
+			switch typ {
+			case 'A', 'N':
+				s.out.raw(frame)
+			case 'S':
+				if m, err := decodeBackend(typ, frame); err == nil {
+					ps := m.(*pgproto3.ParameterStatus)
+					b.params[ps.Name] = ps.Value
+				}
+			default:
+				return false
+			}
+		}
+		if b.rd.buffered() == 0 && b.alive() {
+			return true
+		}
+		// Something is readable (or a message half read): take it, with
+		// a bound in case a TLS record is still on its way.
+		_ = b.conn.SetReadDeadline(time.Now().Add(time.Second))
+		err := b.rd.fill(b.rd.buffered() + 1)
+		_ = b.conn.SetReadDeadline(time.Time{})
+		if err != nil {
+			return false
+		}
+	}
 }
 
 // moveTxnToHub ends the replica transaction (it only read) and queues the
@@ -1355,6 +1425,8 @@ func (s *session) begin(f *flight, b *backendConn, u *unit, p plan) *flight {
 		f.prefix++
 	}
 	b.pendingSQL = nil
+	f.prefix += b.sentAhead // their answers come first
+	b.sentAhead = 0
 	return f
 }
 
@@ -1519,6 +1591,8 @@ func (s *session) relay(ctx context.Context, f *flight, want int) (exResult, err
 		switch typ {
 		case 'Z':
 			f.prefix--
+		case 'A':
+			s.out.raw(frame) // a LISTEN session's notification, relayed with the answer
 		case 'E':
 			s.log.Debug("proxy statement failed on backend", "target", b.target(), "code", errorCode(frame[5:]))
 		}
@@ -2038,6 +2112,9 @@ func (s *session) closeReplicaPart(ctx context.Context, f *flight) error {
 	case 'T', 'E':
 		s.txOn = f.b
 	}
+	// What the part set follows the session to the hub, as at a unit's end.
+	s.mirrorSets(ctx, f.b, f.u, res)
+	s.repeatSetConfigs(ctx, f.b, f.u, res)
 	s.open = nil
 	return nil
 }
@@ -2142,6 +2219,20 @@ func (s *session) openFlight(ctx context.Context, u *unit) (*flight, error) {
 // batch (ending with Sync) and answers it as runUnit does.
 func (s *session) finishOpen(ctx context.Context, batch []batchMsg) error {
 	f := s.open
+	if f.b != nil && f.b == s.replica && !f.failed && needsHub(s.batchClass(batch).Strongest()) {
+		// A part that must run on the hub came with the Sync: the replica
+		// part ends there, as in flushBatch, and the rest is a unit of its
+		// own (a first write moves a transaction as usual).
+		if err := s.closeReplicaPart(ctx, f); err != nil {
+			return err
+		}
+		if s.open != nil {
+			return s.finishOpen(ctx, batch) // the replica part was lost: answer the Sync
+		}
+		u := &s.unitBuf
+		*u = unit{msgs: batch, class: s.batchClass(batch)}
+		return s.runUnit(ctx, u)
+	}
 	s.open = nil
 	if f.b == nil {
 		// Refused or lost: the error was sent; PostgreSQL skips the rest
@@ -2215,36 +2306,48 @@ func (s *session) mirrorSets(ctx context.Context, b *backendConn, u *unit, res e
 		}
 	}
 	for _, q := range texts {
-		s.keepSet(ctx, b, q)
+		s.keepSet(ctx, b, q, "")
 	}
 }
 
-// keepSet keeps q, a session-level setting that ran on b, for hub
-// connections attached later and applies it on the session's other
-// backend now. If that fails the backend is dropped: a new connection
-// replays every kept setting.
-func (s *session) keepSet(ctx context.Context, b *backendConn, q string) {
+// keepSet keeps q, a session-level setting that ran on b, for backend
+// connections made later (replacing the kept statements that start with
+// replaces, if not empty: an earlier value of the same setting) and
+// applies it on the session's other backend: queued ahead of the hub's
+// next request, which costs no WAN round trip and cannot hang on a dead
+// link, or run on the replica now. If that fails the replica connection
+// is dropped: a new one replays every kept setting.
+func (s *session) keepSet(ctx context.Context, b *backendConn, q, replaces string) {
+	if replaces != "" {
+		s.sets = slices.DeleteFunc(s.sets, func(old string) bool { return strings.HasPrefix(old, replaces) })
+	}
 	s.sets = append(s.sets, q)
 	other := s.other(b)
 	if other == nil {
 		return // a hub connection gets s.sets when it attaches
 	}
+	if other.hub {
+		other.pendingSQL = append(other.pendingSQL, q)
+		return
+	}
 	if err := s.silent(ctx, other, q); err != nil {
-		if other.hub {
-			s.srv.site.ReportHubFailure(other.endpoint, err)
-			s.dropHub()
-		} else {
-			s.log.Warn("could not apply a session setting on the replica", "err", err)
-			s.dropReplica(err)
-		}
+		s.log.Warn("could not apply a session setting on the replica", "err", err)
+		s.dropReplica(err)
 	}
 }
+
+// setConfigTxn opens the transaction a session-level set_config is
+// repeated in.
+const setConfigTxn = "BEGIN ISOLATION LEVEL READ COMMITTED; "
 
 // setConfigRepeat is one set_config() call as SQL that repeats it on
 // another backend, its arguments literals.
 type setConfigRepeat struct {
 	sql   string
 	local bool // is_local: it lasts until the end of the transaction
+	// replaces: how sql starts, up to its value; what an earlier call for
+	// the same setting started with too.
+	replaces string
 	// defaults: the change to the session's transaction defaults, as the
 	// SET it amounts to (zero when it sets something else).
 	defaults Statement
@@ -2254,9 +2357,9 @@ type setConfigRepeat struct {
 // Bind (nil for a simple Query). ok is false when one cannot be: a
 // parameter missing, or a boolean in a form this does not read.
 func renderSetConfigs(calls []SetConfigCall, bind *pgproto3.Bind) (reps []setConfigRepeat, ok bool) {
-	lit := func(v string, null bool) string {
+	lit := func(v string, null bool) (string, bool) {
 		if null {
-			return "NULL"
+			return "NULL", true
 		}
 		return sqlString(v)
 	}
@@ -2265,6 +2368,11 @@ func renderSetConfigs(calls []SetConfigCall, bind *pgproto3.Bind) (reps []setCon
 		value, valueNull, ok2 := configArg(c.Value, bind, false)
 		local, localNull, ok3 := configArg(c.Local, bind, true)
 		if !ok1 || !ok2 || !ok3 {
+			return nil, false
+		}
+		nameSQL, ok1 := lit(name, nameNull)
+		valueSQL, ok2 := lit(value, valueNull)
+		if !ok1 || !ok2 {
 			return nil, false
 		}
 		isLocal := false // set_config takes a NULL is_local as false
@@ -2276,8 +2384,9 @@ func renderSetConfigs(calls []SetConfigCall, bind *pgproto3.Bind) (reps []setCon
 			isLocal = b
 		}
 		rep := setConfigRepeat{
-			sql:   "SELECT pg_catalog.set_config(" + lit(name, nameNull) + ", " + lit(value, valueNull) + ", " + strconv.FormatBool(isLocal) + ")",
-			local: isLocal,
+			sql:      "SELECT pg_catalog.set_config(" + nameSQL + ", " + valueSQL + ", " + strconv.FormatBool(isLocal) + ")",
+			local:    isLocal,
+			replaces: "SELECT pg_catalog.set_config(" + nameSQL + ", ",
 		}
 		switch strings.ToLower(name) {
 		case "default_transaction_isolation":
@@ -2343,15 +2452,21 @@ func parseBool(s string) (value, ok bool) {
 	return false, false
 }
 
-// sqlString is s as an SQL string constant, whatever
-// standard_conforming_strings says: with a backslash in it, an escape string E'...'
-// with the backslashes doubled.
-func sqlString(s string) string {
-	q := strings.ReplaceAll(s, "'", "''")
-	if strings.Contains(q, `\`) {
-		return "E'" + strings.ReplaceAll(q, `\`, `\\`) + "'"
+// sqlString is s as a dollar-quoted SQL string constant, with a tag s
+// does not contain: no character in it is special, whatever the client
+// encoding (a backslash-escaped ” string is unsafe in Shift JIS, Big5,
+// GBK and the like, where 0x5C is also the second byte of a character),
+// standard_conforming_strings or backslash_quote say. ok is false for a
+// NUL, which no SQL text may hold.
+func sqlString(s string) (lit string, ok bool) {
+	if strings.IndexByte(s, 0) >= 0 {
+		return "", false
 	}
-	return "'" + q + "'"
+	tag := "$spokeproxy$"
+	for n := 1; strings.Contains(s, tag[:len(tag)-1]); n++ {
+		tag = "$spokeproxy" + strconv.Itoa(n) + "$"
+	}
+	return tag + s + tag, true
 }
 
 // repeatSetConfigs repeats what the unit's set_config() calls changed on
@@ -2398,7 +2513,7 @@ func (s *session) repeatSetConfigs(ctx context.Context, b *backendConn, u *unit,
 			s.noteDefaults(r.defaults)
 			// In a transaction of its own: under a SERIALIZABLE default a
 			// standby refuses a bare SELECT (0A000), where SET would pass.
-			s.keepSet(ctx, b, "BEGIN ISOLATION LEVEL READ COMMITTED; "+r.sql+"; COMMIT")
+			s.keepSet(ctx, b, setConfigTxn+r.sql+"; COMMIT", setConfigTxn+r.replaces)
 		}
 	}
 }

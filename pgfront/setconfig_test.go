@@ -1,10 +1,13 @@
 package pgfront
 
 import (
+	"context"
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/spokeproxy/spokeproxy/lab"
@@ -22,21 +25,25 @@ func TestRenderSetConfigs(t *testing.T) {
 		ok    bool
 	}{
 		{"literals", SetConfigCall{lit("a.b"), lit("it's"), lit("false")}, nil,
-			"SELECT pg_catalog.set_config('a.b', 'it''s', false)", false, true},
+			"SELECT pg_catalog.set_config($spokeproxy$a.b$spokeproxy$, $spokeproxy$it's$spokeproxy$, false)", false, true},
 		{"backslash", SetConfigCall{lit("a.b"), lit(`c:\x`), lit("on")}, nil,
-			`SELECT pg_catalog.set_config('a.b', E'c:\\x', true)`, true, true},
+			`SELECT pg_catalog.set_config($spokeproxy$a.b$spokeproxy$, $spokeproxy$c:\x$spokeproxy$, true)`, true, true},
+		// Shift JIS 表 is 0x95 0x5C: a backslash escape would split it.
+		{"client-encoding bytes and the tag itself", SetConfigCall{lit("a.b"), lit("\x95\x5c'$spokeproxy$x$spokeproxy"), lit("false")}, nil,
+			"SELECT pg_catalog.set_config($spokeproxy$a.b$spokeproxy$, $spokeproxy1$\x95\x5c'$spokeproxy$x$spokeproxy$spokeproxy1$, false)", false, true},
+		{"NUL", SetConfigCall{lit("a.b"), lit("x\x00y"), lit("false")}, nil, "", false, false},
 		{"text params", SetConfigCall{par(1), par(2), par(3)},
 			&pgproto3.Bind{Parameters: [][]byte{[]byte("app.tenant"), []byte("NULL"), []byte("t")}},
-			"SELECT pg_catalog.set_config('app.tenant', 'NULL', true)", true, true},
+			"SELECT pg_catalog.set_config($spokeproxy$app.tenant$spokeproxy$, $spokeproxy$NULL$spokeproxy$, true)", true, true},
 		{"binary boolean", SetConfigCall{lit("a.b"), par(1), par(2)},
 			&pgproto3.Bind{ParameterFormatCodes: []int16{1}, Parameters: [][]byte{[]byte("v"), {0}}},
-			"SELECT pg_catalog.set_config('a.b', 'v', false)", false, true},
+			"SELECT pg_catalog.set_config($spokeproxy$a.b$spokeproxy$, $spokeproxy$v$spokeproxy$, false)", false, true},
 		{"per-parameter formats", SetConfigCall{lit("a.b"), par(1), par(2)},
 			&pgproto3.Bind{ParameterFormatCodes: []int16{0, 1}, Parameters: [][]byte{[]byte("v"), {1}}},
-			"SELECT pg_catalog.set_config('a.b', 'v', true)", true, true},
+			"SELECT pg_catalog.set_config($spokeproxy$a.b$spokeproxy$, $spokeproxy$v$spokeproxy$, true)", true, true},
 		{"NULLs", SetConfigCall{lit("a.b"), ConfigArg{Null: true}, par(1)},
 			&pgproto3.Bind{Parameters: [][]byte{nil}},
-			"SELECT pg_catalog.set_config('a.b', NULL, false)", false, true},
+			"SELECT pg_catalog.set_config($spokeproxy$a.b$spokeproxy$, NULL, false)", false, true},
 		{"missing parameter", SetConfigCall{lit("a.b"), par(3), lit("true")},
 			&pgproto3.Bind{Parameters: [][]byte{[]byte("x")}}, "", false, false},
 		{"parameter in a simple query", SetConfigCall{lit("a.b"), par(1), lit("true")}, nil, "", false, false},
@@ -186,5 +193,84 @@ func TestLabPGSetConfigFollowsTheSession(t *testing.T) {
 	}
 	if v := onHub(p, "app.who"); v != lab.AppUser {
 		t.Errorf("the hub sees app.who = %q, want %s", v, lab.AppUser)
+	}
+}
+
+// Under a client encoding whose characters may hold the byte 0x5C (Shift
+// JIS, Big5, GBK), a repeated set_config value arrives whole, and one
+// made to break out of a backslash-escaped string runs nothing on the
+// hub, even with backslash_quote on.
+func TestLabPGSetConfigClientEncoding(t *testing.T) {
+	l := lab.ForTest(t, lab.Options{})
+	f := startFront(t, l, nil)
+	f.waitHub(t, true)
+	ctx := ctxT(t)
+	cfg, err := pgconn.ParseConfig(f.dsn(lab.AppUser, lab.AppPassword))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.RuntimeParams["client_encoding"] = "SJIS"
+	pc, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close(context.Background())
+	hubSees := func(name string) string {
+		t.Helper()
+		r := pc.ExecParams(ctx, "INSERT INTO notes (account_id, body) VALUES (1, coalesce(current_setting($1, true), '<unset>')) RETURNING body, pg_is_in_recovery()", [][]byte{[]byte(name)}, nil, nil, nil).Read()
+		if r.Err != nil || string(r.Rows[0][1]) != "f" {
+			t.Fatalf("write on the hub reading %s: %v", name, r.Err)
+		}
+		return string(r.Rows[0][0])
+	}
+	hubSees("app.warmup")  // the hub connection is attached: repeats go there
+	const hyo = "\x95\x5c" // 表 in Shift JIS: its second byte is a backslash
+	if _, err := pc.Exec(ctx, "SET backslash_quote = on").ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pc.Exec(ctx, "SELECT set_config('app.x', '"+hyo+"n', false)").ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+	if got := hubSees("app.x"); got != hyo+"n" {
+		t.Errorf("the hub sees app.x = %q, want %q", got, hyo+"n")
+	}
+	evil := hyo + "', false); SELECT set_config($q$app.pwned$q$, $q$yes$q$, false); --"
+	if r := pc.ExecParams(ctx, "SELECT set_config('app.y', $1, false)", [][]byte{[]byte(evil)}, nil, nil, nil).Read(); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	if got := hubSees("app.pwned"); got != "<unset>" {
+		t.Errorf("a set_config value ran SQL on the hub: app.pwned = %q", got)
+	}
+	if got := hubSees("app.y"); got != evil {
+		t.Errorf("the hub sees app.y = %q, want the value as the client sent it", got)
+	}
+}
+
+// A session-level set_config read while the hub link is blackholed is
+// answered locally at once: its repeat waits for the hub's next request
+// instead of a round trip on a dead link.
+func TestLabPGSetConfigDuringBlackhole(t *testing.T) {
+	l := lab.ForTest(t, lab.Options{})
+	f := startFront(t, l, nil)
+	f.waitHub(t, true)
+	ctx := ctxT(t)
+	c := f.connect(t, nil)
+	if _, err := c.Exec(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'attach the hub')"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Blackhole(lab.LinkPG); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.ClearToxics(lab.LinkPG) })
+	f.waitHub(t, false)
+	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	var v string
+	if err := c.QueryRow(qctx, "SELECT set_config('app.during', 'blackhole', false)").Scan(&v); err != nil {
+		t.Fatalf("a local set_config read during a hub blackhole: %v after %s", err, time.Since(start).Round(time.Millisecond))
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("a local set_config read took %s during a hub blackhole", took.Round(time.Millisecond))
 	}
 }
