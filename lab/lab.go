@@ -39,6 +39,10 @@ type Options struct {
 	// source tree, found from the working directory upwards or from this
 	// package's source location.
 	SeedDir string
+	// HubLDAPIdleTimeout, when set, is the hub slapd's idletimeout (whole
+	// seconds): it closes client connections idle that long, as many
+	// production providers are configured to.
+	HubLDAPIdleTimeout time.Duration
 	// Proxy, when set, starts spokeproxy once the stores are ready (it will
 	// usually write l.ProxyConfigYAML to a file and serve it). Close closes
 	// what it returns first.
@@ -236,7 +240,8 @@ func (l *Lab) up(ctx context.Context, opts Options) error {
 	}
 	l.hubPG = &pgCluster{name: "hub", dataDir: filepath.Join(l.dir, "pg", "hub"), port: ports[0], logPath: filepath.Join(l.dir, "pg-hub.log")}
 	l.spokePG = &pgCluster{name: "spoke", dataDir: filepath.Join(l.dir, "pg", "spoke"), port: ports[1], logPath: filepath.Join(l.dir, "pg-spoke.log")}
-	l.hubLDAP = &slapdServer{name: "hub slapd", dir: filepath.Join(l.dir, "ldap", "hub"), port: ports[2], logPath: filepath.Join(l.dir, "ldap-hub.log")}
+	l.hubLDAP = &slapdServer{name: "hub slapd", dir: filepath.Join(l.dir, "ldap", "hub"), port: ports[2], logPath: filepath.Join(l.dir, "ldap-hub.log"),
+		idleTimeout: opts.HubLDAPIdleTimeout}
 	l.spokeLDAP = &slapdServer{name: "spoke slapd", dir: filepath.Join(l.dir, "ldap", "spoke"), port: ports[3], logPath: filepath.Join(l.dir, "ldap-spoke.log")}
 	l.hubLDAP.confPath = filepath.Join(l.hubLDAP.dir, "slapd.conf")
 	l.spokeLDAP.confPath = filepath.Join(l.spokeLDAP.dir, "slapd.conf")

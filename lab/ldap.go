@@ -37,6 +37,8 @@ type slapdServer struct {
 	port     int
 	logPath  string
 	proc     *process
+	// idleTimeout: slapd's idletimeout, 0 for none.
+	idleTimeout time.Duration
 }
 
 func (s *slapdServer) url() string { return "ldap://127.0.0.1:" + strconv.Itoa(s.port) }
@@ -85,7 +87,11 @@ access to *
 
 // providerConf is the hub's slapd: mdb with syncprov, server ID 1.
 func (l *Lab) providerConf(s *slapdServer) string {
-	return slapdGlobalConf(s.dir, 1) + slapdDatabaseConf(s.dir, l.ldapAdminHash) + slapdACL +
+	global := slapdGlobalConf(s.dir, 1)
+	if s.idleTimeout > 0 {
+		global += fmt.Sprintf("idletimeout %d\n", max(1, int(s.idleTimeout/time.Second)))
+	}
+	return global + slapdDatabaseConf(s.dir, l.ldapAdminHash) + slapdACL +
 		"\noverlay syncprov\nsyncprov-checkpoint 100 1\n"
 }
 

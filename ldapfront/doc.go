@@ -86,7 +86,10 @@
 // Failures: a write while the hub is unusable gets 52 naming the hub and saying
 // the site is read-only, and the connection stays usable; a write in flight when
 // the hub connection breaks (or the Site judges the hub down) gets 80 "outcome
-// unknown", and the failure is reported to the Site. Malformed or oversized
+// unknown", and the failure is reported to the Site. A hub connection closed
+// by the hub while idle (its idletimeout; EOF or a Notice of Disconnection,
+// nothing in flight) is only a suspicion: the Site probes the hub at once and
+// the site stays writable if it answers; the session's next write dials anew. Malformed or oversized
 // input gets a Notice of Disconnection (protocolError) and a close, without
 // disturbing other clients. Beyond MaxOutstanding operations a request gets 51.
 // A client that does not take a response within WriteTimeout (default 30s: it

@@ -42,6 +42,19 @@ type hubWatcher interface {
 
 var _ hubWatcher = (*routing.Site)(nil)
 
+// hubSuspector is the optional part of a Site that tells an idle hub
+// connection closed by its peer (an idle timeout) from a failure by
+// probing first (*routing.Site has it).
+type hubSuspector interface {
+	SuspectHub(endpoint string, err error)
+}
+
+var _ hubSuspector = (*routing.Site)(nil)
+
+// errNoticeOfDisconnection: a backend sent the unsolicited Notice of
+// Disconnection and is closing the connection.
+var errNoticeOfDisconnection = errors.New("notice of disconnection")
+
 // Config is the LDAP front's runtime configuration. The proxy package maps its
 // file configuration onto it; zero values take the documented defaults. The
 // listeners are the caller's: Serve takes a net.Listener (wrap it with

@@ -1000,7 +1000,7 @@ func (s *session) readBackend(b *backend) {
 			return
 		}
 		if h.MessageID == 0 {
-			s.backendFailed(b, fmt.Errorf("%s %s sent a notice of disconnection", b.side, b.endpoint))
+			s.backendFailed(b, fmt.Errorf("%s %s: %w", b.side, b.endpoint, errNoticeOfDisconnection))
 			return
 		}
 		if !h.Op.isFinal() && h.MessageID < internalBase {
@@ -1106,8 +1106,15 @@ func (s *session) backendFailed(b *backend, err error) {
 	closed := s.closed
 	s.mu.Unlock()
 	_ = b.conn.Close()
+	suspector, canSuspect := s.srv.site.(hubSuspector)
 	switch {
 	case intentional:
+	case b.side == metrics.TargetHub && len(lost) == 0 && canSuspect && (errors.Is(err, io.EOF) || errors.Is(err, errNoticeOfDisconnection)):
+		// The hub closed an idle connection: its idletimeout, or a cut
+		// link. A probe now tells which, without making the site
+		// read-only for an idle timeout.
+		s.log.Info("hub closed an idle connection; probing it", "endpoint", b.endpoint, "err", err)
+		suspector.SuspectHub(b.endpoint, err)
 	case b.side == metrics.TargetHub:
 		// An EOF on the hub connection is how a cut link shows on the data
 		// path first (well before probes): report it at once.

@@ -32,7 +32,10 @@
 // confirmed within about two probe timeouts; otherwise probes come every
 // ProbeInterval. A front that sees a hub connection fail calls
 // ReportHubFailure and the endpoint turns DOWN at once; only probes bring
-// it back. Every connection to a hub (DialHub, DialContext, the probes) has
+// it back. One that sees an idle hub connection closed by its peer, with
+// nothing in flight (a server's idle timeout, or a cut showing first),
+// calls SuspectHub instead: the endpoint is probed at once and turns DOWN
+// at once only if that probe fails. Every connection to a hub (DialHub, DialContext, the probes) has
 // TCP keepalive and TCP_USER_TIMEOUT set.
 //
 // # The writable hub

@@ -38,9 +38,12 @@ type endpoint struct {
 	prober Prober
 	kick   chan struct{} // buffered(1): probe now
 
-	stop      context.CancelFunc // ends the probe goroutine; nil until it runs
-	removed   bool               // a reconfiguration dropped this hub candidate
-	rebuild   bool               // the hub TLS changed: a new prober before the next probe
+	stop    context.CancelFunc // ends the probe goroutine; nil until it runs
+	removed bool               // a reconfiguration dropped this hub candidate
+	rebuild bool               // the hub TLS changed: a new prober before the next probe
+	// suspect: the data path saw an idle connection to it closed (see
+	// SuspectHub); the next probe's failure counts as a report.
+	suspect   error
 	link      *link
 	writable  bool
 	pos       Position
@@ -285,7 +288,14 @@ func (s *Site) runProbe(ctx context.Context, ep *endpoint) (r probeResult, ok bo
 func (s *Site) recordLocked(ep *endpoint, r probeResult) bool {
 	ep.lastProbe, ep.lastDur = r.start, r.end.Sub(r.start)
 	old := ep.link.state
-	changed := ep.link.probe(r.err, r.end)
+	var changed bool
+	if suspect := ep.suspect; suspect != nil && r.err != nil {
+		// The probe confirms what the data path saw: down at once.
+		changed = ep.link.report(fmt.Errorf("%w (after the data path saw %v)", r.err, suspect), r.end)
+	} else {
+		changed = ep.link.probe(r.err, r.end)
+	}
+	ep.suspect = nil
 	if changed {
 		s.logEndpoint(ep, old, r.err)
 	}
@@ -588,6 +598,31 @@ func (s *Site) ReportHubFailure(endpoint string, err error) {
 	if changed {
 		kick(ep) // only on the change: reports during an outage must not spin the prober
 	}
+}
+
+// SuspectHub records that the data path saw an idle connection to a hub
+// endpoint closed by its peer, with nothing in flight: that is how a
+// server's idle timeout (slapd's idletimeout) looks, and also how a cut
+// link may show first. The endpoint is probed at once, and only if that
+// probe fails does it turn DOWN (at once, as for ReportHubFailure); a
+// hub that answers stays up, so an idle timeout never makes the site
+// read-only.
+func (s *Site) SuspectHub(endpoint string, err error) {
+	if err == nil {
+		err = errors.New("connection closed")
+	}
+	s.mu.Lock()
+	ep := s.hubByAddr(endpoint)
+	if ep == nil || ep.link.state != StateUp {
+		s.mu.Unlock()
+		if ep == nil {
+			s.ReportHubFailure(endpoint, err) // logs the unknown endpoint
+		}
+		return
+	}
+	ep.suspect = fmt.Errorf("an idle connection to hub %s closed: %w", ep.addr, err)
+	s.mu.Unlock()
+	kick(ep)
 }
 
 // ReportReplicaFailure records that the data path saw the replica

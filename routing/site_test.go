@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"runtime"
 	"strings"
 	"sync"
@@ -224,6 +225,43 @@ func TestSiteLDAPPrefersFirstProvider(t *testing.T) {
 	fs.ReportHubFailure("p2:389", errRefused)
 	if s := fs.Snapshot(); s.Hub.Up {
 		t.Fatalf("after report: %+v, want down", s.Hub)
+	}
+}
+
+// An idle hub connection closed by its peer (slapd's idletimeout) only
+// asks for a probe: a hub that answers stays up; one that does not turns
+// down at once, without waiting for DownAfter failures.
+func TestSiteSuspectHubProbesBeforeJudging(t *testing.T) {
+	fs := newFakeSite(t, LDAP, "ldap://p1:389")
+	ok := ProbeResult{Writable: true, Position: CSNSet{}}
+	fs.probe("ldap://p1:389", ok, nil)
+	if fs.HubUnavailable() != nil {
+		t.Fatal("hub not up after a probe")
+	}
+	fs.SuspectHub("p1:389", io.EOF)
+	if err := fs.HubUnavailable(); err != nil {
+		t.Fatalf("a suspicion alone turned the hub down: %v", err)
+	}
+	select {
+	case <-fs.ep("ldap://p1:389").kick:
+	default:
+		t.Fatal("a suspicion did not ask for a probe at once")
+	}
+	fs.probe("ldap://p1:389", ok, nil)
+	if err := fs.HubUnavailable(); err != nil {
+		t.Fatalf("the hub answered the probe, yet it is down: %v", err)
+	}
+	// Cleared by that probe: a later lone failure waits for DownAfter.
+	fs.probe("ldap://p1:389", ProbeResult{}, errRefused)
+	if fs.HubUnavailable() != nil {
+		t.Fatal("one failure after a cleared suspicion turned the hub down; want DownAfter=2")
+	}
+	fs.probe("ldap://p1:389", ok, nil)
+	fs.SuspectHub("p1:389", io.EOF)
+	fs.probe("ldap://p1:389", ProbeResult{}, errRefused)
+	err := fs.HubUnavailable()
+	if err == nil || !strings.Contains(err.Error(), "idle connection") {
+		t.Fatalf("a failed probe after a suspicion: %v, want down at once naming the idle connection", err)
 	}
 }
 
