@@ -10,6 +10,10 @@
 //     Serve(ctx, net.Listener), Shutdown(ctx), Reconfigure(Config) (a
 //     reload: sessions read the Config through an atomic pointer). Owns the
 //     listeners, the connection limit and the proxy-owned cancel keys.
+//     Past Shutdown's deadline every session's context ends, which sets
+//     deadlines on its client and active backend connections: never a
+//     Close from another goroutine, which would wait for the session
+//     (rawconn.ArmedReader).
 //   - Site: the few methods of *routing.Site the front uses.
 //   - session (session.go): one client connection after login; owns its
 //     replica and hub backendConns and all transaction state. Everything
@@ -77,7 +81,9 @@
 // inside a transaction on the replica the refusal is raised there (a DO
 // block raising 25006), so the transaction is aborted exactly as a
 // standby's own refusal would abort it. A hub transaction cut mid-way gets
-// 08006 and the session answers 25P02 until ROLLBACK; a COMMIT or
+// 08006 and the session answers 25P02 until ROLLBACK (a ROLLBACK, simple
+// or extended, succeeds, even the first statement to find the transaction
+// lost; drivers drop a connection whose rollback fails); a COMMIT or
 // autocommit write whose answer is lost gets 08007, unless it was lost
 // before its Sync was sent (a flushed extended batch, which commits at
 // Sync): 08006. A hub backend's own FATAL (terminated, shut down) is not

@@ -195,3 +195,78 @@ func TestLabPGHubBackendTerminated(t *testing.T) {
 		t.Fatalf("write after the hub backend was terminated: %v (on the standby %v)", err, standby)
 	}
 }
+
+// A hub transaction lost to an outage ends with the client's ROLLBACK,
+// whether it is the first statement to find it lost or comes after the
+// 08006, and whether it is sent as a simple Query or through the extended
+// protocol (pgjdbc): the session goes on.
+func TestLabPGRollbackOfALostTransaction(t *testing.T) {
+	l := lab.ForTest(t, lab.Options{})
+	f := startFront(t, l, nil)
+	f.waitHub(t, true)
+	ctx := ctxT(t)
+	c := f.connect(t, nil)
+	hubTxn := func() {
+		t.Helper()
+		if _, err := c.Exec(ctx, "BEGIN"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Exec(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'lost to a drill')"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hubTxn()
+	f.site.StartDrill(time.Minute)
+	_, err := c.Exec(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'during the drill')")
+	wantCode(t, err, "08006")
+	if err := c.PgConn().ExecParams(ctx, "ROLLBACK", nil, nil, nil, nil).Read().Err; err != nil {
+		t.Errorf("extended-protocol ROLLBACK after the 08006: %v", err)
+	}
+	f.site.StopDrill()
+	f.waitHub(t, true)
+	hubTxn()
+	f.site.StartDrill(time.Minute)
+	if err := c.PgConn().ExecParams(ctx, "ROLLBACK", nil, nil, nil, nil).Read().Err; err != nil {
+		t.Errorf("extended-protocol ROLLBACK that first finds the transaction lost: %v", err)
+	}
+	f.site.StopDrill()
+	if !standbyRead(t, c) {
+		t.Error("read after the lost transactions not on the standby")
+	}
+}
+
+// Shutdown's deadline ends a session busy on a backend at once: nothing
+// waits for the statement, nor for a client connection whose reader
+// holds its socket.
+func TestLabPGShutdownForcesBusySessions(t *testing.T) {
+	l := lab.ForTest(t, lab.Options{})
+	f := startFront(t, l, nil)
+	ctx := ctxT(t)
+	c := f.connect(t, nil)
+	busy := make(chan error, 1)
+	go func() {
+		_, err := c.Exec(ctx, "SELECT pg_sleep(10)")
+		busy <- err
+	}()
+	time.Sleep(300 * time.Millisecond)
+	sctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err := f.srv.Shutdown(sctx)
+	took := time.Since(start)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Shutdown with a busy session past its deadline: %v, want the deadline", err)
+	}
+	if took > 3*time.Second {
+		t.Errorf("Shutdown took %s with a 200ms deadline", took.Round(time.Millisecond))
+	}
+	select {
+	case err := <-busy:
+		if err == nil {
+			t.Error("the busy statement succeeded through a forced shutdown")
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("the busy client was not answered 5s after the forced shutdown")
+	}
+	t.Logf("Shutdown(200ms) with a session in pg_sleep(10) returned after %s", took.Round(time.Millisecond))
+}

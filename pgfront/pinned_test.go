@@ -85,6 +85,19 @@ func TestLabPGPinnedHubLost(t *testing.T) {
 	if _, err := c.Exec(ctx, "ROLLBACK"); err != nil {
 		t.Fatal(err)
 	}
+	// A ROLLBACK that is the first to find the transaction lost succeeds
+	// (pgx closes a connection whose Rollback fails, state and all).
+	f.site.StopDrill()
+	if _, err := c.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(ctx, "INSERT INTO scratch VALUES (4)"); err != nil {
+		t.Fatal(err)
+	}
+	f.site.StartDrill(time.Minute)
+	if _, err := c.Exec(ctx, "ROLLBACK"); err != nil {
+		t.Errorf("ROLLBACK of a hub transaction a drill cut: %v, want it to succeed", err)
+	}
 	f.site.StopDrill()
 	if err := c.QueryRow(ctx, "SELECT count(*) FROM scratch").Scan(&n); err != nil || n != 1 {
 		t.Fatalf("temporary table after a drill cut its transaction: %d rows, %v (want the one committed row)", n, err)

@@ -181,6 +181,10 @@ type Server struct {
 	// once, and sessions in a transaction when it ends.
 	draining     context.Context
 	stopDraining context.CancelFunc
+	// forced ends when Shutdown's deadline passes: every session's context
+	// ends with it, which interrupts what it is waiting for.
+	forced     context.Context
+	forceStops context.CancelFunc
 
 	wg sync.WaitGroup // one per client connection goroutine
 }
@@ -217,6 +221,7 @@ func New(cfg Config, site Site, m *metrics.PG, logger *slog.Logger) *Server {
 	s.cfg.Store(&cfg)
 	s.classifier.Store(newClassifier(cfg))
 	s.draining, s.stopDraining = context.WithCancel(context.Background())
+	s.forced, s.forceStops = context.WithCancel(context.Background())
 	s.auth = newAuthLookup(cfg, site, s.hubAuthConfig)
 	return s
 }
@@ -340,7 +345,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		go func() {
 			defer s.wg.Done()
 			defer s.untrack(conn)
-			s.handle(ctx, conn)
+			// The session ends with ctx, or when Shutdown forces it.
+			hctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			stop := context.AfterFunc(s.forced, cancel)
+			defer stop()
+			s.handle(hctx, conn)
 		}()
 	}
 }
@@ -379,11 +389,21 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-done:
 	case <-ctx.Done():
 		err = ctx.Err()
+		// Interrupt, never Close, from here: a client connection's armed
+		// reader holds its socket inside a read until its session reads
+		// again, so a Close would wait for the session (see
+		// rawconn.ArmedReader). Sessions end through their context; a
+		// connection still logging in gets a deadline.
+		s.forceStops()
 		s.mu.Lock()
+		conns := make([]net.Conn, 0, len(s.conns))
 		for c := range s.conns {
-			c.Close()
+			conns = append(conns, c)
 		}
 		s.mu.Unlock()
+		for _, c := range conns {
+			_ = c.SetDeadline(time.Now())
+		}
 		<-done
 	}
 	s.auth.close()

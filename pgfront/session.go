@@ -303,15 +303,17 @@ func (s *session) noteSiteChange() {
 
 // run serves the client until it terminates or the connection breaks.
 func (s *session) run(ctx context.Context) error {
-	// Ending the session closes the client and unblocks the backend
-	// exchange in progress, if any (relay checks ctx after making its
-	// backend active, so one of the two always sees the other).
+	// Ending the session unblocks the backend exchange in progress, if
+	// any (relay checks ctx after making its backend active, so one of the
+	// two always sees the other), and the client read or write: with
+	// deadlines, since a Close could wait for the session itself (the
+	// client's armed reader holds the socket inside a read).
 	s.runCtx = ctx
 	stop := context.AfterFunc(ctx, func() {
-		s.conn.Close()
 		if b := s.activeBackend(); b != nil {
 			_ = b.conn.SetDeadline(time.Now())
 		}
+		_ = s.conn.SetDeadline(time.Now())
 	})
 	defer stop()
 	// On Shutdown an idle session is woken from its read to be ended; one
@@ -614,13 +616,18 @@ func (s *session) runUnit(ctx context.Context, u *unit) error {
 			s.log.Debug("unit", "class", u.class.Strongest().String(), "simple", u.simple, "to", target,
 				"refuse", p.refuse != nil, "in_txn", s.txOn != nil, "txn_on_hub", s.txOn != nil && s.txOn == s.hub, "pinned", s.pinned)
 		}
+		if s.txLost && (p.refuse == nil || isHubLost(p.refuse)) {
+			// Includes a ROLLBACK that found its hub transaction lost just
+			// now (the hub unavailable): the transaction is over, and a
+			// ROLLBACK of it succeeds.
+			if st, ok := u.class.Single(); p.refuse == nil || (ok && st.Kind == StmtRollback) {
+				return s.answerLost(u)
+			}
+		}
 		if p.refuse != nil {
 			s.countRefusal(kind == "write", p.refuse)
 			s.srv.front.Request(metrics.RouteRefuse, kind)
 			return s.refuse(ctx, u, p.refuse)
-		}
-		if s.txLost {
-			return s.answerLost(u)
 		}
 		if p.waitForPos {
 			ok, werr := s.waitPos(ctx)
@@ -675,6 +682,13 @@ func (s *session) runUnit(ctx context.Context, u *unit) error {
 		s.srv.front.RequestDuration(p.route).Observe(time.Since(start).Seconds())
 		return s.finish(ctx, p, u, res)
 	}
+}
+
+// isHubLost reports whether err says the session's hub transaction was
+// lost (not that its pinned state was).
+func isHubLost(err error) bool {
+	var hl *hubLostError
+	return errors.As(err, &hl) && !errors.Is(hl.err, errPinnedStateLost)
 }
 
 // countRefusal counts a refused unit in spokeproxy_writes_refused_total
@@ -1050,6 +1064,9 @@ func (s *session) watchNotifications(b *backendConn) (stop func() error) {
 					lost(said, nil)
 					return
 				case 'A', 'N':
+					if typ == 'N' && b.sentAhead > 0 {
+						break // a notice to a query sent ahead is the proxy's
+					}
 					s.out.raw(frame) // copied into the write buffer
 					send = true
 				case 'S':
@@ -1248,26 +1265,29 @@ func (s *session) hubConn(ctx context.Context) (*backendConn, error) {
 // request, and reports whether it is still usable: notifications and
 // notices (a LISTEN session's, arrived after its watcher stopped) are
 // relayed to the client and parameter changes noted; a FATAL, EOF or
-// anything else means the connection is gone. Answers to queries sent
-// ahead are left for the next exchange.
+// anything else means the connection is gone. The answers of queries
+// sent ahead (sendAhead) are consumed here as far as they have arrived,
+// their notices dropped; the rest are left for the next exchange.
 func (s *session) settleIdle(b *backendConn) bool {
-	if b.sentAhead > 0 {
-		return true
-	}
 	for {
 		for b.rd.complete() {
 			typ, frame, err := b.rd.next()
 			if err != nil {
 				return false
 			}
-			switch typ {
-			case 'A', 'N':
+			switch {
+			case typ == 'A' || (typ == 'N' && b.sentAhead == 0):
 				s.out.raw(frame)
-			case 'S':
+			case typ == 'S':
 				if m, err := decodeBackend(typ, frame); err == nil {
 					ps := m.(*pgproto3.ParameterStatus)
 					b.params[ps.Name] = ps.Value
 				}
+			case typ == 'E' && endsSession(frame[5:]):
+				return false
+			case b.sentAhead > 0 && (typ == 'N' || typ == 'C' || typ == 'E'):
+			case b.sentAhead > 0 && typ == 'Z':
+				b.sentAhead--
 			default:
 				return false
 			}
@@ -1552,21 +1572,33 @@ func (s *session) relay(ctx context.Context, f *flight, want int) (exResult, err
 		// cut: the hub is healthy, and cutting would turn statements in
 		// flight into outcome-unknown writes and report a link failure that
 		// never happened. The drill refuses new writes; these finish.
+		// The watch is joined before relay returns, and a deadline it set
+		// cleared: one left behind (the hub went down just as the unit
+		// ended) would fail the connection's next use, or the LISTEN
+		// watcher's wait, for no reason.
 		done := make(chan struct{})
-		defer close(done)
+		cut := make(chan bool, 1)
 		changes := s.srv.site.Changes()
 		go func() {
 			for {
 				select {
 				case <-done:
+					cut <- false
 					return
 				case <-changes:
 					if !s.srv.site.Snapshot().Hub.Up {
 						_ = b.conn.SetDeadline(time.Now())
+						cut <- true
 						return
 					}
 					changes = s.srv.site.Changes()
 				}
+			}
+		}()
+		defer func() {
+			close(done)
+			if <-cut {
+				_ = b.conn.SetDeadline(time.Time{})
 			}
 		}()
 	}
@@ -1925,9 +1957,13 @@ func (s *session) replicaLost(b *backendConn, u *unit, err error) (byte, error) 
 // answerLost answers for a hub transaction that was cut: everything fails
 // as in an aborted transaction until the client ends it.
 func (s *session) answerLost(u *unit) error {
-	if st, ok := u.class.Single(); ok && (st.Kind == StmtRollback || st.Kind == StmtCommit) && u.simple {
+	if st, ok := u.class.Single(); ok && (st.Kind == StmtRollback || st.Kind == StmtCommit) {
 		s.txLost = false
-		s.out.send(&pgproto3.CommandComplete{CommandTag: []byte("ROLLBACK")})
+		if u.simple {
+			s.out.send(&pgproto3.CommandComplete{CommandTag: []byte("ROLLBACK")})
+		} else {
+			s.answerAlone(u, "ROLLBACK")
+		}
 		s.out.readyForQuery('I')
 	} else {
 		s.out.send(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "25P02",
@@ -1938,6 +1974,32 @@ func (s *session) answerLost(u *unit) error {
 		return &clientIOError{err: err}
 	}
 	return nil
+}
+
+// answerAlone answers an extended batch of one statement as PostgreSQL
+// would, without a backend: what a ROLLBACK (or COMMIT, which ends an
+// aborted transaction as a ROLLBACK) of a lost transaction gets, from the
+// drivers that send it through the extended protocol (pgjdbc). The
+// statement has no parameters and returns no rows; tag completes each
+// Execute. The ReadyForQuery is the caller's.
+func (s *session) answerAlone(u *unit, tag string) {
+	for _, m := range u.msgs {
+		switch m.typ {
+		case 'P':
+			s.out.send(&pgproto3.ParseComplete{})
+		case 'B':
+			s.out.send(&pgproto3.BindComplete{})
+		case 'D':
+			if m.usesStmt {
+				s.out.send(&pgproto3.ParameterDescription{})
+			}
+			s.out.send(&pgproto3.NoData{})
+		case 'E':
+			s.out.send(&pgproto3.CommandComplete{CommandTag: []byte(tag)})
+		case 'C':
+			s.out.send(&pgproto3.CloseComplete{})
+		}
+	}
 }
 
 // refuse answers a unit the proxy will not run. Inside a transaction on
@@ -2306,7 +2368,7 @@ func (s *session) mirrorSets(ctx context.Context, b *backendConn, u *unit, res e
 		}
 	}
 	for _, q := range texts {
-		s.keepSet(ctx, b, q, "")
+		s.keepSet(ctx, b, []string{q}, "")
 	}
 }
 
@@ -2317,23 +2379,46 @@ func (s *session) mirrorSets(ctx context.Context, b *backendConn, u *unit, res e
 // next request, which costs no WAN round trip and cannot hang on a dead
 // link, or run on the replica now. If that fails the replica connection
 // is dropped: a new one replays every kept setting.
-func (s *session) keepSet(ctx context.Context, b *backendConn, q, replaces string) {
-	if replaces != "" {
-		s.sets = slices.DeleteFunc(s.sets, func(old string) bool { return strings.HasPrefix(old, replaces) })
-	}
-	s.sets = append(s.sets, q)
+func (s *session) keepSet(ctx context.Context, b *backendConn, qs []string, replaces string) {
 	other := s.other(b)
+	if replaces != "" {
+		s.sets = dropKept(s.sets, replaces)
+		if other != nil && other.hub {
+			other.pendingSQL = dropKept(other.pendingSQL, replaces)
+		}
+	}
+	s.sets = append(s.sets, qs...)
 	if other == nil {
 		return // a hub connection gets s.sets when it attaches
 	}
 	if other.hub {
-		other.pendingSQL = append(other.pendingSQL, q)
+		other.pendingSQL = append(other.pendingSQL, qs...)
 		return
 	}
-	if err := s.silent(ctx, other, q); err != nil {
-		s.log.Warn("could not apply a session setting on the replica", "err", err)
-		s.dropReplica(err)
+	for _, q := range qs {
+		if err := s.silent(ctx, other, q); err != nil {
+			s.log.Warn("could not apply a session setting on the replica", "err", err)
+			s.dropReplica(err)
+			return
+		}
 	}
+}
+
+// dropKept removes from kept the statements that start with prefix, each
+// with the COMMIT that follows it (see repeatSetConfigs).
+func dropKept(kept []string, prefix string) []string {
+	out := kept[:0]
+	for i := 0; i < len(kept); i++ {
+		if strings.HasPrefix(kept[i], prefix) {
+			if i+1 < len(kept) && kept[i+1] == "COMMIT" {
+				i++
+			}
+			continue
+		}
+		out = append(out, kept[i])
+	}
+	clear(kept[len(out):])
+	return out
 }
 
 // setConfigTxn opens the transaction a session-level set_config is
@@ -2513,7 +2598,10 @@ func (s *session) repeatSetConfigs(ctx context.Context, b *backendConn, u *unit,
 			s.noteDefaults(r.defaults)
 			// In a transaction of its own: under a SERIALIZABLE default a
 			// standby refuses a bare SELECT (0A000), where SET would pass.
-			s.keepSet(ctx, b, setConfigTxn+r.sql+"; COMMIT", setConfigTxn+r.replaces)
+			// The COMMIT is a query of its own, so that it ends the block
+			// even if the repeat fails there (it would be skipped inside
+			// the same Query, leaving the connection in a failed block).
+			s.keepSet(ctx, b, []string{setConfigTxn + r.sql, "COMMIT"}, setConfigTxn+r.replaces)
 		}
 	}
 }

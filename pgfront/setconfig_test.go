@@ -2,6 +2,7 @@ package pgfront
 
 import (
 	"context"
+	"fmt"
 	"reflect"
 	"testing"
 	"time"
@@ -272,5 +273,50 @@ func TestLabPGSetConfigDuringBlackhole(t *testing.T) {
 	}
 	if took := time.Since(start); took > time.Second {
 		t.Errorf("a local set_config read took %s during a hub blackhole", took.Round(time.Millisecond))
+	}
+}
+
+// Repeats are kept to one per setting, including those queued for the
+// hub: a session that sets its tenant on every read, writing seldom,
+// sends the hub one repeat with its next write, not one per read. A
+// repeat that fails on the other backend does not leave it in a failed
+// transaction block.
+func TestLabPGSetConfigRepeatsStayBounded(t *testing.T) {
+	l := lab.ForTest(t, lab.Options{})
+	f := startFront(t, l, nil)
+	f.waitHub(t, true)
+	ctx := ctxT(t)
+	c := f.connect(t, nil)
+	if _, err := c.Exec(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'attach the hub')"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 300 {
+		if _, err := c.Exec(ctx, "SELECT set_config('app.tenant', $1, false)", fmt.Sprintf("tenant-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := counterValue(t, f.m.Front.WANBytesToHub)
+	var body string
+	if err := c.QueryRow(ctx, "INSERT INTO notes (account_id, body) VALUES (1, current_setting('app.tenant')) RETURNING body").Scan(&body); err != nil {
+		t.Fatal(err)
+	}
+	sent := counterValue(t, f.m.Front.WANBytesToHub) - before
+	if body != "tenant-299" {
+		t.Errorf("the hub sees app.tenant = %q, want the last value", body)
+	}
+	if sent > 2048 {
+		t.Errorf("the write after 300 set_config reads sent %v bytes to the hub: the repeats piled up", sent)
+	}
+	t.Logf("the write after 300 set_config reads sent %v bytes to the hub", sent)
+
+	// transaction_read_only cannot be turned off on a standby: the repeat
+	// fails there, and the session's reads go on.
+	if _, err := c.Exec(ctx, "SELECT set_config('transaction_read_only', 'off', false); INSERT INTO notes (account_id, body) VALUES (1, 'x')"); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if !standbyRead(t, c) {
+			t.Fatal("read after a repeat the standby refused not on the standby")
+		}
 	}
 }

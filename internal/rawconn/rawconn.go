@@ -253,7 +253,10 @@ func (c *conn) writeRead(fd uintptr) bool {
 // Read must not be called concurrently, and no other Read may be made on
 // the connection while the ArmedReader is in use. While it is, the
 // connection's Close takes effect (the socket is closed) when the reader
-// next reads or stops: Stop must be called once reading is over.
+// next reads or stops: Stop must be called once reading is over. So a
+// Close from another goroutine blocks until the reading goroutine reads
+// again or stops; to interrupt that goroutine, set a deadline instead (it
+// wakes a waiting Read at once and never blocks).
 type ArmedReader struct {
 	c       *conn
 	next    func() (struct{}, bool)
