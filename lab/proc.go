@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -272,9 +273,14 @@ func tail(path string, n int) string {
 	return string(bytes.Join(lines, []byte("\n")))
 }
 
-// freePorts picks n distinct unused loopback ports. They are free when we
-// look; a server started right after binds them (the window is small and a
-// collision shows up as a clear start error).
+// freePorts picks n distinct unused loopback ports for the lab's servers.
+// They come from below the kernel's ephemeral range (see
+// ephemeralPortsFrom): a port from the ephemeral range, free when looked
+// at, may be handed to any other program's listener or outgoing
+// connection before the server binds it, which was seen when test
+// packages started labs side by side (a slapd found its port taken and
+// exited). Below that range only another lab picking at random could
+// take it in the moment between the check and the bind.
 func freePorts(n int) ([]int, error) {
 	lns := make([]net.Listener, 0, n)
 	defer func() {
@@ -282,16 +288,43 @@ func freePorts(n int) ([]int, error) {
 			ln.Close()
 		}
 	}()
+	hi := ephemeralPortsFrom()
+	lo := max(hi-12000, 10000)
 	ports := make([]int, 0, n)
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+	for tries := 0; len(ports) < n; tries++ {
+		addr := "127.0.0.1:0"
+		if hi-lo >= 1000 && tries < 100*n {
+			addr = "127.0.0.1:" + strconv.Itoa(lo+rand.IntN(hi-lo))
+		}
+		ln, err := net.Listen("tcp", addr)
 		if err != nil {
+			if addr != "127.0.0.1:0" {
+				continue // taken: try another
+			}
 			return nil, fmt.Errorf("lab: pick a free port: %w", err)
 		}
 		lns = append(lns, ln)
 		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
+}
+
+// ephemeralPortsFrom is the first port of the kernel's ephemeral range
+// (net.ipv4.ip_local_port_range; 32768 when it cannot be read).
+func ephemeralPortsFrom() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 32768
+	}
+	lo, err := strconv.Atoi(f[0])
+	if err != nil {
+		return 32768
+	}
+	return lo
 }
 
 // listening reports whether something accepts TCP connections on addr.
