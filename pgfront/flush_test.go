@@ -194,22 +194,7 @@ func TestLabPGFlushWithoutSync(t *testing.T) {
 			t.Fatal(terr)
 		}
 		wantCode(t, err, "08006")
-		pl.SendPipelineSync()
-		if err := pl.Flush(); err != nil {
-			t.Fatal(err)
-		}
-		for i := 0; ; i++ {
-			if i == 5 {
-				t.Fatal("no PipelineSync after the lost write")
-			}
-			got, err := pl.GetResults()
-			if err != nil {
-				continue
-			}
-			if _, ok := got.(*pgconn.PipelineSync); ok {
-				break
-			}
-		}
+		syncPastError(t, pl, "the lost write")
 		_ = pl.Close()
 		res := super.ExecParams(ctx, "SELECT count(*) FROM notes WHERE body = 'flushed then lost'", nil, nil, nil, nil).Read()
 		if res.Err != nil || len(res.Rows) != 1 || string(res.Rows[0][0]) != "0" {
@@ -236,26 +221,33 @@ func TestLabPGFlushWithoutSync(t *testing.T) {
 			err = rr.Read().Err
 		}
 		wantCode(t, err, "25006")
-		pl.SendPipelineSync()
-		if err := pl.Flush(); err != nil {
-			t.Fatal(err)
-		}
-		for i := 0; ; i++ {
-			if i == 5 {
-				t.Fatal("no PipelineSync after the refusal")
-			}
-			got, err := pl.GetResults()
-			if err != nil {
-				continue
-			}
-			if _, ok := got.(*pgconn.PipelineSync); ok {
-				break
-			}
-		}
+		syncPastError(t, pl, "the refusal")
 		_ = pl.Close()
 		var standby bool
 		if err := c.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&standby); err != nil || !standby {
 			t.Fatalf("read after the refused flushed write: %v, %v", standby, err)
 		}
 	})
+}
+
+// syncPastError sends the pipeline's Sync after an error and reads up to
+// its PipelineSync, past the results PostgreSQL skipped.
+func syncPastError(t *testing.T, pl *pgconn.Pipeline, after string) {
+	t.Helper()
+	pl.SendPipelineSync()
+	if err := pl.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		if i == 5 {
+			t.Fatalf("no PipelineSync after %s", after)
+		}
+		got, err := pl.GetResults()
+		if err != nil {
+			continue
+		}
+		if _, ok := got.(*pgconn.PipelineSync); ok {
+			return
+		}
+	}
 }

@@ -20,3 +20,14 @@ func terminateBackend(ctx context.Context, t *testing.T, super *pgx.Conn, pid ui
 		t.Errorf("pg_terminate_backend(%d): %v %v", pid, ok, err)
 	}
 }
+
+// superConn connects as the superuser through dsn, closed at cleanup.
+func superConn(t *testing.T, dsn string) *pgx.Conn {
+	t.Helper()
+	c, err := pgx.Connect(ctxT(t), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(context.Background()) })
+	return c
+}

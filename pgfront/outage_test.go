@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/spokeproxy/spokeproxy/lab"
@@ -165,11 +164,7 @@ func TestLabPGHubBackendTerminated(t *testing.T) {
 	f := startFront(t, l, nil)
 	f.waitHub(t, true)
 	ctx := ctxT(t)
-	super, err := pgx.Connect(ctx, l.HubSuperDSN(lab.AppDatabase))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer super.Close(context.Background())
+	super := superConn(t, l.HubSuperDSN(lab.AppDatabase))
 	c := f.connect(t, nil)
 	done := make(chan struct{})
 	go func() {
@@ -181,7 +176,7 @@ func TestLabPGHubBackendTerminated(t *testing.T) {
 			}
 		}
 	}()
-	_, err = c.Exec(ctx, "INSERT INTO notes (account_id, body) SELECT 1, 'terminated under' FROM pg_sleep(1)")
+	_, err := c.Exec(ctx, "INSERT INTO notes (account_id, body) SELECT 1, 'terminated under' FROM pg_sleep(1)")
 	<-done
 	pe := wantCode(t, err, "08007")
 	if pe.Severity != "ERROR" {

@@ -25,11 +25,8 @@ func TestLabPGPinnedHubLost(t *testing.T) {
 	f := startFront(t, l, nil)
 	f.waitHub(t, true)
 	ctx := ctxT(t)
-	super, err := pgx.Connect(ctx, l.HubSuperDSN(lab.AppDatabase))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer super.Close(context.Background())
+	super := superConn(t, l.HubSuperDSN(lab.AppDatabase))
+	var err error
 	hubPID := func(c *pgx.Conn) uint32 {
 		t.Helper()
 		var pid uint32
