@@ -81,9 +81,10 @@
 // inside a transaction on the replica the refusal is raised there (a DO
 // block raising 25006), so the transaction is aborted exactly as a
 // standby's own refusal would abort it. A hub transaction cut mid-way gets
-// 08006 and the session answers 25P02 until ROLLBACK (a ROLLBACK, simple
-// or extended, succeeds, even the first statement to find the transaction
-// lost; drivers drop a connection whose rollback fails); a COMMIT or
+// 08006 and the session answers 25P02 until ROLLBACK (a ROLLBACK, simple,
+// extended or pipelined, succeeds, even the first statement to find the
+// transaction lost; drivers drop a connection whose rollback fails, and
+// nothing the lost transaction set for itself outlives it); a COMMIT or
 // autocommit write whose answer is lost gets 08007, unless it was lost
 // before its Sync was sent (a flushed extended batch, which commits at
 // Sync): 08006. A hub backend's own FATAL (terminated, shut down) is not

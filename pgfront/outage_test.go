@@ -228,6 +228,71 @@ func TestLabPGRollbackOfALostTransaction(t *testing.T) {
 	if !standbyRead(t, c) {
 		t.Error("read after the lost transactions not on the standby")
 	}
+
+	// A pipelined ROLLBACK (Flush, then Sync), with a Close of a prepared
+	// statement in front of it as pgjdbc sends them: the statement is gone
+	// for good, its name free again.
+	pc := c.PgConn()
+	if _, err := pc.Prepare(ctx, "doomed", "SELECT 1", nil); err != nil {
+		t.Fatal(err)
+	}
+	hubTxn()
+	f.site.StartDrill(time.Minute)
+	pl := pc.StartPipeline(ctx)
+	pl.SendDeallocate("doomed")
+	pl.SendQueryParams("ROLLBACK", nil, nil, nil, nil)
+	pl.SendFlushRequest()
+	if err := pl.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		got, err := pl.GetResults()
+		if rr, ok := got.(*pgconn.ResultReader); ok && err == nil {
+			err = rr.Read().Err
+		}
+		if err != nil {
+			t.Errorf("pipelined Close and ROLLBACK of a lost transaction, answer %d: %v", i, err)
+		}
+	}
+	if err := pl.Sync(); err != nil {
+		t.Errorf("Sync after the pipelined ROLLBACK: %v", err)
+	}
+	if err := pl.Close(); err != nil {
+		t.Errorf("pipeline close: %v", err)
+	}
+	f.site.StopDrill()
+	if _, err := pc.Prepare(ctx, "doomed", "SELECT 2", nil); err != nil {
+		t.Errorf("preparing a name the client closed with its ROLLBACK: %v", err)
+	}
+
+	// What the lost transaction set for itself does not reach the next.
+	if _, err := c.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(ctx, "SELECT set_config('app.tenant', 'alice', true)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'alice')"); err != nil {
+		t.Fatal(err)
+	}
+	f.site.StartDrill(time.Minute)
+	if _, err := c.Exec(ctx, "ROLLBACK"); err != nil {
+		t.Fatal(err)
+	}
+	f.site.StopDrill()
+	if _, err := c.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	var tenant string
+	if err := c.QueryRow(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'bob') RETURNING coalesce(current_setting('app.tenant', true), '')").Scan(&tenant); err != nil {
+		t.Fatal(err)
+	}
+	if tenant != "" {
+		t.Errorf("a transaction after a lost one sees app.tenant = %q, set by the lost one", tenant)
+	}
+	if _, err := c.Exec(ctx, "ROLLBACK"); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // Shutdown's deadline ends a session busy on a backend at once: nothing

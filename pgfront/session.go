@@ -616,13 +616,11 @@ func (s *session) runUnit(ctx context.Context, u *unit) error {
 			s.log.Debug("unit", "class", u.class.Strongest().String(), "simple", u.simple, "to", target,
 				"refuse", p.refuse != nil, "in_txn", s.txOn != nil, "txn_on_hub", s.txOn != nil && s.txOn == s.hub, "pinned", s.pinned)
 		}
-		if s.txLost && (p.refuse == nil || isHubLost(p.refuse)) {
+		if s.txLost && (p.refuse == nil || (isHubLost(p.refuse) && s.endsLostTxn(u, false))) {
 			// Includes a ROLLBACK that found its hub transaction lost just
 			// now (the hub unavailable): the transaction is over, and a
 			// ROLLBACK of it succeeds.
-			if st, ok := u.class.Single(); p.refuse == nil || (ok && st.Kind == StmtRollback) {
-				return s.answerLost(u)
-			}
+			return s.answerLost(u)
 		}
 		if p.refuse != nil {
 			s.countRefusal(kind == "write", p.refuse)
@@ -890,7 +888,7 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 			// refuses SERIALIZABLE).
 		}
 		p := plan{to: s.replica, route: metrics.RouteLocal, waitForPos: true}
-		s.txBegin = u.query
+		s.txBegin, s.txLocals = u.query, nil
 		s.txSnapshot = single.Isolation == IsolationRepeatableRead && single.Access != AccessReadOnly
 		if single.Access == AccessReadWrite && u.simple {
 			// A standby refuses BEGIN READ WRITE (0A000): open it plainly.
@@ -1177,7 +1175,7 @@ func (s *session) hubConn(ctx context.Context) (*backendConn, error) {
 			// once: it releases the transaction's locks now if the link
 			// works (a drill), or when it returns.
 			hub := s.hub
-			s.txOn, s.txLost = nil, true
+			s.loseTxn()
 			if !s.pinned || !hub.sendAhead("ROLLBACK") {
 				s.dropHub()
 			}
@@ -1304,6 +1302,19 @@ func (s *session) settleIdle(b *backendConn) bool {
 			return false
 		}
 	}
+}
+
+// endTxn forgets the transaction the session had open: where it ran, its
+// BEGIN, the SET LOCALs kept to replay it elsewhere, its snapshot rule.
+func (s *session) endTxn() {
+	s.txOn, s.txBegin, s.txLocals, s.txSnapshot = nil, "", nil, false
+}
+
+// loseTxn ends the session's transaction as lost: statements fail with
+// 25P02 until the client's ROLLBACK or COMMIT.
+func (s *session) loseTxn() {
+	s.endTxn()
+	s.txLost = true
 }
 
 // moveTxnToHub ends the replica transaction (it only read) and queues the
@@ -1489,12 +1500,7 @@ func (s *session) sendUnit(f *flight, u *unit) {
 					f.parsedHere = append(f.parsedHere, m.stmt)
 				}
 			case m.closesStmt:
-				b.prepared[m.stmt] = false
-				if other != nil && other.prepared[m.stmt] {
-					other.prepared[m.stmt] = false
-					other.pendingClose = append(other.pendingClose, m.stmt)
-				}
-				delete(s.stmts, m.stmt)
+				s.closeStmt(m.stmt, b)
 			}
 			b.out.raw(m.raw)
 		}
@@ -1823,7 +1829,7 @@ func (s *session) finish(ctx context.Context, p plan, u *unit, res exResult) err
 	b := p.to
 	switch res.status {
 	case 'I':
-		s.txOn, s.txBegin, s.txLocals, s.txSnapshot = nil, "", nil, false
+		s.endTxn()
 	case 'T', 'E':
 		s.txOn = b
 	}
@@ -1843,7 +1849,7 @@ func (s *session) finish(ctx context.Context, p plan, u *unit, res exResult) err
 		s.srv.site.ReportHubFailure(b.endpoint, res.suffixLost)
 		s.dropHub()
 		if s.txOn == b {
-			s.txOn, s.txLost = nil, true
+			s.loseTxn()
 		}
 	}
 	if p.toSecond != nil && p.toSecond == s.hub && u.simple {
@@ -1914,10 +1920,10 @@ func (s *session) backendLost(b *backendConn, u *unit, err error) (byte, error) 
 	}
 	status := byte('I')
 	if inTxn && !ends {
-		s.txOn, s.txLost = nil, true
+		s.loseTxn()
 		status = 'E'
 	} else {
-		s.txOn = nil
+		s.endTxn()
 	}
 	s.log.Warn("hub connection lost during a request", "hub", b.endpoint, "outcome_unknown", unknown, "err", err)
 	s.out.send(errorResponseFor(&hubLostError{hub: b.endpoint, unknown: unknown, err: err}, "ERROR"))
@@ -1940,7 +1946,7 @@ func (s *session) replicaLost(b *backendConn, u *unit, err error) (byte, error) 
 	status := byte('I')
 	msg := "connection to the local replica lost during the request: " + err.Error()
 	if inTxn {
-		s.txOn = nil
+		s.endTxn()
 		if !ends {
 			s.txLost, status = true, 'E'
 			msg = "connection to the local replica lost: the transaction is gone: " + err.Error()
@@ -1957,7 +1963,8 @@ func (s *session) replicaLost(b *backendConn, u *unit, err error) (byte, error) 
 // answerLost answers for a hub transaction that was cut: everything fails
 // as in an aborted transaction until the client ends it.
 func (s *session) answerLost(u *unit) error {
-	if st, ok := u.class.Single(); ok && (st.Kind == StmtRollback || st.Kind == StmtCommit) {
+	if s.endsLostTxn(u, true) {
+		s.endTxn()
 		s.txLost = false
 		if u.simple {
 			s.out.send(&pgproto3.CommandComplete{CommandTag: []byte("ROLLBACK")})
@@ -1974,6 +1981,37 @@ func (s *session) answerLost(u *unit) error {
 		return &clientIOError{err: err}
 	}
 	return nil
+}
+
+// endsLostTxn reports whether u, met while the session's transaction is
+// lost, ends it and can be answered without a backend: a lone ROLLBACK
+// (or, with commit, a COMMIT, which ends an aborted transaction as a
+// ROLLBACK does), as a simple Query or an extended batch that prepares,
+// describes and closes nothing else.
+func (s *session) endsLostTxn(u *unit, commit bool) bool {
+	ends := func(c Classification) bool {
+		st, ok := c.Single()
+		return ok && (st.Kind == StmtRollback || (commit && st.Kind == StmtCommit))
+	}
+	if !ends(u.class) {
+		return false
+	}
+	if u.simple {
+		return true
+	}
+	for _, m := range u.msgs {
+		switch {
+		case m.typ == 'P':
+			if st := s.stmts[m.stmt]; st == nil || !ends(st.class) {
+				return false
+			}
+		case m.typ == 'D' && m.usesStmt:
+			if m.ps == nil || !ends(m.ps.class) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // answerAlone answers an extended batch of one statement as PostgreSQL
@@ -1997,9 +2035,28 @@ func (s *session) answerAlone(u *unit, tag string) {
 		case 'E':
 			s.out.send(&pgproto3.CommandComplete{CommandTag: []byte(tag)})
 		case 'C':
+			if m.closesStmt {
+				s.closeStmt(m.stmt, nil)
+			}
 			s.out.send(&pgproto3.CloseComplete{})
 		}
 	}
+}
+
+// closeStmt records the client's Close of statement name: gone from the
+// session, and closed on each backend that prepared it, by the Close sent
+// to sentTo with the unit, or queued for the others.
+func (s *session) closeStmt(name string, sentTo *backendConn) {
+	if sentTo != nil {
+		sentTo.prepared[name] = false
+	}
+	for _, b := range []*backendConn{s.replica, s.hub} {
+		if b != nil && b != sentTo && b.prepared[name] {
+			b.prepared[name] = false
+			b.pendingClose = append(b.pendingClose, name)
+		}
+	}
+	delete(s.stmts, name)
 }
 
 // refuse answers a unit the proxy will not run. Inside a transaction on
@@ -2107,8 +2164,8 @@ func (s *session) flushBatch(ctx context.Context, batch []batchMsg) error {
 			return nil // nothing is waiting for an answer
 		}
 		var err error
-		if f, err = s.openFlight(ctx, s.extendedUnit(batch)); err != nil {
-			return err
+		if f, err = s.openFlight(ctx, s.extendedUnit(batch)); err != nil || f == nil {
+			return err // or answered without a backend
 		}
 		s.open = f
 		if f.b == nil {
@@ -2170,7 +2227,7 @@ func (s *session) closeReplicaPart(ctx context.Context, f *flight) error {
 	s.srv.front.Request(f.p.route, "read")
 	switch res.status {
 	case 'I':
-		s.txOn, s.txBegin, s.txLocals, s.txSnapshot = nil, "", nil, false
+		s.endTxn()
 	case 'T', 'E':
 		s.txOn = f.b
 	}
@@ -2203,6 +2260,18 @@ func (s *session) openFlight(ctx context.Context, u *unit) (*flight, error) {
 	p, err := s.plan(ctx, u)
 	if err != nil {
 		return nil, err
+	}
+	if s.txLost && (p.refuse == nil || isHubLost(p.refuse)) && s.endsLostTxn(u, p.refuse == nil) {
+		// As in runUnit: the ROLLBACK (or the COMMIT after the 08006) of
+		// a lost transaction succeeds. No flight: the Sync still to come
+		// runs as a unit of its own and answers 'I'.
+		s.endTxn()
+		s.txLost = false
+		s.answerAlone(u, "ROLLBACK")
+		if err := s.out.flush(); err != nil {
+			return nil, &clientIOError{err: err}
+		}
+		return nil, nil
 	}
 	kind := "read"
 	if k := u.class.Strongest(); k > StmtRead && k != StmtCopyOut {
