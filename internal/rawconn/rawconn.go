@@ -125,13 +125,24 @@ func (c *conn) Read(p []byte) (int, error) {
 	if err != nil {
 		return 0, c.opError("read", unwrapOp(err))
 	}
+	return c.readResult(n, errno)
+}
+
+// readResult turns what a read(2) returned into Read's result: an
+// errno as a *net.OpError, 0 bytes as io.EOF.
+// (Small enough to inline on the read path; the error is built apart.)
+func (c *conn) readResult(n int, errno syscall.Errno) (int, error) {
 	if errno != 0 {
-		return 0, c.opError("read", os.NewSyscallError("read", errno))
+		return 0, c.readErrno(errno)
 	}
 	if n == 0 {
 		return 0, io.EOF
 	}
 	return n, nil
+}
+
+func (c *conn) readErrno(errno syscall.Errno) error {
+	return c.opError("read", os.NewSyscallError("read", errno))
 }
 
 func (c *conn) Write(p []byte) (int, error) { return c.write(p, false) }
@@ -205,13 +216,7 @@ func (c *conn) WriteRead(req, p []byte) (int, error) {
 		}
 		return 0, c.opError("read", unwrapOp(err))
 	}
-	if errno != 0 {
-		return 0, c.opError("read", os.NewSyscallError("read", errno))
-	}
-	if n == 0 {
-		return 0, io.EOF
-	}
-	return n, nil
+	return c.readResult(n, errno)
 }
 
 // writeRead is WriteRead's RawConn.Read function: on its first call it
@@ -332,13 +337,7 @@ func (r *ArmedReader) Read(p []byte) (int, error) {
 		r.next, r.stop, r.err = nil, nil, nil
 		return 0, r.c.opError("read", unwrapOp(err))
 	}
-	if r.errno != 0 {
-		return 0, r.c.opError("read", os.NewSyscallError("read", r.errno))
-	}
-	if r.n == 0 {
-		return 0, io.EOF
-	}
-	return r.n, nil
+	return r.c.readResult(r.n, r.errno)
 }
 
 // Stop ends the reader's coroutine, releasing the connection.
