@@ -82,15 +82,7 @@ func TestLabPGReplicaLoss(t *testing.T) {
 	}
 	viaHub := f.requests(t, metrics.RouteHub, "read")
 
-	if err := l.StopReplicaPG(ctx); err != nil {
-		t.Fatal(err)
-	}
-	restarted := false
-	t.Cleanup(func() {
-		if !restarted {
-			_ = l.StartReplicaPG(context.Background())
-		}
-	})
+	restart := stopReplica(t, l)
 	for name, c := range map[string]*pgx.Conn{"simple": simple, "extended": extended} {
 		if standbyRead(t, c) {
 			t.Errorf("%s: read with the standby stopped answered by a standby", name)
@@ -121,17 +113,7 @@ func TestLabPGReplicaLoss(t *testing.T) {
 	// any restart longer than a probe interval.
 	f.waitReplica(t, false)
 
-	if err := l.StartReplicaPG(ctx); err != nil {
-		t.Fatal(err)
-	}
-	restarted = true
-	f.waitReplica(t, true)
-	// The write made meanwhile must reach the standby before the writing
-	// session reads there (read-your-writes), whose wait is shorter than
-	// a restarted standby's catch-up over the WAN may be.
-	if err := l.WaitReplicaCaughtUp(ctx, 15*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	restart(f)
 	// Sessions whose reconnect failed while the standby was down try again
 	// at once now that the routing core has seen it come up: no backoff
 	// to wait out (reconnectReplica).
@@ -169,15 +151,7 @@ func TestLabPGReplicaLossRefuse(t *testing.T) {
 	if !standbyRead(t, c) {
 		t.Fatal("read before the stop not on the standby")
 	}
-	if err := l.StopReplicaPG(ctx); err != nil {
-		t.Fatal(err)
-	}
-	restarted := false
-	t.Cleanup(func() {
-		if !restarted {
-			_ = l.StartReplicaPG(context.Background())
-		}
-	})
+	restart := stopReplica(t, l)
 	var standby bool
 	err := c.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&standby)
 	wantCode(t, err, "08006")
@@ -187,17 +161,7 @@ func TestLabPGReplicaLossRefuse(t *testing.T) {
 	if _, err := c.Exec(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'standby down, refuse')"); err != nil {
 		t.Fatalf("write with the standby down: %v", err)
 	}
-	if err := l.StartReplicaPG(ctx); err != nil {
-		t.Fatal(err)
-	}
-	restarted = true
-	f.waitReplica(t, true)
-	// The write made meanwhile must reach the standby before the writing
-	// session reads there (read-your-writes), whose wait is shorter than
-	// a restarted standby's catch-up over the WAN may be.
-	if err := l.WaitReplicaCaughtUp(ctx, 15*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	restart(f)
 	var timeout string
 	if err := c.QueryRow(ctx, "SELECT current_setting('statement_timeout'), pg_is_in_recovery()").Scan(&timeout, &standby); err != nil || !standby || timeout != "4321ms" {
 		t.Fatalf("read after the standby restarted: statement_timeout %q on the standby %v, %v", timeout, standby, err)
@@ -257,5 +221,36 @@ func TestLabPGReplicaBackendTerminated(t *testing.T) {
 	}
 	if !standbyRead(t, c) {
 		t.Error("read after the lost transaction not on the standby")
+	}
+}
+
+// stopReplica stops the lab's standby and returns what starts it again:
+// it waits until the front sees it up and it has caught up with the hub
+// (a write made meanwhile must be there before the writing session reads
+// there: its read-your-writes wait is shorter than a restarted standby's
+// catch-up over the WAN may be). The standby is started at cleanup if
+// the test did not.
+func stopReplica(t *testing.T, l *lab.Lab) (restart func(f *front)) {
+	t.Helper()
+	if err := l.StopReplicaPG(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	restarted := false
+	t.Cleanup(func() {
+		if !restarted {
+			_ = l.StartReplicaPG(context.Background())
+		}
+	})
+	return func(f *front) {
+		t.Helper()
+		ctx := ctxT(t)
+		if err := l.StartReplicaPG(ctx); err != nil {
+			t.Fatal(err)
+		}
+		restarted = true
+		f.waitReplica(t, true)
+		if err := l.WaitReplicaCaughtUp(ctx, 15*time.Second); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
