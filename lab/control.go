@@ -75,6 +75,15 @@ func (l *Lab) StartHubLDAP(ctx context.Context) error {
 	})
 }
 
+// HubLDAPCrashed reports whether the hub slapd ended without the lab asking
+// it to, and how ("signal: segmentation fault"). A test driving a known
+// slapd defect tells a crash of the store from a failure of the proxy with it.
+func (l *Lab) HubLDAPCrashed() (how string, crashed bool) {
+	l.ctlMu.Lock()
+	defer l.ctlMu.Unlock()
+	return l.hubLDAP.proc.crashed()
+}
+
 // StopReplicaLDAP stops the spoke's consumer slapd (SIGTERM; with syncrepl
 // active it takes about 1.3 s) and waits for it to exit.
 func (l *Lab) StopReplicaLDAP(ctx context.Context) error {

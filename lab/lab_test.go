@@ -770,6 +770,46 @@ func TestStopKillsStubbornServerAndChildren(t *testing.T) {
 	}
 }
 
+// TestCrashIsRecorded: a server that dies of a signal nobody sent it is
+// reported as crashed and says how at the end of its log; one the lab
+// stopped is not.
+func TestCrashIsRecorded(t *testing.T) {
+	logPath := filepath.Join(t.TempDir(), "crashy.log")
+	p, err := startProcess("crashy", logPath, syscall.SIGTERM, nil, t.TempDir(), childEnv(),
+		"/bin/sh", "-c", "echo started; kill -SEGV $$")
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the process did not die")
+	}
+	how, crashed := p.crashed()
+	if !crashed || how != "signal: segmentation fault" {
+		t.Fatalf("crashed() = %q, %v; want \"signal: segmentation fault\", true", how, crashed)
+	}
+	log, _ := os.ReadFile(logPath)
+	if !strings.Contains(string(log), "--- lab: crashy (pid ") || !strings.Contains(string(log), "ended without being asked to: signal: segmentation fault") {
+		t.Fatalf("log does not say how the server ended:\n%s", log)
+	}
+
+	stopped, err := startProcess("stopped", filepath.Join(t.TempDir(), "stopped.log"), syscall.SIGTERM, nil, t.TempDir(), childEnv(), "/bin/sleep", "300")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stopped.stop(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if how, crashed := stopped.crashed(); crashed {
+		t.Fatalf("a server the lab stopped counts as crashed (%s)", how)
+	}
+	log, _ = os.ReadFile(stopped.logPath)
+	if strings.Contains(string(log), "ended without") {
+		t.Fatalf("a server the lab stopped logged an unexpected end:\n%s", log)
+	}
+}
+
 func TestSummaryTellsWhatToTry(t *testing.T) {
 	s := shared.Summary()
 	info := shared.Info()

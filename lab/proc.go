@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -85,6 +86,7 @@ type process struct {
 	done    chan struct{}
 	exitErr error
 
+	stopping atomic.Bool // set once stop is called: an exit after it was asked for
 	stopOnce sync.Once
 	stopErr  error
 }
@@ -109,9 +111,42 @@ func startProcess(name, logPath string, stopSig syscall.Signal, as *runAs, dir s
 	p := &process{name: name, cmd: cmd, logPath: logPath, stopSig: stopSig, done: make(chan struct{})}
 	go func() {
 		p.exitErr = cmd.Wait()
+		if !p.stopping.Load() {
+			p.noteUnexpectedExit()
+		}
 		close(p.done)
 	}()
 	return p, nil
+}
+
+// noteUnexpectedExit appends how the server ended to its log: a server
+// that dies under a test (a crash, an OOM kill) otherwise leaves a log that
+// ends mid-story and connections reset with no cause in sight.
+func (p *process) noteUnexpectedExit() {
+	f, err := os.OpenFile(p.logPath, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	fmt.Fprintf(f, "--- lab: %s (pid %d) ended without being asked to: %s (%s)\n", p.name, p.pid(), p.exitState(), time.Now().UTC().Format(time.RFC3339Nano))
+}
+
+// exitState says how the process ended: "signal: segmentation fault",
+// "exit status 1". Read only once done is closed.
+func (p *process) exitState() string {
+	if p.exitErr == nil {
+		return "exit status 0"
+	}
+	return p.exitErr.Error()
+}
+
+// crashed reports whether the process ended without stop being called, and
+// how.
+func (p *process) crashed() (how string, ok bool) {
+	if p == nil || !p.exited() || p.stopping.Load() {
+		return "", false
+	}
+	return p.exitState(), true
 }
 
 // pid is the server's process ID (also its process group ID).
@@ -142,6 +177,7 @@ func (p *process) failed(what string, cause error) error {
 // children each run in their own process group, so the group alone does
 // not reach them) and waits for all of them. Idempotent.
 func (p *process) stop(grace time.Duration) error {
+	p.stopping.Store(true)
 	p.stopOnce.Do(func() {
 		if p.exited() {
 			return
