@@ -80,6 +80,9 @@ type Statement struct {
 	// DropsPrepared: DEALLOCATE ALL or DISCARD ALL, which also drop the
 	// protocol-level prepared statements of the backend it runs on.
 	DropsPrepared bool
+	// Chain: a StmtCommit or StmtRollback AND CHAIN, which opens a new
+	// transaction with the same characteristics at once.
+	Chain bool
 	// Listen: a LISTEN (StmtPin), whose notifications the front relays.
 	Listen bool
 	// SetConfigs: the set_config() calls of a read, which change settings
@@ -419,9 +422,9 @@ func (c *Classifier) statement(toks []token) Statement {
 		if s.accept("prepared") {
 			return Statement{Kind: StmtWrite}
 		}
-		return Statement{Kind: StmtCommit}
+		return txnEnd(s, StmtCommit)
 	case "abort":
-		return Statement{Kind: StmtRollback}
+		return txnEnd(s, StmtRollback)
 	case "rollback":
 		if s.accept("prepared") {
 			return Statement{Kind: StmtWrite}
@@ -430,7 +433,7 @@ func (c *Classifier) statement(toks []token) Statement {
 		if s.accept("to") {
 			return Statement{Kind: StmtSavepoint}
 		}
-		return Statement{Kind: StmtRollback}
+		return txnEnd(s, StmtRollback)
 	case "savepoint", "release":
 		return Statement{Kind: StmtSavepoint}
 	case "set":
@@ -786,6 +789,13 @@ func txnModes(s *stmtCursor, st Statement) Statement {
 		}
 	}
 	return st
+}
+
+// txnEnd classifies the rest of COMMIT, END, ROLLBACK or ABORT: [WORK |
+// TRANSACTION] [AND [NO] CHAIN].
+func txnEnd(s *stmtCursor, k StmtKind) Statement {
+	_ = s.accept("work") || s.accept("transaction")
+	return Statement{Kind: k, Chain: s.accept("and", "chain")}
 }
 
 // setStatement classifies SET.

@@ -240,6 +240,14 @@ func TestClassifyTransactionModes(t *testing.T) {
 		{"DEALLOCATE ALL", Statement{Kind: StmtSession, DropsPrepared: true}},
 		{"discard all", Statement{Kind: StmtSession, DropsPrepared: true, ResetsIsolation: true, ResetsAccess: true}},
 		{"DISCARD PLANS", Statement{Kind: StmtSession}},
+		{"COMMIT", Statement{Kind: StmtCommit}},
+		{"COMMIT AND CHAIN", Statement{Kind: StmtCommit, Chain: true}},
+		{"end work and chain", Statement{Kind: StmtCommit, Chain: true}},
+		{"COMMIT TRANSACTION AND NO CHAIN", Statement{Kind: StmtCommit}},
+		{"ROLLBACK AND CHAIN", Statement{Kind: StmtRollback, Chain: true}},
+		{"ROLLBACK WORK AND CHAIN", Statement{Kind: StmtRollback, Chain: true}},
+		{"ABORT TRANSACTION AND CHAIN", Statement{Kind: StmtRollback, Chain: true}},
+		{"ROLLBACK AND NO CHAIN", Statement{Kind: StmtRollback}},
 	}
 	for _, tc := range cases {
 		got, ok := c.Classify(tc.sql).Single()

@@ -231,6 +231,34 @@ func TestLabPG(t *testing.T) {
 		}
 	})
 
+	// COMMIT AND CHAIN opens the next transaction on the replica like the
+	// one it ended: when that one moves to the hub, a session-level SET
+	// made in the ended transaction is replayed there, its SET LOCAL is
+	// not.
+	t.Run("lazy transaction AND CHAIN", func(t *testing.T) {
+		ctx := ctxT(t)
+		pc := f.connect(t, nil).PgConn()
+		for _, q := range []string{"BEGIN", "SET app.chain_test = 'kept'", "SET LOCAL statement_timeout = 4321", "SELECT 1", "COMMIT AND CHAIN"} {
+			if _, err := pc.Exec(ctx, q).ReadAll(); err != nil {
+				t.Fatalf("%s: %v", q, err)
+			}
+		}
+		if st := pc.TxStatus(); st != 'T' {
+			t.Fatalf("after COMMIT AND CHAIN: status %q, want 'T'", st)
+		}
+		rr, err := pc.Exec(ctx, "UPDATE accounts SET balance = balance + 1 WHERE name = 'alice' RETURNING current_setting('statement_timeout'), current_setting('app.chain_test'), pg_is_in_recovery()::text").ReadAll()
+		if err != nil || len(rr) != 1 || len(rr[0].Rows) != 1 {
+			t.Fatalf("write in the chained transaction: %v %v", rr, err)
+		}
+		row := rr[0].Rows[0]
+		if got := [3]string{string(row[0]), string(row[1]), string(row[2])}; got != [3]string{"0", "kept", "false"} {
+			t.Errorf("chained transaction on the hub: statement_timeout, app.chain_test, in recovery = %q, want 0, kept, false", got)
+		}
+		if _, err := pc.Exec(ctx, "COMMIT").ReadAll(); err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	t.Run("lazy transaction", func(t *testing.T) {
 		ctx := ctxT(t)
 		c := f.connect(t, nil)

@@ -265,6 +265,28 @@ func TestLabPGRollbackOfALostTransaction(t *testing.T) {
 		t.Errorf("preparing a name the client closed with its ROLLBACK: %v", err)
 	}
 
+	// ROLLBACK AND CHAIN cannot open a transaction like the lost one: it
+	// fails (a plain ROLLBACK answer would leave the client's next
+	// statements committing one by one while it believes them in a
+	// transaction), and the plain ROLLBACK after it ends the lost one.
+	hubTxn()
+	f.site.StartDrill(time.Minute)
+	_, err = c.Exec(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'during the drill')")
+	wantCode(t, err, "08006")
+	_, err = c.Exec(ctx, "ROLLBACK AND CHAIN")
+	wantCode(t, err, "25P02")
+	if st := pc.TxStatus(); st != 'E' {
+		t.Errorf("after ROLLBACK AND CHAIN of a lost transaction: status %q, want 'E'", st)
+	}
+	if _, err := c.Exec(ctx, "ROLLBACK"); err != nil {
+		t.Errorf("ROLLBACK after the refused ROLLBACK AND CHAIN: %v", err)
+	}
+	if st := pc.TxStatus(); st != 'I' {
+		t.Errorf("after the ROLLBACK: status %q, want 'I'", st)
+	}
+	f.site.StopDrill()
+	f.waitHub(t, true)
+
 	// What the lost transaction set for itself does not reach the next.
 	if _, err := c.Exec(ctx, "BEGIN"); err != nil {
 		t.Fatal(err)

@@ -88,7 +88,7 @@ type session struct {
 	txOn     *backendConn // backend holding the open transaction; nil when idle
 	txLost   bool         // the hub transaction was cut: statements fail until ROLLBACK/COMMIT
 	txBegin  string       // the client's BEGIN, replayed on the hub when a lazy transaction moves
-	txLocals []string     // SET LOCAL/SET TRANSACTION run in the replica transaction, replayed on move
+	txLocals []txLocal    // SET LOCAL/SET TRANSACTION run in the replica transaction, replayed on move
 	// txSnapshot: the replica transaction is a REPEATABLE READ read-write
 	// one, opened there while the hub was unavailable: moving it to the hub
 	// would change its snapshot, so it never moves.
@@ -844,7 +844,7 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 		p := plan{to: s.replica, route: metrics.RouteLocal, safetyNet: k == StmtRead && !s.txSnapshot}
 		if (k == StmtSetLocal || k == StmtSession) && u.simple {
 			// Replayed on the hub if the transaction moves there.
-			s.txLocals = append(s.txLocals, u.query)
+			s.txLocals = append(s.txLocals, txLocal{sql: u.query, chains: k == StmtSession || isTxnMode(single)})
 		}
 		if k == StmtSession && u.simple {
 			s.sets = append(s.sets, u.query)
@@ -1328,8 +1328,39 @@ func (s *session) moveTxnToHub(hb *backendConn) {
 		begin = "BEGIN"
 	}
 	hb.pendingSQL = append(hb.pendingSQL, begin)
-	hb.pendingSQL = append(hb.pendingSQL, s.txLocals...)
+	for _, l := range s.txLocals {
+		hb.pendingSQL = append(hb.pendingSQL, l.sql)
+	}
 	s.txOn = hb
+}
+
+// txLocal is one statement of the replica transaction replayed when it
+// moves to the hub. chains: it also holds in the transaction a COMMIT or
+// ROLLBACK AND CHAIN opens (SET TRANSACTION's characteristics and
+// session-level settings do, SET LOCAL does not).
+type txLocal struct {
+	sql    string
+	chains bool
+}
+
+// isTxnMode reports whether a StmtSetLocal is SET TRANSACTION naming an
+// isolation level or access mode, characteristics AND CHAIN carries over.
+func isTxnMode(st Statement) bool {
+	return st.Kind == StmtSetLocal && (st.Isolation != IsolationDefault || st.Access != AccessDefault)
+}
+
+// chainTxn follows a COMMIT or ROLLBACK AND CHAIN that left a new
+// transaction open on the same backend: same BEGIN and characteristics,
+// without the SET LOCALs of the one it ended.
+func (s *session) chainTxn() {
+	kept := s.txLocals[:0]
+	for _, l := range s.txLocals {
+		if l.chains {
+			kept = append(kept, l)
+		}
+	}
+	clear(s.txLocals[len(kept):])
+	s.txLocals = kept
 }
 
 // exResult is what one exchange with a backend produced.
@@ -1831,6 +1862,9 @@ func (s *session) finish(ctx context.Context, p plan, u *unit, res exResult) err
 	case 'I':
 		s.endTxn()
 	case 'T', 'E':
+		if s.txOn == b && endsAndChains(u.class) {
+			s.chainTxn()
+		}
 		s.txOn = b
 	}
 	if b.hub && res.lsn != 0 {
@@ -1983,15 +2017,30 @@ func (s *session) answerLost(u *unit) error {
 	return nil
 }
 
+// endsAndChains reports whether a unit ends its transaction with AND
+// CHAIN.
+func endsAndChains(c Classification) bool {
+	for _, st := range c.Stmts {
+		if (st.Kind == StmtCommit || st.Kind == StmtRollback) && st.Chain {
+			return true
+		}
+	}
+	return false
+}
+
 // endsLostTxn reports whether u, met while the session's transaction is
 // lost, ends it and can be answered without a backend: a lone ROLLBACK
 // (or, with commit, a COMMIT, which ends an aborted transaction as a
 // ROLLBACK does), as a simple Query or an extended batch that prepares,
-// describes and closes nothing else.
+// describes and closes nothing else. One AND CHAIN is not: it would open
+// a transaction like the lost one, which no backend holds any more, and
+// answering it as a plain ROLLBACK would let the client's next statements
+// commit one by one while it believes them inside a transaction; it gets
+// 25P02, and the client's plain ROLLBACK then ends the lost transaction.
 func (s *session) endsLostTxn(u *unit, commit bool) bool {
 	ends := func(c Classification) bool {
 		st, ok := c.Single()
-		return ok && (st.Kind == StmtRollback || (commit && st.Kind == StmtCommit))
+		return ok && !st.Chain && (st.Kind == StmtRollback || (commit && st.Kind == StmtCommit))
 	}
 	if !ends(u.class) {
 		return false
@@ -2651,7 +2700,7 @@ func (s *session) repeatSetConfigs(ctx context.Context, b *backendConn, u *unit,
 			reps = append(reps, m.setConfigs...)
 			if inReplicaTxn && m.typ == 'B' && m.ps != nil {
 				if one, ok := m.ps.class.Single(); ok && one.Kind == StmtSetLocal {
-					s.txLocals = append(s.txLocals, m.ps.query)
+					s.txLocals = append(s.txLocals, txLocal{sql: m.ps.query, chains: isTxnMode(one)})
 				}
 			}
 		}
@@ -2659,7 +2708,7 @@ func (s *session) repeatSetConfigs(ctx context.Context, b *backendConn, u *unit,
 	for _, r := range reps {
 		if s.txOn != nil {
 			if s.txOn == s.replica && b == s.replica {
-				s.txLocals = append(s.txLocals, r.sql)
+				s.txLocals = append(s.txLocals, txLocal{sql: r.sql, chains: !r.local})
 			}
 			continue
 		}
