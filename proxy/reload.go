@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/tls"
 	"fmt"
@@ -94,8 +95,10 @@ type partChange struct {
 // token file or certificate that does not read, a hub CA without a
 // certificate, settings the routing core or a front refuses) is done
 // before anything changes, and a failure leaves the running configuration
-// as it was. Reconfiguring a site may take up to one probe timeout: a new
-// hub candidate is probed once before it joins.
+// as it was. New hub TLS settings are tried against every hub candidate
+// seen up, and refused if one of them rejects what it accepts now.
+// Reconfiguring a site may take up to one probe timeout (two with new hub
+// TLS settings): a new hub candidate is probed once before it joins.
 func (s *Server) Reload(cfg *Config) (ReloadResult, error) {
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
@@ -239,6 +242,11 @@ func (s *Server) rebuildParts(next *Config, applied map[string]bool) ([]partChan
 		}
 		if err := p.site.CheckReconfigure(ch.rc); err != nil {
 			return nil, fmt.Errorf("%s: %w", p.section(), err)
+		}
+		if ch.hubTLS != p.hubTLS {
+			if err := p.site.CheckHubTLS(context.Background(), ch.rc); err != nil {
+				return nil, fmt.Errorf("%s.hub_tls: %w", p.section(), err)
+			}
 		}
 		changes = append(changes, ch)
 	}

@@ -302,3 +302,47 @@ func TestReloadMovesTheHubsAgainstTheLab(t *testing.T) {
 		t.Error("a hub went down after the links of the removed candidates were cut")
 	}
 }
+
+// A reload whose hub TLS settings the hubs reject (the lab's hubs speak no
+// TLS) is refused whole, naming the hub and why, and the hubs stay up; the
+// same reload is accepted while the hub is seen down, where nothing tells
+// the new settings' failure from the outage.
+func TestReloadRefusesHubTLSTheHubsReject(t *testing.T) {
+	l := lab.ForTest(t, lab.Options{})
+	base := string(l.ProxyConfigYAML("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"))
+	ls := startLabSite(t, l, base)
+	for _, tc := range []struct {
+		name, yaml, want string
+	}{
+		{"postgres", strings.Replace(base, "    auth:", "    hub_tls:\n        mode: require\n    auth:", 1),
+			"postgres.hub_tls: hub " + l.WANPGAddr() + " refuses the new TLS settings"},
+		{"ldap", strings.Replace(base, "    base_dn:", "    hub_tls:\n        start_tls: true\n    base_dn:", 1),
+			"ldap.hub_tls: hub " + l.WANLDAPURL() + " refuses the new TLS settings"},
+	} {
+		if tc.yaml == base {
+			t.Fatalf("%s: the lab config has no place for hub_tls", tc.name)
+		}
+		downs := ls.downTransitions(map[string]string{"postgres": "pg", "ldap": "ldap"}[tc.name])
+		_, err := ls.reload(tc.yaml)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Fatalf("%s: reload with hub TLS the hub does not speak = %v, want it refused with %q", tc.name, err, tc.want)
+		}
+		t.Logf("%s: %v", tc.name, err)
+		if !ls.hubUp("pg") || !ls.hubUp("ldap") || ls.downTransitions(map[string]string{"postgres": "pg", "ldap": "ldap"}[tc.name]) != downs {
+			t.Fatalf("%s: the refused reload took a hub down", tc.name)
+		}
+	}
+
+	// With the PostgreSQL hub seen down, the settings cannot be judged:
+	// the reload goes through.
+	if err := l.SetLink(lab.LinkPG, false); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the PostgreSQL hub down", func() bool { return !ls.hubUp("pg") })
+	if _, err := ls.reload(strings.Replace(base, "    auth:", "    hub_tls:\n        mode: require\n    auth:", 1)); err != nil {
+		t.Fatalf("reload with new hub TLS while the hub is down: %v, want it applied", err)
+	}
+	if err := l.ResetWAN(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -12,7 +12,8 @@
 //     whose text is bounded (error messages and metric labels).
 //   - Site: one protocol's live view, built from a plain Config by NewSite
 //     and driven by Run(ctx). Reconfigure (reconfigure.go) swaps in new
-//     timings, thresholds, policy, hub TLS and hub candidates while it runs;
+//     timings, thresholds, policy, hub TLS and hub candidates while it runs
+//     (CheckHubTLS first tries new hub TLS against the hubs seen up);
 //     hot paths read the settings through an atomic pointer to an immutable
 //     snapshot. Every other method is safe for concurrent use.
 //

@@ -35,6 +35,59 @@ func (s *Site) CheckReconfigure(cfg Config) error {
 	return errors.Join(errs...)
 }
 
+// CheckHubTLS probes once, with cfg's hub TLS settings, each candidate of
+// cfg that the Site now sees up, and reports those that refuse them: a
+// reload must not trade hub connections that work for ones the hub
+// rejects (a CA that did not sign its certificate, a server name it does
+// not carry, TLS asked of a server without it), which would leave the
+// site read-only. A failed probe counts only when a probe with the
+// running settings then succeeds, so an outage that starts meanwhile
+// is not blamed on the new settings; candidates seen down are not
+// judged. Nothing changes. It returns nil at once when cfg keeps the
+// running hub TLS.
+func (s *Site) CheckHubTLS(ctx context.Context, cfg Config) error {
+	old := s.config()
+	next := cfg.withDefaults()
+	if next.HubTLS == old.HubTLS && next.HubStartTLS == old.HubStartTLS {
+		return nil
+	}
+	next.Logger, next.Metrics, next.Now, next.NewProber = old.Logger, old.Metrics, old.Now, old.NewProber
+	// A Site that is never run: its probers dial with next's settings.
+	trial := &Site{protocol: s.protocol, log: s.log}
+	trial.live.Store(newSettings(next))
+
+	s.mu.Lock()
+	var up []string
+	for _, ep := range s.hubs {
+		if ep.link.state == StateUp && slices.Contains(next.Hubs, ep.addr) {
+			up = append(up, ep.addr)
+		}
+	}
+	s.mu.Unlock()
+
+	probeOnce := func(site *Site, addr string) error {
+		p := site.newProber(TargetHub, addr)
+		defer p.Close()
+		pctx, cancel := context.WithTimeout(ctx, next.ProbeTimeout)
+		defer cancel()
+		_, err := p.Probe(pctx)
+		return err
+	}
+	errs := make([]error, len(up))
+	var wg sync.WaitGroup
+	for i, addr := range up {
+		wg.Go(func() {
+			err := probeOnce(trial, addr)
+			if err == nil || probeOnce(s, addr) != nil {
+				return
+			}
+			errs[i] = fmt.Errorf("hub %s refuses the new TLS settings (it answers with the running ones): %w", addr, err)
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
 // Reconfigure replaces the settings of a running Site without dropping
 // anything: probe interval and timeout, hysteresis (DownAfter, UpAfter),
 // flap window, the TCP settings of new WAN connections, the policy, the hub
