@@ -139,6 +139,20 @@ func (c Classification) Strongest() StmtKind {
 	return k
 }
 
+// RequestKind is the kind label of spokeproxy_requests_total for a
+// request of these statements: "read", "write" (it needs the hub), or
+// "control" (transaction control, SET and SAVEPOINT, nothing else), so
+// that BEGIN and COMMIT answered locally are not counted as writes.
+func (c Classification) RequestKind() string {
+	switch k := c.Strongest(); {
+	case k <= StmtCopyOut:
+		return "read"
+	case k < StmtWrite:
+		return "control"
+	}
+	return "write"
+}
+
 // Single returns the statement when the string holds exactly one.
 func (c Classification) Single() (Statement, bool) {
 	if len(c.Stmts) != 1 {

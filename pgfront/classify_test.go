@@ -389,3 +389,25 @@ func TestLowerWordKeywordsDoNotAllocate(t *testing.T) {
 		t.Fatalf("%v allocations lower-casing SELECT, want 0", n)
 	}
 }
+
+func TestRequestKind(t *testing.T) {
+	c := NewClassifier(nil, 0, 0)
+	for sql, want := range map[string]string{
+		"SELECT 1":                        "read",
+		"COPY accounts TO STDOUT":         "read",
+		"":                                "read",
+		"BEGIN":                           "control",
+		"COMMIT":                          "control",
+		"SET statement_timeout = 0":       "control",
+		"SAVEPOINT a":                     "control",
+		"BEGIN; SELECT 1; COMMIT":         "control",
+		"INSERT INTO t VALUES (1)":        "write",
+		"BEGIN; INSERT INTO t VALUES (1)": "write",
+		"COPY t FROM STDIN":               "write",
+		"LISTEN x":                        "write",
+	} {
+		if got := c.Classify(sql).RequestKind(); got != want {
+			t.Errorf("RequestKind(%q) = %q, want %q", sql, got, want)
+		}
+	}
+}

@@ -78,10 +78,13 @@
 //	                                                              (replayed when it attaches)
 //
 // COMMIT or ROLLBACK AND CHAIN in a transaction on the replica opens the
-// next one there at once: the front keeps the client's BEGIN, SET
-// TRANSACTION's characteristics and session-level SETs for the replay on
-// the hub, and forgets the ended transaction's SET LOCALs, as PostgreSQL
-// does.
+// next one there at once: for the replay on the hub the front keeps the
+// client's BEGIN and SET TRANSACTION's isolation and access mode, and,
+// after a COMMIT, session-level SETs; it forgets the ended transaction's
+// SET LOCALs (and, after a ROLLBACK, its SETs), as PostgreSQL does. On the
+// hub, the position of a chained COMMIT is not read behind it (that query
+// would open the new transaction, take its snapshot and make a following
+// SET TRANSACTION fail): the end of the chain reads it, a ROLLBACK too.
 //
 // While the hub is unavailable a write gets 25006 at once, naming the hub;
 // inside a transaction on the replica the refusal is raised there (a DO
@@ -90,10 +93,10 @@
 // 08006 and the session answers 25P02 until ROLLBACK (a ROLLBACK, simple,
 // extended or pipelined, succeeds, even the first statement to find the
 // transaction lost; drivers drop a connection whose rollback fails, and
-// nothing the lost transaction set for itself outlives it; ROLLBACK AND
-// CHAIN gets 25P02, as no backend holds a transaction like the lost one
-// to open again, and answering it as a ROLLBACK would leave the client's
-// next statements committing one by one); a COMMIT or
+// nothing the lost transaction set for itself outlives it; ROLLBACK or
+// COMMIT AND CHAIN gets 25P02, as no backend holds a transaction like the
+// lost one to open again, and answering it as a ROLLBACK would leave the
+// client's next statements committing one by one); a COMMIT or
 // autocommit write whose answer is lost gets 08007, unless it was lost
 // before its Sync was sent (a flushed extended batch, which commits at
 // Sync): 08006. A hub backend's own FATAL (terminated, shut down) is not

@@ -232,13 +232,17 @@ func TestLabPG(t *testing.T) {
 	})
 
 	// COMMIT AND CHAIN opens the next transaction on the replica like the
-	// one it ended: when that one moves to the hub, a session-level SET
-	// made in the ended transaction is replayed there, its SET LOCAL is
-	// not.
+	// one it ended: when that one moves to the hub, SET TRANSACTION's
+	// isolation from the ended transaction is replayed there, its SET
+	// LOCAL is not; the same when the statements come in one extended
+	// batch.
 	t.Run("lazy transaction AND CHAIN", func(t *testing.T) {
 		ctx := ctxT(t)
-		pc := f.connect(t, nil).PgConn()
-		for _, q := range []string{"BEGIN", "SET app.chain_test = 'kept'", "SET LOCAL statement_timeout = 4321", "SELECT 1", "COMMIT AND CHAIN"} {
+		c := f.connect(t, nil)
+		pc := c.PgConn()
+		const check = "UPDATE accounts SET balance = balance + 1 WHERE name = 'alice' RETURNING current_setting('statement_timeout'), current_setting('transaction_isolation'), pg_is_in_recovery()::text"
+		want := [3]string{"0", "read uncommitted", "false"}
+		for _, q := range []string{"BEGIN", "SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED", "SET LOCAL statement_timeout = 4321", "SELECT 1", "COMMIT AND CHAIN"} {
 			if _, err := pc.Exec(ctx, q).ReadAll(); err != nil {
 				t.Fatalf("%s: %v", q, err)
 			}
@@ -246,16 +250,70 @@ func TestLabPG(t *testing.T) {
 		if st := pc.TxStatus(); st != 'T' {
 			t.Fatalf("after COMMIT AND CHAIN: status %q, want 'T'", st)
 		}
-		rr, err := pc.Exec(ctx, "UPDATE accounts SET balance = balance + 1 WHERE name = 'alice' RETURNING current_setting('statement_timeout'), current_setting('app.chain_test'), pg_is_in_recovery()::text").ReadAll()
+		rr, err := pc.Exec(ctx, check).ReadAll()
 		if err != nil || len(rr) != 1 || len(rr[0].Rows) != 1 {
 			t.Fatalf("write in the chained transaction: %v %v", rr, err)
 		}
 		row := rr[0].Rows[0]
-		if got := [3]string{string(row[0]), string(row[1]), string(row[2])}; got != [3]string{"0", "kept", "false"} {
-			t.Errorf("chained transaction on the hub: statement_timeout, app.chain_test, in recovery = %q, want 0, kept, false", got)
+		if got := [3]string{string(row[0]), string(row[1]), string(row[2])}; got != want {
+			t.Errorf("chained transaction on the hub: statement_timeout, transaction_isolation, in recovery = %q, want %q", got, want)
 		}
 		if _, err := pc.Exec(ctx, "COMMIT").ReadAll(); err != nil {
 			t.Fatal(err)
+		}
+
+		// Extended protocol, one Sync: the SET LOCAL before the chain is
+		// forgotten, the one after it kept.
+		if _, err := c.Exec(ctx, "BEGIN ISOLATION LEVEL READ UNCOMMITTED"); err != nil {
+			t.Fatal(err)
+		}
+		b := &pgx.Batch{}
+		b.Queue("SET LOCAL statement_timeout = 4321")
+		b.Queue("SELECT 1")
+		b.Queue("COMMIT AND CHAIN")
+		b.Queue("SET LOCAL lock_timeout = 1234")
+		if err := c.SendBatch(ctx, b).Close(); err != nil {
+			t.Fatalf("batch with COMMIT AND CHAIN: %v", err)
+		}
+		var timeout, lockTimeout, iso string
+		if err := c.QueryRow(ctx, "UPDATE accounts SET balance = balance + 1 WHERE name = 'alice' RETURNING current_setting('statement_timeout'), current_setting('lock_timeout'), current_setting('transaction_isolation')").Scan(&timeout, &lockTimeout, &iso); err != nil {
+			t.Fatal(err)
+		}
+		if timeout != "0" || lockTimeout != "1234ms" || iso != "read uncommitted" {
+			t.Errorf("chained transaction from a batch, on the hub: statement_timeout %q, lock_timeout %q, isolation %q; want 0, 1234ms, read uncommitted", timeout, lockTimeout, iso)
+		}
+		if _, err := c.Exec(ctx, "COMMIT"); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	// COMMIT AND CHAIN on the hub: nothing of the proxy's runs in the new
+	// transaction before the client's SET TRANSACTION, and the chain's
+	// writes are read back once it ends, by COMMIT or by ROLLBACK.
+	t.Run("hub transaction AND CHAIN", func(t *testing.T) {
+		ctx := ctxT(t)
+		pc := f.connect(t, nil).PgConn()
+		for _, end := range []string{"COMMIT", "ROLLBACK"} {
+			body := fmt.Sprintf("chained %s %d", end, time.Now().UnixNano())
+			for _, q := range []string{
+				"BEGIN",
+				"INSERT INTO notes (account_id, body) VALUES (1, '" + body + "')",
+				"COMMIT AND CHAIN",
+				"SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+				"SELECT 1",
+				end,
+			} {
+				if _, err := pc.Exec(ctx, q).ReadAll(); err != nil {
+					t.Fatalf("%s (chain ended by %s): %v", q, end, err)
+				}
+			}
+			rr, err := pc.Exec(ctx, "SELECT count(*), pg_is_in_recovery()::text FROM notes WHERE body = '"+body+"'").ReadAll()
+			if err != nil || len(rr) != 1 || len(rr[0].Rows) != 1 {
+				t.Fatalf("read back: %v %v", rr, err)
+			}
+			if n, standby := string(rr[0].Rows[0][0]), string(rr[0].Rows[0][1]); n != "1" || standby != "true" {
+				t.Errorf("after a chain ended by %s, the standby read %s rows (standby %s), want the chained commit's row", end, n, standby)
+			}
 		}
 	})
 
@@ -374,7 +432,14 @@ func TestLabPG(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, err = tx.Exec(ctx, "UPDATE accounts SET balance = 0")
-		wantCode(t, err, "25006")
+		// Raised on the replica to abort its transaction, but read as the
+		// proxy's own error: none of the DO block's PL/pgSQL context.
+		if pe := wantCode(t, err, "25006"); pe.Where != "" || pe.Routine != "" || !strings.Contains(pe.Message, "read-only") {
+			t.Errorf("refusal in a transaction: message %q, context %q, routine %q; want the proxy's message alone", pe.Message, pe.Where, pe.Routine)
+		}
+		if st := tx.Conn().PgConn().TxStatus(); st != 'E' {
+			t.Errorf("after the refusal in a transaction: status %q, want 'E'", st)
+		}
 		if err := tx.Rollback(ctx); err != nil {
 			t.Fatal(err)
 		}

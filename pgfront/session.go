@@ -93,6 +93,9 @@ type session struct {
 	// one, opened there while the hub was unavailable: moving it to the hub
 	// would change its snapshot, so it never moves.
 	txSnapshot bool
+	// hubChained: the hub transaction was opened by COMMIT or ROLLBACK
+	// AND CHAIN, whose position was not learnt then: its end learns it.
+	hubChained bool
 	pinned     bool
 	listens    bool // LISTEN ran on the hub: relay notifications while idle
 	// pinLost: the hub endpoint whose connection a pinned session lost.
@@ -599,10 +602,7 @@ type plan struct {
 
 func (s *session) runUnit(ctx context.Context, u *unit) error {
 	start := time.Now()
-	kind := "read"
-	if k := u.class.Strongest(); k > StmtRead && k != StmtCopyOut {
-		kind = "write"
-	}
+	kind := u.class.RequestKind()
 	for retried := false; ; retried = true {
 		p, err := s.plan(ctx, u)
 		if err != nil {
@@ -809,9 +809,12 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 		}
 		s.noteListen(u)
 		if !s.pinned && s.srv.config().Consistency != routing.ConsistencyNone {
-			// The end of a hub transaction: learn its commit position.
+			// The end of a hub transaction: learn its commit position
+			// (after a chain that committed, a ROLLBACK's position covers
+			// it).
 			for _, st := range u.class.Stmts {
-				p.capture = p.capture || st.Kind == StmtCommit || (s.txOn == nil && st.Kind >= StmtWrite)
+				p.capture = p.capture || st.Kind == StmtCommit || (s.txOn == nil && st.Kind >= StmtWrite) ||
+					(s.hubChained && st.Kind == StmtRollback)
 			}
 		}
 		return p, err
@@ -844,7 +847,11 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 		p := plan{to: s.replica, route: metrics.RouteLocal, safetyNet: k == StmtRead && !s.txSnapshot}
 		if (k == StmtSetLocal || k == StmtSession) && u.simple {
 			// Replayed on the hub if the transaction moves there.
-			s.txLocals = append(s.txLocals, txLocal{sql: u.query, chains: k == StmtSession || isTxnMode(single)})
+			kind := txLocalSession
+			if k == StmtSetLocal {
+				kind = setLocalKind(single)
+			}
+			s.txLocals = append(s.txLocals, txLocal{sql: u.query, kind: kind})
 		}
 		if k == StmtSession && u.simple {
 			s.sets = append(s.sets, u.query)
@@ -1307,7 +1314,7 @@ func (s *session) settleIdle(b *backendConn) bool {
 // endTxn forgets the transaction the session had open: where it ran, its
 // BEGIN, the SET LOCALs kept to replay it elsewhere, its snapshot rule.
 func (s *session) endTxn() {
-	s.txOn, s.txBegin, s.txLocals, s.txSnapshot = nil, "", nil, false
+	s.txOn, s.txBegin, s.txLocals, s.txSnapshot, s.hubChained = nil, "", nil, false, false
 }
 
 // loseTxn ends the session's transaction as lost: statements fail with
@@ -1335,27 +1342,40 @@ func (s *session) moveTxnToHub(hb *backendConn) {
 }
 
 // txLocal is one statement of the replica transaction replayed when it
-// moves to the hub. chains: it also holds in the transaction a COMMIT or
-// ROLLBACK AND CHAIN opens (SET TRANSACTION's characteristics and
-// session-level settings do, SET LOCAL does not).
+// moves to the hub; kind says whether it outlives a COMMIT or ROLLBACK AND
+// CHAIN.
 type txLocal struct {
-	sql    string
-	chains bool
+	sql  string
+	kind txLocalKind
 }
 
-// isTxnMode reports whether a StmtSetLocal is SET TRANSACTION naming an
-// isolation level or access mode, characteristics AND CHAIN carries over.
-func isTxnMode(st Statement) bool {
-	return st.Kind == StmtSetLocal && (st.Isolation != IsolationDefault || st.Access != AccessDefault)
+type txLocalKind uint8
+
+const (
+	txLocalOnly    txLocalKind = iota // SET LOCAL, set_config(..., true): ends with the transaction
+	txLocalMode                       // SET TRANSACTION ISOLATION/READ ONLY: carried by AND CHAIN
+	txLocalSession                    // a session-level SET or set_config: outlives a COMMIT, not a ROLLBACK
+)
+
+// setLocalKind is the txLocalKind of a StmtSetLocal: SET TRANSACTION
+// naming an isolation level or access mode is a characteristic AND CHAIN
+// carries over; anything else is SET LOCAL.
+func setLocalKind(st Statement) txLocalKind {
+	if st.Isolation != IsolationDefault || st.Access != AccessDefault {
+		return txLocalMode
+	}
+	return txLocalOnly
 }
 
 // chainTxn follows a COMMIT or ROLLBACK AND CHAIN that left a new
-// transaction open on the same backend: same BEGIN and characteristics,
-// without the SET LOCALs of the one it ended.
-func (s *session) chainTxn() {
+// transaction open on the same replica backend: same BEGIN and
+// characteristics, without the SET LOCALs of the one it ended, and after
+// a ROLLBACK without its session-level SETs either, which PostgreSQL
+// undoes.
+func (s *session) chainTxn(rollback bool) {
 	kept := s.txLocals[:0]
 	for _, l := range s.txLocals {
-		if l.chains {
+		if l.kind == txLocalMode || (l.kind == txLocalSession && !rollback) {
 			kept = append(kept, l)
 		}
 	}
@@ -1563,6 +1583,13 @@ func (s *session) sendEnd(f *flight) {
 }
 
 func (s *session) sendSuffix(f *flight) {
+	if chains, _ := endsAndChains(f.u.class); f.p.capture && chains {
+		// The position query would be the first statement of the
+		// transaction AND CHAIN opened: it would take its snapshot and
+		// make the client's SET TRANSACTION fail. The position is learnt
+		// when that transaction ends (hubChained).
+		f.p.capture = false
+	}
 	if f.p.capture {
 		f.b.out.query(positionQuery)
 		if f.b.prepared[""] {
@@ -1862,8 +1889,11 @@ func (s *session) finish(ctx context.Context, p plan, u *unit, res exResult) err
 	case 'I':
 		s.endTxn()
 	case 'T', 'E':
-		if s.txOn == b && endsAndChains(u.class) {
-			s.chainTxn()
+		chains, rollback := endsAndChains(u.class)
+		s.hubChained = s.hubChained || (chains && b.hub)
+		if chains && s.txOn == b && b == s.replica && (u.simple || res.failed || u.fn) {
+			// An extended batch is followed in order by repeatSetConfigs.
+			s.chainTxn(rollback)
 		}
 		s.txOn = b
 	}
@@ -2017,15 +2047,15 @@ func (s *session) answerLost(u *unit) error {
 	return nil
 }
 
-// endsAndChains reports whether a unit ends its transaction with AND
-// CHAIN.
-func endsAndChains(c Classification) bool {
+// endsAndChains reports whether a unit ends a transaction with AND CHAIN,
+// and whether the last such end is a ROLLBACK.
+func endsAndChains(c Classification) (chains, rollback bool) {
 	for _, st := range c.Stmts {
 		if (st.Kind == StmtCommit || st.Kind == StmtRollback) && st.Chain {
-			return true
+			chains, rollback = true, st.Kind == StmtRollback
 		}
 	}
-	return false
+	return chains, rollback
 }
 
 // endsLostTxn reports whether u, met while the session's transaction is
@@ -2114,10 +2144,7 @@ func (s *session) closeStmt(name string, sentTo *backendConn) {
 func (s *session) refuse(ctx context.Context, u *unit, err error) error {
 	resp := errorResponseFor(err, "ERROR")
 	if s.txOn == s.replica && s.replica != nil {
-		q := "DO $spokeproxy$BEGIN RAISE EXCEPTION USING ERRCODE = '" + resp.Code + "', MESSAGE = " +
-			quoteLiteral(resp.Message) + "; END$spokeproxy$"
-		p := plan{to: s.replica, rewrite: q, route: metrics.RouteLocal}
-		res, xerr := s.exchange(ctx, s.replica, &unit{simple: true, query: q}, p)
+		p, res, xerr := s.raiseRefusal(ctx, resp)
 		if xerr != nil {
 			return s.backendFailed(s.replica, u, xerr)
 		}
@@ -2134,6 +2161,22 @@ func (s *session) refuse(ctx context.Context, u *unit, err error) error {
 		return &clientIOError{err: err}
 	}
 	return nil
+}
+
+// raiseRefusal aborts the transaction open on the replica with a refusal
+// raised there (a DO block), exactly as a standby's own 25006 would abort
+// it, and queues the proxy's error for the client in place of the
+// backend's: the DO block's "PL/pgSQL function inline_code_block" CONTEXT
+// would read as the client's own code failing.
+func (s *session) raiseRefusal(ctx context.Context, resp *pgproto3.ErrorResponse) (plan, exResult, error) {
+	q := "DO $spokeproxy$BEGIN RAISE EXCEPTION USING ERRCODE = '" + resp.Code + "', MESSAGE = " +
+		quoteLiteral(resp.Message) + "; END$spokeproxy$"
+	p := plan{to: s.replica, rewrite: q, route: metrics.RouteLocal, discard: true}
+	res, err := s.exchange(ctx, s.replica, &unit{simple: true, query: q}, p)
+	if err == nil {
+		s.out.send(resp)
+	}
+	return p, res, err
 }
 
 func quoteLiteral(s string) string {
@@ -2322,20 +2365,13 @@ func (s *session) openFlight(ctx context.Context, u *unit) (*flight, error) {
 		}
 		return nil, nil
 	}
-	kind := "read"
-	if k := u.class.Strongest(); k > StmtRead && k != StmtCopyOut {
-		kind = "write"
-	}
+	kind := u.class.RequestKind()
 	if p.refuse != nil {
 		s.countRefusal(kind == "write", p.refuse)
 		s.srv.front.Request(metrics.RouteRefuse, kind)
 		if s.txOn == s.replica && s.replica != nil {
 			// Abort the replica transaction as the standby's own 25006 would.
-			resp := errorResponseFor(p.refuse, "ERROR")
-			q := "DO $spokeproxy$BEGIN RAISE EXCEPTION USING ERRCODE = '" + resp.Code + "', MESSAGE = " +
-				quoteLiteral(resp.Message) + "; END$spokeproxy$"
-			rp := plan{to: s.replica, rewrite: q, route: metrics.RouteLocal}
-			res, xerr := s.exchange(ctx, s.replica, &unit{simple: true, query: q}, rp)
+			_, res, xerr := s.raiseRefusal(ctx, errorResponseFor(p.refuse, "ERROR"))
 			if xerr != nil {
 				status, lerr := s.backendLost(s.replica, u, xerr)
 				return refused(status), lerr
@@ -2444,10 +2480,7 @@ func (s *session) finishOpen(ctx context.Context, batch []batchMsg) error {
 		s.open = f
 		return nil
 	}
-	kind := "read"
-	if k := f.u.class.Strongest(); k > StmtRead && k != StmtCopyOut {
-		kind = "write"
-	}
+	kind := f.u.class.RequestKind()
 	s.srv.front.Request(f.p.route, kind)
 	s.srv.front.RequestDuration(f.p.route).Observe(time.Since(f.start).Seconds())
 	return s.finish(ctx, f.p, f.u, res)
@@ -2685,32 +2718,16 @@ func (s *session) repeatSetConfigs(ctx context.Context, b *backendConn, u *unit,
 	if res.failed || u.fn {
 		return
 	}
-	var reps []setConfigRepeat
-	if u.simple {
-		for _, st := range u.class.Stmts {
-			if len(st.SetConfigs) > 0 {
-				if r, ok := renderSetConfigs(st.SetConfigs, nil); ok {
-					reps = append(reps, r...)
-				}
-			}
-		}
-	} else {
-		inReplicaTxn := s.txOn != nil && s.txOn == s.replica && b == s.replica
-		for _, m := range u.msgs {
-			reps = append(reps, m.setConfigs...)
-			if inReplicaTxn && m.typ == 'B' && m.ps != nil {
-				if one, ok := m.ps.class.Single(); ok && one.Kind == StmtSetLocal {
-					s.txLocals = append(s.txLocals, txLocal{sql: m.ps.query, chains: isTxnMode(one)})
-				}
-			}
-		}
-	}
-	for _, r := range reps {
+	take := func(r setConfigRepeat) {
 		if s.txOn != nil {
 			if s.txOn == s.replica && b == s.replica {
-				s.txLocals = append(s.txLocals, txLocal{sql: r.sql, chains: !r.local})
+				kind := txLocalSession
+				if r.local {
+					kind = txLocalOnly
+				}
+				s.txLocals = append(s.txLocals, txLocal{sql: r.sql, kind: kind})
 			}
-			continue
+			return
 		}
 		if !r.local { // a local one ended with the unit's implicit transaction
 			s.noteDefaults(r.defaults)
@@ -2720,6 +2737,37 @@ func (s *session) repeatSetConfigs(ctx context.Context, b *backendConn, u *unit,
 			// even if the repeat fails there (it would be skipped inside
 			// the same Query, leaving the connection in a failed block).
 			s.keepSet(ctx, b, []string{setConfigTxn + r.sql, "COMMIT"}, setConfigTxn+r.replaces)
+		}
+	}
+	if u.simple {
+		for _, st := range u.class.Stmts {
+			if len(st.SetConfigs) > 0 {
+				if r, ok := renderSetConfigs(st.SetConfigs, nil); ok {
+					for _, r := range r {
+						take(r)
+					}
+				}
+			}
+		}
+		return
+	}
+	// In order: what an AND CHAIN in the batch ends is forgotten, what
+	// comes after it belongs to the transaction it opened.
+	inReplicaTxn := s.txOn != nil && s.txOn == s.replica && b == s.replica
+	for _, m := range u.msgs {
+		for _, r := range m.setConfigs {
+			take(r)
+		}
+		if !inReplicaTxn || m.typ != 'B' || m.ps == nil {
+			continue
+		}
+		one, ok := m.ps.class.Single()
+		switch {
+		case !ok:
+		case one.Kind == StmtSetLocal:
+			s.txLocals = append(s.txLocals, txLocal{sql: m.ps.query, kind: setLocalKind(one)})
+		case (one.Kind == StmtCommit || one.Kind == StmtRollback) && one.Chain:
+			s.chainTxn(one.Kind == StmtRollback)
 		}
 	}
 }
