@@ -477,6 +477,12 @@ func TestLabLDAP(t *testing.T) {
 	must(t, err)
 	defer provider.Close()
 	must(t, provider.Bind(lab.AdminDN, l.AdminPassword()))
+	for _, ep := range s.Status().Endpoints {
+		// The hub is the provider; the consumer is read from only.
+		if want := ep.Target == routing.TargetHub; ep.Writable != want {
+			t.Errorf("status of %s %s: writable %v, want %v", ep.Target, ep.Endpoint, ep.Writable, want)
+		}
+	}
 
 	t.Run("read your writes", func(t *testing.T) {
 		for i := range 3 {

@@ -118,7 +118,9 @@ func (p *ldapProber) Probe(ctx context.Context) (ProbeResult, error) {
 		}
 		p.isWritable, p.roleKnown = w, true
 	}
-	out := ProbeResult{Writable: p.isWritable || !p.roleKnown, Position: set}
+	// The consumer is never asked (nothing is written through it): not
+	// writable, as a standby reports itself.
+	out := ProbeResult{Writable: p.target == TargetHub && (p.isWritable || !p.roleKnown), Position: set}
 	p.raw.SetDeadline(time.Time{})
 	return out, nil
 }
