@@ -86,7 +86,7 @@ func (r *drillReport) Failed() []string {
 func cmdDrill(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("drill", stderr)
 	var o drillOptions
-	labPath := fs.String("lab", "", "lab.json of a running `spokeproxy lab`: every endpoint and identity comes from it")
+	labPath := fs.String("lab", "", "the `file` lab.json of a running spokeproxy lab: every endpoint and identity comes from it")
 	wan := fs.Bool("wan", false, "with -lab: cut the lab's WAN links through its toxiproxy API instead of using the drill endpoint")
 	tokenFile := fs.String("admin-token-file", "", "file holding the admin bearer token (admin.token_file)")
 	protocol := fs.String("protocol", "both", "pg, ldap or both")
