@@ -31,7 +31,7 @@
 //     provider (mdb, syncprov, serverID 1) seeded from
 //     testdata/lab/seed.ldif, and a refreshAndPersist consumer through
 //     wan_ldap with the same rootdn/rootpw and ACLs, a cascading syncprov,
-//     and updateref to the provider.
+//     and updateref to the provider through wan_ldap.
 //   - spokeproxy, if Options.Proxy starts it (with Lab.ProxyConfigYAML).
 //
 // Lab.Info is what lab.json holds (Lab.WriteInfo writes it, in exactly the

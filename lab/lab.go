@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/url"
@@ -185,17 +186,31 @@ func clearDir(dir string) error {
 
 // makeDir creates or adopts the lab directory and makes it reachable by the
 // postgres user when running as root.
-func (l *Lab) makeDir(dir string) error {
+func (l *Lab) makeDir(dir string) (err error) {
+	// A directory made here that turns out unusable (not reachable by the
+	// postgres user) is not left behind.
+	made := ""
+	defer func() {
+		if err != nil && made != "" {
+			os.Remove(made)
+		}
+	}()
 	if dir == "" {
 		d, err := os.MkdirTemp("", "spokeproxy-lab-")
 		if err != nil {
 			return fmt.Errorf("lab: %w", err)
 		}
-		dir, l.createdDir = d, true
-	} else if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("lab: %w", err)
-	} else if err := clearDir(dir); err != nil {
-		return err
+		dir, made, l.createdDir = d, d, true
+	} else {
+		if _, statErr := os.Stat(dir); errors.Is(statErr, fs.ErrNotExist) {
+			made = dir
+		}
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("lab: %w", err)
+		}
+		if err := clearDir(dir); err != nil {
+			return err
+		}
 	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {

@@ -1,11 +1,13 @@
 package lab
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/url"
 	"os"
@@ -213,10 +215,14 @@ func TestLDAPEntryReplicatesToConsumer(t *testing.T) {
 	ldapConn(t, shared.ReplicaLDAPURL(), UserDN, UserPassword)
 	ldapConn(t, shared.ReplicaLDAPURL(), BobDN, BobPassword)
 
-	// A bound write on the consumer is referred to the hub.
+	// A bound write on the consumer is referred to the hub, through the
+	// WAN link.
 	err := ldapConn(t, shared.ReplicaLDAPURL(), AdminDN, shared.AdminPassword()).Del(ldap.NewDelRequest(dn, nil))
 	if !ldap.IsErrorWithCode(err, ldap.LDAPResultReferral) {
 		t.Fatalf("delete on the consumer: got %v, want a referral (10)", err)
+	}
+	if le, ok := err.(*ldap.Error); !ok || le.Packet == nil || !bytes.Contains(le.Packet.Bytes(), []byte(shared.WANLDAPURL())) {
+		t.Errorf("the consumer's referral does not name the hub through the WAN link (%s)", shared.WANLDAPURL())
 	}
 
 	// Cascading syncprov: the consumer announces the Sync Request control.
@@ -826,5 +832,33 @@ func TestSummaryTellsWhatToTry(t *testing.T) {
 	}
 	if strings.Contains(s, shared.AuthPassword()) {
 		t.Error("summary shows the auth role's password")
+	}
+}
+
+// A -dir the postgres user cannot reach is refused, and removed again when
+// the lab made it (an existing one is left alone).
+func TestMakeDirLeavesNoUnusableDirBehind(t *testing.T) {
+	parent := t.TempDir()
+	if err := os.Chmod(parent, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	as := &runAs{uid: 65534, gid: 65534} // not the owner: o+x is what counts
+	made := filepath.Join(parent, "new")
+	l := &Lab{as: as}
+	if err := l.makeDir(made); err == nil || !strings.Contains(err.Error(), "not searchable by the postgres user") {
+		t.Fatalf("makeDir under a 0700 directory: %v, want it refused as not searchable", err)
+	}
+	if _, err := os.Stat(made); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the refused directory %s was left behind (stat: %v)", made, err)
+	}
+	existing := filepath.Join(parent, "existing")
+	if err := os.Mkdir(existing, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := (&Lab{as: as}).makeDir(existing); err == nil {
+		t.Fatal("makeDir of an existing directory under a 0700 one succeeded")
+	}
+	if _, err := os.Stat(existing); err != nil {
+		t.Errorf("an existing -dir was removed: %v", err)
 	}
 }

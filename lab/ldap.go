@@ -97,7 +97,9 @@ func (l *Lab) providerConf(s *slapdServer) string {
 
 // consumerConf is the spoke's slapd: a refreshAndPersist consumer of the
 // provider through the wan_ldap link, a cascading provider itself (syncprov)
-// so sync searches work locally, writes referred to the hub's own URL.
+// so sync searches work locally, writes referred to the hub through the WAN
+// link (a client chasing the referral crosses the WAN like everything else
+// from the spoke, and a cut stops it).
 func (l *Lab) consumerConf(s *slapdServer) string {
 	syncrepl := fmt.Sprintf(`
 syncrepl rid=001
@@ -112,7 +114,7 @@ syncrepl rid=001
   binddn="%s"
   credentials=%s
 updateref %s
-`, l.wanLDAPAddr, BaseDN, AdminDN, l.ldapAdminPassword, l.hubLDAP.url())
+`, l.wanLDAPAddr, BaseDN, AdminDN, l.ldapAdminPassword, l.WANLDAPURL())
 	return slapdGlobalConf(s.dir, 0) + slapdDatabaseConf(s.dir, l.ldapAdminHash) + syncrepl + slapdACL +
 		"\noverlay syncprov\n"
 }
