@@ -77,6 +77,14 @@
 //	    '------------ idle: SET/RESET, set_config() ------------> replica, and the hub if attached
 //	                                                              (replayed when it attaches)
 //
+// A session-level SET or set_config() made inside a transaction, alone in
+// its Query or Bind, is held until the transaction ends: only the backend
+// holding the transaction has it (and the hub, in the replay, if a
+// transaction on the replica moves there). Committed, it is kept for the
+// session, applied on the other backend (queued for the hub) and followed
+// if it changes the transaction defaults; rolled back, it is forgotten,
+// as PostgreSQL undid it where it ran, so the two backends stay alike.
+//
 // COMMIT or ROLLBACK AND CHAIN in a transaction on the replica opens the
 // next one there at once: for the replay on the hub the front keeps the
 // client's BEGIN and SET TRANSACTION's isolation and access mode, and,
@@ -147,7 +155,8 @@
 // it costs no round trip). From then on the session's own SET SESSION
 // CHARACTERISTICS, SET default_transaction_* and RESET (ALL), DISCARD ALL,
 // and set_config() of default_transaction_*, are followed when they run
-// outside an explicit transaction. While the
+// outside an explicit transaction, or when the transaction they ran in
+// (alone in their statement) commits. While the
 // hub is unreachable a REPEATABLE READ read-write transaction opens on the
 // replica so its reads go on; it keeps that snapshot, so its first write
 // gets 25006, or 40001 (retry) if the hub has come back meanwhile.
@@ -274,15 +283,12 @@
 //
 //   - A flushed unit (Flush before Sync) whose replica connection dies is
 //     not run again elsewhere: it gets 08006 (see Replica loss).
-//   - A session-level SET (or set_config) inside an explicit transaction
-//     that was sent through the extended protocol or beside other
-//     statements in one Query applies on the backend that ran it, and on
-//     the hub if the transaction moves there, only (outside transactions
-//     such SETs are mirrored to the other backend once the unit has
-//     committed, see mirrorSets; a lone simple-protocol SET is mirrored
-//     everywhere).
-//   - Session transaction defaults changed inside an explicit transaction
-//     (by SET or set_config()) are not followed (see Transaction defaults).
+//   - A session-level SET inside an open transaction, beside other
+//     statements in one Query, applies on the backend that ran it only
+//     (alone, it follows the transaction's outcome; outside transactions
+//     such SETs are mirrored once the unit has committed, see mirrorSets).
+//     A SET undone by ROLLBACK TO SAVEPOINT is still kept, and so is one
+//     followed by ROLLBACK in the same Query.
 //   - Pooled hub connections keep the role and database settings of their
 //     login until HubPoolMaxAge; only a changed default isolation level
 //     retires them sooner.

@@ -317,6 +317,40 @@ func TestLabPG(t *testing.T) {
 		}
 	})
 
+	// A session-level SET made inside a transaction reaches the session's
+	// other backend only if the transaction commits: rolled back, the
+	// replica undid it and the hub never sees it; committed on the hub, the
+	// replica gets it too.
+	t.Run("SET in a transaction follows its outcome", func(t *testing.T) {
+		ctx := ctxT(t)
+		pc := f.connect(t, nil).PgConn()
+		run := func(qs ...string) [][][]byte {
+			t.Helper()
+			var rows [][][]byte
+			for _, q := range qs {
+				rr, err := pc.Exec(ctx, q).ReadAll()
+				if err != nil {
+					t.Fatalf("%s: %v", q, err)
+				}
+				for _, r := range rr {
+					rows = append(rows, r.Rows...)
+				}
+			}
+			return rows
+		}
+		const onHub = "UPDATE accounts SET balance = balance + 1 WHERE name = 'alice' RETURNING coalesce(current_setting('app.rolled_back', true), ''), coalesce(current_setting('app.committed', true), ''), pg_is_in_recovery()::text"
+		const onReplica = "SELECT coalesce(current_setting('app.rolled_back', true), ''), coalesce(current_setting('app.committed', true), ''), coalesce(current_setting('app.hub_txn', true), ''), pg_is_in_recovery()::text"
+		run("BEGIN", "SET app.rolled_back = 'yes'", "SELECT 1", "ROLLBACK")
+		run("BEGIN", "SET app.committed = 'yes'", "SELECT 1", "COMMIT")
+		if got := run(onHub); len(got) != 1 || string(got[0][0]) != "" || string(got[0][1]) != "yes" || string(got[0][2]) != "false" {
+			t.Errorf("on the hub after a rolled-back and a committed SET in replica transactions: %q, want app.rolled_back empty, app.committed yes", got)
+		}
+		run("BEGIN", "UPDATE accounts SET balance = balance + 1 WHERE name = 'alice'", "SET app.hub_txn = 'yes'", "COMMIT")
+		if got := run(onReplica); len(got) != 1 || string(got[0][0]) != "" || string(got[0][1]) != "yes" || string(got[0][2]) != "yes" || string(got[0][3]) != "true" {
+			t.Errorf("on the standby: %q, want app.rolled_back empty, app.committed and app.hub_txn yes", got)
+		}
+	})
+
 	t.Run("lazy transaction", func(t *testing.T) {
 		ctx := ctxT(t)
 		c := f.connect(t, nil)

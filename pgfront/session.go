@@ -93,6 +93,9 @@ type session struct {
 	// one, opened there while the hub was unavailable: moving it to the hub
 	// would change its snapshot, so it never moves.
 	txSnapshot bool
+	// txFailed: the open transaction is in a failed state ('E'): its
+	// COMMIT rolls back.
+	txFailed bool
 	// hubChained: the hub transaction was opened by COMMIT or ROLLBACK
 	// AND CHAIN, whose position was not learnt then: its end learns it.
 	hubChained bool
@@ -844,22 +847,8 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 		}
 		// A read the standby refuses moves the transaction to the hub,
 		// unless it must keep its snapshot: then the client gets the 25006.
-		p := plan{to: s.replica, route: metrics.RouteLocal, safetyNet: k == StmtRead && !s.txSnapshot}
-		if (k == StmtSetLocal || k == StmtSession) && u.simple {
-			// Replayed on the hub if the transaction moves there.
-			kind := txLocalSession
-			if k == StmtSetLocal {
-				kind = setLocalKind(single)
-			}
-			s.txLocals = append(s.txLocals, txLocal{sql: u.query, kind: kind})
-		}
-		if k == StmtSession && u.simple {
-			s.sets = append(s.sets, u.query)
-			if s.hub != nil {
-				p.toSecond = s.hub
-			}
-		}
-		return p, nil
+		// A SET or SET LOCAL that succeeds is kept by finish (noteTxnSet).
+		return plan{to: s.replica, route: metrics.RouteLocal, safetyNet: k == StmtRead && !s.txSnapshot}, nil
 	}
 	// Autocommit (idle session). A batch that opens a transaction and
 	// then only reads (JDBC with autocommit off sends BEGIN with the first
@@ -1314,7 +1303,7 @@ func (s *session) settleIdle(b *backendConn) bool {
 // endTxn forgets the transaction the session had open: where it ran, its
 // BEGIN, the SET LOCALs kept to replay it elsewhere, its snapshot rule.
 func (s *session) endTxn() {
-	s.txOn, s.txBegin, s.txLocals, s.txSnapshot, s.hubChained = nil, "", nil, false, false
+	s.txOn, s.txBegin, s.txLocals, s.txSnapshot, s.hubChained, s.txFailed = nil, "", nil, false, false, false
 }
 
 // loseTxn ends the session's transaction as lost: statements fail with
@@ -1347,6 +1336,9 @@ func (s *session) moveTxnToHub(hb *backendConn) {
 type txLocal struct {
 	sql  string
 	kind txLocalKind
+	// setConfig: a session-level set_config() call (sql is its SELECT),
+	// kept at commit as repeatSetConfigs keeps one outside a transaction.
+	setConfig *setConfigRepeat
 }
 
 type txLocalKind uint8
@@ -1367,20 +1359,62 @@ func setLocalKind(st Statement) txLocalKind {
 	return txLocalOnly
 }
 
-// chainTxn follows a COMMIT or ROLLBACK AND CHAIN that left a new
-// transaction open on the same replica backend: same BEGIN and
-// characteristics, without the SET LOCALs of the one it ended, and after
-// a ROLLBACK without its session-level SETs either, which PostgreSQL
-// undoes.
-func (s *session) chainTxn(rollback bool) {
+// chainTxn follows a COMMIT or ROLLBACK AND CHAIN on b that left a new
+// transaction open there: same BEGIN and characteristics, without the SET
+// LOCALs of the one it ended; its session-level SETs are settled as at
+// any transaction's end.
+func (s *session) chainTxn(ctx context.Context, b *backendConn, rollback bool) {
+	s.settleTxnSets(ctx, b, !rollback && !s.txFailed)
 	kept := s.txLocals[:0]
 	for _, l := range s.txLocals {
-		if l.kind == txLocalMode || (l.kind == txLocalSession && !rollback) {
+		if l.kind == txLocalMode {
 			kept = append(kept, l)
 		}
 	}
 	clear(s.txLocals[len(kept):])
 	s.txLocals = kept
+}
+
+// noteTxnSet keeps a lone simple-protocol SET LOCAL, SET TRANSACTION or
+// SET that succeeded inside a transaction on b: the first two to replay on
+// the hub if a transaction on the replica moves there, a session-level SET
+// for that replay too and to settle when the transaction ends.
+func (s *session) noteTxnSet(b *backendConn, u *unit, res exResult) {
+	if !u.simple || res.failed || s.pinned {
+		return
+	}
+	st, ok := u.class.Single()
+	switch {
+	case !ok:
+	case st.Kind == StmtSetLocal && b == s.replica:
+		s.txLocals = append(s.txLocals, txLocal{sql: u.query, kind: setLocalKind(st)})
+	case st.Kind == StmtSession:
+		s.txLocals = append(s.txLocals, txLocal{sql: u.query, kind: txLocalSession})
+	}
+}
+
+// settleTxnSets ends the session-level SETs made in the transaction that
+// just ended on b: committed, they are kept for the session, followed if
+// they change its transaction defaults, and applied to the other backend
+// (queued for the hub); rolled back, PostgreSQL undid them on b and
+// nothing else ever saw them. They stay out of the other backend until
+// then, so a rollback leaves the two alike.
+func (s *session) settleTxnSets(ctx context.Context, b *backendConn, committed bool) {
+	if !committed {
+		return
+	}
+	for _, l := range s.txLocals {
+		switch {
+		case l.kind != txLocalSession:
+		case l.setConfig != nil:
+			s.keepSetConfig(ctx, b, *l.setConfig)
+		default:
+			for _, st := range s.srv.classifier.Load().Classify(l.sql).Stmts {
+				s.noteDefaults(st)
+			}
+			s.keepSet(ctx, b, []string{l.sql}, "")
+		}
+	}
 }
 
 // exResult is what one exchange with a backend produced.
@@ -1887,15 +1921,19 @@ func (s *session) finish(ctx context.Context, p plan, u *unit, res exResult) err
 	b := p.to
 	switch res.status {
 	case 'I':
+		if s.txOn != nil {
+			s.settleTxnSets(ctx, b, u.class.Has(StmtCommit) && !res.failed && !s.txFailed)
+		}
 		s.endTxn()
 	case 'T', 'E':
 		chains, rollback := endsAndChains(u.class)
 		s.hubChained = s.hubChained || (chains && b.hub)
-		if chains && s.txOn == b && b == s.replica && (u.simple || res.failed || u.fn) {
+		if chains && s.txOn == b && (u.simple || res.failed || u.fn) {
 			// An extended batch is followed in order by repeatSetConfigs.
-			s.chainTxn(rollback)
+			s.chainTxn(ctx, b, rollback)
 		}
-		s.txOn = b
+		s.txOn, s.txFailed = b, res.status == 'E'
+		s.noteTxnSet(b, u, res)
 	}
 	if b.hub && res.lsn != 0 {
 		if res.lsn > s.pos {
@@ -2319,9 +2357,12 @@ func (s *session) closeReplicaPart(ctx context.Context, f *flight) error {
 	s.srv.front.Request(f.p.route, "read")
 	switch res.status {
 	case 'I':
+		if s.txOn != nil {
+			s.settleTxnSets(ctx, f.b, f.u.class.Has(StmtCommit) && !res.failed && !s.txFailed)
+		}
 		s.endTxn()
 	case 'T', 'E':
-		s.txOn = f.b
+		s.txOn, s.txFailed = f.b, res.status == 'E'
 	}
 	// What the part set follows the session to the hub, as at a unit's end.
 	s.mirrorSets(ctx, f.b, f.u, res)
@@ -2380,7 +2421,7 @@ func (s *session) openFlight(ctx context.Context, u *unit) (*flight, error) {
 				return nil, &clientIOError{err: err}
 			}
 			if res.status == 'E' || res.status == 'T' {
-				s.txOn = s.replica
+				s.txOn, s.txFailed = s.replica, res.status == 'E'
 			}
 			return refused(res.status), nil
 		}
@@ -2719,24 +2760,16 @@ func (s *session) repeatSetConfigs(ctx context.Context, b *backendConn, u *unit,
 		return
 	}
 	take := func(r setConfigRepeat) {
-		if s.txOn != nil {
-			if s.txOn == s.replica && b == s.replica {
-				kind := txLocalSession
-				if r.local {
-					kind = txLocalOnly
-				}
-				s.txLocals = append(s.txLocals, txLocal{sql: r.sql, kind: kind})
+		switch {
+		case s.txOn == nil:
+			if !r.local { // a local one ended with the unit's implicit transaction
+				s.keepSetConfig(ctx, b, r)
 			}
-			return
-		}
-		if !r.local { // a local one ended with the unit's implicit transaction
-			s.noteDefaults(r.defaults)
-			// In a transaction of its own: under a SERIALIZABLE default a
-			// standby refuses a bare SELECT (0A000), where SET would pass.
-			// The COMMIT is a query of its own, so that it ends the block
-			// even if the repeat fails there (it would be skipped inside
-			// the same Query, leaving the connection in a failed block).
-			s.keepSet(ctx, b, []string{setConfigTxn + r.sql, "COMMIT"}, setConfigTxn+r.replaces)
+		case s.txOn != b:
+		case r.local && b == s.replica:
+			s.txLocals = append(s.txLocals, txLocal{sql: r.sql, kind: txLocalOnly})
+		case !r.local:
+			s.txLocals = append(s.txLocals, txLocal{sql: r.sql, kind: txLocalSession, setConfig: &r})
 		}
 	}
 	if u.simple {
@@ -2751,23 +2784,37 @@ func (s *session) repeatSetConfigs(ctx context.Context, b *backendConn, u *unit,
 		}
 		return
 	}
-	// In order: what an AND CHAIN in the batch ends is forgotten, what
-	// comes after it belongs to the transaction it opened.
-	inReplicaTxn := s.txOn != nil && s.txOn == s.replica && b == s.replica
+	// In order: what an AND CHAIN in the batch ends is settled or
+	// forgotten, what comes after it belongs to the transaction it opened.
+	inTxn := s.txOn != nil && s.txOn == b
 	for _, m := range u.msgs {
 		for _, r := range m.setConfigs {
 			take(r)
 		}
-		if !inReplicaTxn || m.typ != 'B' || m.ps == nil {
+		if !inTxn || m.typ != 'B' || m.ps == nil {
 			continue
 		}
 		one, ok := m.ps.class.Single()
 		switch {
 		case !ok:
-		case one.Kind == StmtSetLocal:
+		case one.Kind == StmtSetLocal && b == s.replica:
 			s.txLocals = append(s.txLocals, txLocal{sql: m.ps.query, kind: setLocalKind(one)})
+		case one.Kind == StmtSession && !s.pinned:
+			s.txLocals = append(s.txLocals, txLocal{sql: m.ps.query, kind: txLocalSession})
 		case (one.Kind == StmtCommit || one.Kind == StmtRollback) && one.Chain:
-			s.chainTxn(one.Kind == StmtRollback)
+			s.chainTxn(ctx, b, one.Kind == StmtRollback)
 		}
 	}
+}
+
+// keepSetConfig keeps a session-level set_config() call that ran on b
+// outside a transaction (or in one that committed), as keepSet keeps a SET.
+func (s *session) keepSetConfig(ctx context.Context, b *backendConn, r setConfigRepeat) {
+	s.noteDefaults(r.defaults)
+	// In a transaction of its own: under a SERIALIZABLE default a standby
+	// refuses a bare SELECT (0A000), where SET would pass. The COMMIT is a
+	// query of its own, so that it ends the block even if the repeat fails
+	// there (it would be skipped inside the same Query, leaving the
+	// connection in a failed block).
+	s.keepSet(ctx, b, []string{setConfigTxn + r.sql, "COMMIT"}, setConfigTxn+r.replaces)
 }
