@@ -77,22 +77,27 @@
 //	    '------------ idle: SET/RESET, set_config() ------------> replica, and the hub if attached
 //	                                                              (replayed when it attaches)
 //
-// A session-level SET or set_config() made inside a transaction, alone in
-// its Query or Bind, is held until the transaction ends: only the backend
-// holding the transaction has it (and the hub, in the replay, if a
-// transaction on the replica moves there). Committed, it is kept for the
-// session, applied on the other backend (queued for the hub) and followed
-// if it changes the transaction defaults; rolled back, it is forgotten,
-// as PostgreSQL undid it where it ran, so the two backends stay alike.
+// A session-level SET alone in its Query or Bind, or a session-level
+// set_config(), made inside a transaction is held until the transaction
+// ends: only the backend holding the transaction has it (and the hub, in
+// the replay, if a transaction on the replica moves there). How the
+// transaction ended is read from the CommandComplete tag: COMMIT, and it
+// is kept for the session, applied on the other backend (queued for the
+// hub) and followed if it changes the transaction defaults; ROLLBACK
+// (also what a COMMIT of a failed transaction answers), and it is
+// forgotten, as PostgreSQL undid it where it ran, so the two backends stay
+// alike. DEALLOCATE ALL is not transactional: it runs on the other backend
+// at once. A transaction on the replica that failed stays there until it
+// ends: its statements get PostgreSQL's 25P02, a write does not move it.
 //
-// COMMIT or ROLLBACK AND CHAIN in a transaction on the replica opens the
-// next one there at once: for the replay on the hub the front keeps the
-// client's BEGIN and SET TRANSACTION's isolation and access mode, and,
-// after a COMMIT, session-level SETs; it forgets the ended transaction's
-// SET LOCALs (and, after a ROLLBACK, its SETs), as PostgreSQL does. On the
-// hub, the position of a chained COMMIT is not read behind it (that query
-// would open the new transaction, take its snapshot and make a following
-// SET TRANSACTION fail): the end of the chain reads it, a ROLLBACK too.
+// COMMIT or ROLLBACK AND CHAIN opens the next transaction at once on the
+// same backend. For the replay on the hub the front keeps the client's
+// BEGIN and SET TRANSACTION's isolation and access mode, forgets the ended
+// transaction's SET LOCALs, and settles its SETs as above, as PostgreSQL
+// carries them. On the hub, the position is not read behind a unit whose
+// last COMMIT chains (that query would open the new transaction, take its
+// snapshot and make a following SET TRANSACTION fail): the end of the
+// chain reads it, a ROLLBACK too.
 //
 // While the hub is unavailable a write gets 25006 at once, naming the hub;
 // inside a transaction on the replica the refusal is raised there (a DO
@@ -121,8 +126,9 @@
 // runs it only. The classifier keeps each call whose arguments are plain
 // literals or bare parameters, and the front repeats it, rendered with
 // the Bind's parameters, as SET is repeated: a session-level call, once
-// its unit has committed, on the other backend and on any hub connection
-// attached later; one made in a transaction on the replica (PostgREST's
+// its unit (or the transaction it ran in) has committed, on the other
+// backend and on any hub connection attached later; one made in a
+// transaction on the replica (PostgREST's
 // request.jwt.claims, a row-level security policy's tenant) with the
 // transaction's SET LOCALs, replayed on the hub if the transaction moves
 // there, so the hub's policies see what the client set. A call the front
@@ -288,7 +294,7 @@
 //     (alone, it follows the transaction's outcome; outside transactions
 //     such SETs are mirrored once the unit has committed, see mirrorSets).
 //     A SET undone by ROLLBACK TO SAVEPOINT is still kept, and so is one
-//     followed by ROLLBACK in the same Query.
+//     followed by ROLLBACK in the same Query or extended batch.
 //   - Pooled hub connections keep the role and database settings of their
 //     login until HubPoolMaxAge; only a changed default isolation level
 //     retires them sooner.

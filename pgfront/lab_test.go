@@ -351,6 +351,44 @@ func TestLabPG(t *testing.T) {
 		}
 	})
 
+	// A transaction on the replica that failed stays failed: a write gets
+	// 25P02 there, as PostgreSQL answers, instead of reviving it on the
+	// hub, and its COMMIT rolls back, by an extended COMMIT AND CHAIN too,
+	// without a SET of it reaching the hub.
+	t.Run("failed replica transaction", func(t *testing.T) {
+		ctx := ctxT(t)
+		c := f.connect(t, nil)
+		pc := c.PgConn()
+		body := fmt.Sprintf("after a failure %d", time.Now().UnixNano())
+		for _, q := range []string{"BEGIN", "SET app.failed_txn = 'yes'", "SELECT 1/0"} {
+			_, err := pc.Exec(ctx, q).ReadAll()
+			if q == "SELECT 1/0" {
+				wantCode(t, err, "22012")
+			} else if err != nil {
+				t.Fatalf("%s: %v", q, err)
+			}
+		}
+		_, err := pc.Exec(ctx, "INSERT INTO notes (account_id, body) VALUES (1, '"+body+"')").ReadAll()
+		wantCode(t, err, "25P02")
+		if _, err := c.Exec(ctx, "COMMIT AND CHAIN", pgx.QueryExecModeExec); err != nil {
+			t.Fatalf("extended COMMIT AND CHAIN of a failed transaction: %v", err)
+		}
+		if st := pc.TxStatus(); st != 'T' {
+			t.Fatalf("after COMMIT AND CHAIN: status %q, want 'T'", st)
+		}
+		if _, err := pc.Exec(ctx, "ROLLBACK").ReadAll(); err != nil {
+			t.Fatal(err)
+		}
+		var n int
+		var setting string
+		if err := c.QueryRow(ctx, "WITH w AS (UPDATE accounts SET balance = balance + 1 WHERE name = 'alice' RETURNING coalesce(current_setting('app.failed_txn', true), '') AS v) SELECT (SELECT count(*) FROM notes WHERE body = $1), (SELECT v FROM w)", body).Scan(&n, &setting); err != nil {
+			t.Fatal(err)
+		}
+		if n != 0 || setting != "" {
+			t.Errorf("on the hub: %d rows of the failed transaction's INSERT, app.failed_txn %q; want 0 and empty", n, setting)
+		}
+	})
+
 	t.Run("lazy transaction", func(t *testing.T) {
 		ctx := ctxT(t)
 		c := f.connect(t, nil)

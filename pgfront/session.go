@@ -626,7 +626,7 @@ func (s *session) runUnit(ctx context.Context, u *unit) error {
 			return s.answerLost(u)
 		}
 		if p.refuse != nil {
-			s.countRefusal(kind == "write", p.refuse)
+			s.countRefusal(kind != "read", p.refuse)
 			s.srv.front.Request(metrics.RouteRefuse, kind)
 			return s.refuse(ctx, u, p.refuse)
 		}
@@ -823,6 +823,12 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 		return p, err
 	}
 	inTxn := s.txOn != nil
+	if inTxn && s.txFailed {
+		// A failed transaction on the replica: everything but its end
+		// gets 25P02 there, as PostgreSQL answers; a write must not revive
+		// it on the hub.
+		return plan{to: s.replica, route: metrics.RouteLocal}, nil
+	}
 	if inTxn { // a transaction on the replica
 		switch {
 		case k == StmtSetLocal && isSingle && single.Isolation >= IsolationRepeatableRead && single.Access != AccessReadOnly && !s.txSnapshot:
@@ -911,15 +917,7 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 		for _, st := range u.class.Stmts {
 			s.noteDefaults(st)
 			if st.DropsPrepared {
-				// Both backends drop every prepared statement, and so
-				// does the client's view.
-				s.stmts = make(map[string]*preparedStmt)
-				for _, b := range []*backendConn{s.replica, s.hub} {
-					if b != nil {
-						b.prepared = make(map[string]bool)
-						b.pendingClose = nil
-					}
-				}
+				s.dropAllPrepared()
 			}
 		}
 		p := plan{to: s.replica, route: metrics.RouteLocal}
@@ -1363,8 +1361,8 @@ func setLocalKind(st Statement) txLocalKind {
 // transaction open there: same BEGIN and characteristics, without the SET
 // LOCALs of the one it ended; its session-level SETs are settled as at
 // any transaction's end.
-func (s *session) chainTxn(ctx context.Context, b *backendConn, rollback bool) {
-	s.settleTxnSets(ctx, b, !rollback && !s.txFailed)
+func (s *session) chainTxn(ctx context.Context, b *backendConn, committed bool) {
+	s.settleTxnSets(ctx, b, committed)
 	kept := s.txLocals[:0]
 	for _, l := range s.txLocals {
 		if l.kind == txLocalMode {
@@ -1379,7 +1377,7 @@ func (s *session) chainTxn(ctx context.Context, b *backendConn, rollback bool) {
 // SET that succeeded inside a transaction on b: the first two to replay on
 // the hub if a transaction on the replica moves there, a session-level SET
 // for that replay too and to settle when the transaction ends.
-func (s *session) noteTxnSet(b *backendConn, u *unit, res exResult) {
+func (s *session) noteTxnSet(ctx context.Context, b *backendConn, u *unit, res exResult) {
 	if !u.simple || res.failed || s.pinned {
 		return
 	}
@@ -1389,7 +1387,33 @@ func (s *session) noteTxnSet(b *backendConn, u *unit, res exResult) {
 	case st.Kind == StmtSetLocal && b == s.replica:
 		s.txLocals = append(s.txLocals, txLocal{sql: u.query, kind: setLocalKind(st)})
 	case st.Kind == StmtSession:
-		s.txLocals = append(s.txLocals, txLocal{sql: u.query, kind: txLocalSession})
+		s.holdTxnSession(ctx, b, u.query, st)
+	}
+}
+
+// holdTxnSession keeps a session statement that ran in the transaction
+// open on b until the transaction ends. DEALLOCATE ALL is not
+// transactional: it drops every prepared statement at once, so the other
+// backend runs it now too and the session forgets them all.
+func (s *session) holdTxnSession(ctx context.Context, b *backendConn, sql string, st Statement) {
+	if st.DropsPrepared {
+		s.dropAllPrepared()
+		s.keepSet(ctx, b, []string{sql}, "")
+		return
+	}
+	s.txLocals = append(s.txLocals, txLocal{sql: sql, kind: txLocalSession})
+}
+
+// dropAllPrepared forgets every prepared statement, the client's and each
+// backend's: DEALLOCATE ALL or DISCARD ALL ran (or is about to run) on
+// both backends.
+func (s *session) dropAllPrepared() {
+	s.stmts = make(map[string]*preparedStmt)
+	for _, b := range []*backendConn{s.replica, s.hub} {
+		if b != nil {
+			b.prepared = make(map[string]bool)
+			b.pendingClose = nil
+		}
 	}
 }
 
@@ -1427,11 +1451,29 @@ type exResult struct {
 	suffixLost error
 	failed     bool // the unit got an ErrorResponse
 	relayed    bool // some of the unit's answers were handed to the client
+	// ended: how the last transaction the unit ended ended, from its
+	// CommandComplete tag: 'C' committed ("COMMIT", also for AND CHAIN),
+	// 'R' rolled back ("ROLLBACK": a ROLLBACK, or a COMMIT of a failed
+	// transaction), 0 when no COMMIT or ROLLBACK completed (one that failed
+	// does not complete).
+	ended byte
 	// open: an extended unit's COPY FROM STDIN has begun (CopyInResponse);
 	// the server answers the rest of the unit only after the client's next
 	// Flush or Sync (it ignores those sent during COPY), so the unit stays
 	// in flight until its Sync. The flight is this one.
 	open *flight
+}
+
+// txnEndTag reads a CommandComplete body: 'C' for COMMIT, 'R' for
+// ROLLBACK, 0 for anything else.
+func txnEndTag(body []byte) byte {
+	switch string(body) {
+	case "COMMIT\x00":
+		return 'C'
+	case "ROLLBACK\x00":
+		return 'R'
+	}
+	return 0
 }
 
 // clientIOError: the client connection failed; the session ends.
@@ -1617,7 +1659,7 @@ func (s *session) sendEnd(f *flight) {
 }
 
 func (s *session) sendSuffix(f *flight) {
-	if chains, _ := endsAndChains(f.u.class); f.p.capture && chains {
+	if f.p.capture && lastEndChains(f.u.class) {
 		// The position query would be the first statement of the
 		// transaction AND CHAIN opened: it would take its snapshot and
 		// make the client's SET TRANSACTION fail. The position is learnt
@@ -1797,6 +1839,11 @@ answers:
 				}
 			}
 		case 'D', 'C', 's', 'I', 'H', 'G':
+			if typ == 'C' {
+				if e := txnEndTag(frame[5:]); e != 0 {
+					f.res.ended = e
+				}
+			}
 			if f.holding {
 				f.holding = false
 				if len(f.held) > 0 {
@@ -1922,18 +1969,18 @@ func (s *session) finish(ctx context.Context, p plan, u *unit, res exResult) err
 	switch res.status {
 	case 'I':
 		if s.txOn != nil {
-			s.settleTxnSets(ctx, b, u.class.Has(StmtCommit) && !res.failed && !s.txFailed)
+			s.settleTxnSets(ctx, b, res.ended == 'C')
 		}
 		s.endTxn()
 	case 'T', 'E':
-		chains, rollback := endsAndChains(u.class)
-		s.hubChained = s.hubChained || (chains && b.hub)
-		if chains && s.txOn == b && (u.simple || res.failed || u.fn) {
+		chained := endsAndChains(u.class) && res.ended != 0 // a chain ran
+		s.hubChained = s.hubChained || (chained && b.hub)
+		if chained && s.txOn == b && (u.simple || res.failed || u.fn) {
 			// An extended batch is followed in order by repeatSetConfigs.
-			s.chainTxn(ctx, b, rollback)
+			s.chainTxn(ctx, b, res.ended == 'C')
 		}
 		s.txOn, s.txFailed = b, res.status == 'E'
-		s.noteTxnSet(b, u, res)
+		s.noteTxnSet(ctx, b, u, res)
 	}
 	if b.hub && res.lsn != 0 {
 		if res.lsn > s.pos {
@@ -2085,15 +2132,26 @@ func (s *session) answerLost(u *unit) error {
 	return nil
 }
 
-// endsAndChains reports whether a unit ends a transaction with AND CHAIN,
-// and whether the last such end is a ROLLBACK.
-func endsAndChains(c Classification) (chains, rollback bool) {
+// endsAndChains reports whether a unit ends a transaction with AND CHAIN.
+func endsAndChains(c Classification) bool {
 	for _, st := range c.Stmts {
 		if (st.Kind == StmtCommit || st.Kind == StmtRollback) && st.Chain {
-			chains, rollback = true, st.Kind == StmtRollback
+			return true
 		}
 	}
-	return chains, rollback
+	return false
+}
+
+// lastEndChains reports whether the last COMMIT or ROLLBACK of a unit is
+// AND CHAIN: the unit then ends inside the transaction it opened.
+func lastEndChains(c Classification) bool {
+	chains := false
+	for _, st := range c.Stmts {
+		if st.Kind == StmtCommit || st.Kind == StmtRollback {
+			chains = st.Chain
+		}
+	}
+	return chains
 }
 
 // endsLostTxn reports whether u, met while the session's transaction is
@@ -2358,7 +2416,7 @@ func (s *session) closeReplicaPart(ctx context.Context, f *flight) error {
 	switch res.status {
 	case 'I':
 		if s.txOn != nil {
-			s.settleTxnSets(ctx, f.b, f.u.class.Has(StmtCommit) && !res.failed && !s.txFailed)
+			s.settleTxnSets(ctx, f.b, res.ended == 'C')
 		}
 		s.endTxn()
 	case 'T', 'E':
@@ -2408,7 +2466,7 @@ func (s *session) openFlight(ctx context.Context, u *unit) (*flight, error) {
 	}
 	kind := u.class.RequestKind()
 	if p.refuse != nil {
-		s.countRefusal(kind == "write", p.refuse)
+		s.countRefusal(kind != "read", p.refuse)
 		s.srv.front.Request(metrics.RouteRefuse, kind)
 		if s.txOn == s.replica && s.replica != nil {
 			// Abort the replica transaction as the standby's own 25006 would.
@@ -2768,7 +2826,7 @@ func (s *session) repeatSetConfigs(ctx context.Context, b *backendConn, u *unit,
 		case s.txOn != b:
 		case r.local && b == s.replica:
 			s.txLocals = append(s.txLocals, txLocal{sql: r.sql, kind: txLocalOnly})
-		case !r.local:
+		case !r.local && !s.pinned:
 			s.txLocals = append(s.txLocals, txLocal{sql: r.sql, kind: txLocalSession, setConfig: &r})
 		}
 	}
@@ -2800,9 +2858,9 @@ func (s *session) repeatSetConfigs(ctx context.Context, b *backendConn, u *unit,
 		case one.Kind == StmtSetLocal && b == s.replica:
 			s.txLocals = append(s.txLocals, txLocal{sql: m.ps.query, kind: setLocalKind(one)})
 		case one.Kind == StmtSession && !s.pinned:
-			s.txLocals = append(s.txLocals, txLocal{sql: m.ps.query, kind: txLocalSession})
+			s.holdTxnSession(ctx, b, m.ps.query, one)
 		case (one.Kind == StmtCommit || one.Kind == StmtRollback) && one.Chain:
-			s.chainTxn(ctx, b, one.Kind == StmtRollback)
+			s.chainTxn(ctx, b, res.ended == 'C')
 		}
 	}
 }
