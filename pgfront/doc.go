@@ -222,7 +222,11 @@
 // A pooled connection unused for HubPoolIdleTimeout is closed (a timer
 // reaps the pool), and one HubPoolMaxAge after its login is closed rather
 // than reused, so the hub's backends are not held for roles that stopped
-// writing, and role settings changed at the hub reach new sessions.
+// writing, and role settings changed at the hub reach new sessions. At
+// each change of the hub's state (watchHubPool) the pooled connections
+// that change made useless are closed at once: those to an endpoint that
+// is no longer the hub, and those the other end closed (a cut resets
+// them), so backend_connections{target="hub"} follows an outage.
 //
 // # Relay
 //

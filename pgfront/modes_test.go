@@ -153,6 +153,23 @@ func TestLabPGModes(t *testing.T) {
 		}
 		waitFor(t, "the idle pooled connection to close", func() bool { return f.srv.pooledHubs() == 0 && appBackends() == 0 })
 
+		// A cut resets it: closed as soon as the hub is seen down, not
+		// at its idle timeout, and the gauge follows.
+		h := startFront(t, l, nil)
+		pool(h)
+		if got := counterValue(t, h.m.Front.HubConnections); got != 1 {
+			t.Fatalf("hub connections gauge %v with one pooled connection", got)
+		}
+		h.cut(t)
+		waitFor(t, "the pooled connection the cut reset to close", func() bool { return h.srv.pooledHubs() == 0 })
+		if got := counterValue(t, h.m.Front.HubConnections); got != 0 {
+			t.Errorf("hub connections gauge %v after the cut closed the pooled one", got)
+		}
+		if err := l.ResetWAN(); err != nil {
+			t.Fatal(err)
+		}
+		h.waitHub(t, true)
+
 		// HubPoolMaxAge after its login: not reused.
 		g := startFront(t, l, func(c *Config) { c.HubPoolMaxAge = 300 * time.Millisecond })
 		pool(g)

@@ -186,7 +186,8 @@ type Server struct {
 	forced     context.Context
 	forceStops context.CancelFunc
 
-	wg sync.WaitGroup // one per client connection goroutine
+	wg        sync.WaitGroup // one per client connection goroutine, and the pool watcher
+	watchPool sync.Once      // starts watchHubPool with the first Serve
 }
 
 // cancelKey is a BackendKeyData pair.
@@ -310,6 +311,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	s.listeners[ln] = struct{}{}
 	s.mu.Unlock()
+	s.watchPool.Do(func() {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.watchHubPool(ctx)
+		}()
+	})
 	defer func() {
 		s.mu.Lock()
 		delete(s.listeners, ln)
@@ -509,6 +517,32 @@ func (s *Server) nextHubExpiryLocked() time.Duration {
 		}
 	}
 	return max(next, 10*time.Millisecond)
+}
+
+// watchHubPool closes, at each change of the Site's hub state, the
+// pooled hub connections that change made useless: to an endpoint that is
+// no longer the hub (a failover), or closed by the other end (a cut resets
+// them). The pool and the hub connections gauge then follow an outage
+// instead of waiting for HubPoolIdleTimeout. It ends with ctx or when
+// Shutdown starts.
+func (s *Server) watchHubPool(ctx context.Context) {
+	for {
+		changes := s.site.Changes()
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.draining.Done():
+			return
+		case <-changes:
+		}
+		current := ""
+		if s.site.HubUnavailable() == nil {
+			current = s.site.Snapshot().Hub.Endpoint
+		}
+		s.pruneHubPool(func(b *backendConn) bool {
+			return (current != "" && b.endpoint != current) || !b.alive()
+		})
+	}
 }
 
 // reapHubPool closes the expired pooled hub connections and arms itself
