@@ -81,14 +81,17 @@
 // set_config(), made inside a transaction is held until the transaction
 // ends: only the backend holding the transaction has it (and the hub, in
 // the replay, if a transaction on the replica moves there). How the
-// transaction ended is read from the CommandComplete tag: COMMIT, and it
+// transaction ended is read from the CommandComplete tag of the unit's
+// first end: COMMIT (or PREPARE TRANSACTION), and it
 // is kept for the session, applied on the other backend (queued for the
 // hub) and followed if it changes the transaction defaults; ROLLBACK
 // (also what a COMMIT of a failed transaction answers), and it is
 // forgotten, as PostgreSQL undid it where it ran, so the two backends stay
 // alike. DEALLOCATE ALL is not transactional: it runs on the other backend
 // at once. A transaction on the replica that failed stays there until it
-// ends: its statements get PostgreSQL's 25P02, a write does not move it.
+// ends: its statements get PostgreSQL's 25P02, a write does not move it
+// (a unit that ends it and then writes, "ROLLBACK; INSERT ...", runs its
+// write on the hub).
 //
 // COMMIT or ROLLBACK AND CHAIN opens the next transaction at once on the
 // same backend. For the replay on the hub the front keeps the client's
@@ -224,9 +227,10 @@
 // than reused, so the hub's backends are not held for roles that stopped
 // writing, and role settings changed at the hub reach new sessions. At
 // each change of the hub's state (watchHubPool) the pooled connections
-// that change made useless are closed at once: those to an endpoint that
-// is no longer the hub, and those the other end closed (a cut resets
-// them), so backend_connections{target="hub"} follows an outage.
+// that change made useless are closed at once: all of them while the hub
+// is down (not during a drill), those to an endpoint that is no longer the
+// hub, and those the other end closed, so backend_connections{target="hub"}
+// follows an outage.
 //
 // # Relay
 //

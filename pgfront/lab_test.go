@@ -341,7 +341,9 @@ func TestLabPG(t *testing.T) {
 		const onHub = "UPDATE accounts SET balance = balance + 1 WHERE name = 'alice' RETURNING coalesce(current_setting('app.rolled_back', true), ''), coalesce(current_setting('app.committed', true), ''), pg_is_in_recovery()::text"
 		const onReplica = "SELECT coalesce(current_setting('app.rolled_back', true), ''), coalesce(current_setting('app.committed', true), ''), coalesce(current_setting('app.hub_txn', true), ''), pg_is_in_recovery()::text"
 		run("BEGIN", "SET app.rolled_back = 'yes'", "SELECT 1", "ROLLBACK")
-		run("BEGIN", "SET app.committed = 'yes'", "SELECT 1", "COMMIT")
+		// The held SET belongs to the transaction the unit's first end
+		// closes, committed here, not to the one it opens and rolls back.
+		run("BEGIN", "SET app.committed = 'yes'", "SELECT 1", "COMMIT; BEGIN; SELECT 1; ROLLBACK")
 		if got := run(onHub); len(got) != 1 || string(got[0][0]) != "" || string(got[0][1]) != "yes" || string(got[0][2]) != "false" {
 			t.Errorf("on the hub after a rolled-back and a committed SET in replica transactions: %q, want app.rolled_back empty, app.committed yes", got)
 		}
@@ -386,6 +388,19 @@ func TestLabPG(t *testing.T) {
 		}
 		if n != 0 || setting != "" {
 			t.Errorf("on the hub: %d rows of the failed transaction's INSERT, app.failed_txn %q; want 0 and empty", n, setting)
+		}
+
+		// A Query that ends the failed transaction and then writes: the
+		// write runs on the hub, as autocommit.
+		body2 := body + " after its rollback"
+		for _, q := range []string{"BEGIN", "SELECT 1/0"} {
+			pc.Exec(ctx, q).ReadAll()
+		}
+		if _, err := pc.Exec(ctx, "ROLLBACK; INSERT INTO notes (account_id, body) VALUES (1, '"+body2+"')").ReadAll(); err != nil {
+			t.Fatalf("ROLLBACK and a write in one Query after a failure: %v", err)
+		}
+		if err := c.QueryRow(ctx, "SELECT count(*) FROM notes WHERE body = $1", body2).Scan(&n); err != nil || n != 1 {
+			t.Errorf("the write after the ROLLBACK: %d rows (%v), want 1", n, err)
 		}
 	})
 

@@ -175,6 +175,7 @@ type Server struct {
 	sessions  map[cancelKey]*session // by the proxy-owned BackendKeyData
 	hubPool   map[string][]*backendConn
 	hubReaper *time.Timer // armed while the pool holds a connection
+	watching  bool        // watchHubPool runs (started by Serve, until its ctx or Shutdown)
 	shutdown  bool
 
 	// draining ends when Shutdown starts: idle sessions then get 57P01 at
@@ -186,8 +187,7 @@ type Server struct {
 	forced     context.Context
 	forceStops context.CancelFunc
 
-	wg        sync.WaitGroup // one per client connection goroutine, and the pool watcher
-	watchPool sync.Once      // starts watchHubPool with the first Serve
+	wg sync.WaitGroup // one per client connection goroutine, and the pool watcher
 }
 
 // cancelKey is a BackendKeyData pair.
@@ -310,14 +310,18 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		return ErrServerClosed
 	}
 	s.listeners[ln] = struct{}{}
-	s.mu.Unlock()
-	s.watchPool.Do(func() {
-		s.wg.Add(1)
+	if !s.watching {
+		s.watching = true
+		s.wg.Add(1) // under s.mu, with shutdown checked: Shutdown's Wait sees it
 		go func() {
 			defer s.wg.Done()
 			s.watchHubPool(ctx)
+			s.mu.Lock()
+			s.watching = false
+			s.mu.Unlock()
 		}()
-	})
+	}
+	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
 		delete(s.listeners, ln)
@@ -520,14 +524,22 @@ func (s *Server) nextHubExpiryLocked() time.Duration {
 }
 
 // watchHubPool closes, at each change of the Site's hub state, the
-// pooled hub connections that change made useless: to an endpoint that is
-// no longer the hub (a failover), or closed by the other end (a cut resets
-// them). The pool and the hub connections gauge then follow an outage
-// instead of waiting for HubPoolIdleTimeout. It ends with ctx or when
-// Shutdown starts.
+// pooled hub connections that change made useless: all of them while the
+// hub is down for real (a cut resets them, a blackhole leaves them hanging;
+// a drill keeps them), those to an endpoint that is no longer the hub (a
+// failover), and any the other end closed. The pool and the hub
+// connections gauge then follow an outage instead of waiting for
+// HubPoolIdleTimeout. It ends with ctx or when Shutdown starts; the next
+// Serve starts it again.
 func (s *Server) watchHubPool(ctx context.Context) {
 	for {
+		// Taken before the state is read, so no change is missed.
 		changes := s.site.Changes()
+		snap := s.site.Snapshot()
+		down := !snap.Hub.Up && !snap.Drill
+		s.pruneHubPool(func(b *backendConn) bool {
+			return down || (snap.Hub.Up && b.endpoint != snap.Hub.Endpoint) || !b.alive()
+		})
 		select {
 		case <-ctx.Done():
 			return
@@ -535,13 +547,6 @@ func (s *Server) watchHubPool(ctx context.Context) {
 			return
 		case <-changes:
 		}
-		current := ""
-		if s.site.HubUnavailable() == nil {
-			current = s.site.Snapshot().Hub.Endpoint
-		}
-		s.pruneHubPool(func(b *backendConn) bool {
-			return (current != "" && b.endpoint != current) || !b.alive()
-		})
 	}
 }
 

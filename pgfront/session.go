@@ -626,7 +626,7 @@ func (s *session) runUnit(ctx context.Context, u *unit) error {
 			return s.answerLost(u)
 		}
 		if p.refuse != nil {
-			s.countRefusal(kind != "read", p.refuse)
+			s.countRefusal(kind == "write" || u.class.Has(StmtCommit), p.refuse)
 			s.srv.front.Request(metrics.RouteRefuse, kind)
 			return s.refuse(ctx, u, p.refuse)
 		}
@@ -823,10 +823,11 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 		return p, err
 	}
 	inTxn := s.txOn != nil
-	if inTxn && s.txFailed {
-		// A failed transaction on the replica: everything but its end
-		// gets 25P02 there, as PostgreSQL answers; a write must not revive
-		// it on the hub.
+	if inTxn && s.txFailed && !u.class.Has(StmtCommit) && !u.class.Has(StmtRollback) {
+		// A failed transaction on the replica: what does not end it gets
+		// 25P02 there, as PostgreSQL answers; a write must not revive it
+		// on the hub. (A unit that ends it, "ROLLBACK; INSERT ...", is
+		// planned as before: its write runs on the hub.)
 		return plan{to: s.replica, route: metrics.RouteLocal}, nil
 	}
 	if inTxn { // a transaction on the replica
@@ -1451,12 +1452,14 @@ type exResult struct {
 	suffixLost error
 	failed     bool // the unit got an ErrorResponse
 	relayed    bool // some of the unit's answers were handed to the client
-	// ended: how the last transaction the unit ended ended, from its
-	// CommandComplete tag: 'C' committed ("COMMIT", also for AND CHAIN),
-	// 'R' rolled back ("ROLLBACK": a ROLLBACK, or a COMMIT of a failed
-	// transaction), 0 when no COMMIT or ROLLBACK completed (one that failed
-	// does not complete).
-	ended byte
+	// ends: how each transaction end the unit ran ended, in order, from
+	// its CommandComplete tag: 'C' committed ("COMMIT", also for AND
+	// CHAIN, and "PREPARE TRANSACTION", which keeps settings as COMMIT
+	// does), 'R' rolled back ("ROLLBACK": a ROLLBACK, or a COMMIT of a
+	// failed transaction). One that failed does not complete and is not
+	// listed; past the fourth none are.
+	ends  [4]byte
+	nEnds int
 	// open: an extended unit's COPY FROM STDIN has begun (CopyInResponse);
 	// the server answers the rest of the unit only after the client's next
 	// Flush or Sync (it ignores those sent during COPY), so the unit stays
@@ -1464,14 +1467,23 @@ type exResult struct {
 	open *flight
 }
 
-// txnEndTag reads a CommandComplete body: 'C' for COMMIT, 'R' for
-// ROLLBACK, 0 for anything else.
+// txnEndTag reads a CommandComplete body: 'C' for COMMIT and PREPARE
+// TRANSACTION, 'R' for ROLLBACK, 0 for anything else.
 func txnEndTag(body []byte) byte {
 	switch string(body) {
-	case "COMMIT\x00":
+	case "COMMIT\x00", "PREPARE TRANSACTION\x00":
 		return 'C'
 	case "ROLLBACK\x00":
 		return 'R'
+	}
+	return 0
+}
+
+// end is how the unit's i-th transaction end ended ('C', 'R'), 0 if it
+// did not complete (or is past the ones kept).
+func (r *exResult) end(i int) byte {
+	if i < r.nEnds {
+		return r.ends[i]
 	}
 	return 0
 }
@@ -1840,8 +1852,9 @@ answers:
 			}
 		case 'D', 'C', 's', 'I', 'H', 'G':
 			if typ == 'C' {
-				if e := txnEndTag(frame[5:]); e != 0 {
-					f.res.ended = e
+				if e := txnEndTag(frame[5:]); e != 0 && f.res.nEnds < len(f.res.ends) {
+					f.res.ends[f.res.nEnds] = e
+					f.res.nEnds++
 				}
 			}
 			if f.holding {
@@ -1969,15 +1982,21 @@ func (s *session) finish(ctx context.Context, p plan, u *unit, res exResult) err
 	switch res.status {
 	case 'I':
 		if s.txOn != nil {
-			s.settleTxnSets(ctx, b, res.ended == 'C')
+			// The open transaction ended at the unit's first end.
+			s.settleTxnSets(ctx, b, res.end(0) == 'C')
 		}
 		s.endTxn()
 	case 'T', 'E':
-		chained := endsAndChains(u.class) && res.ended != 0 // a chain ran
-		s.hubChained = s.hubChained || (chained && b.hub)
-		if chained && s.txOn == b && (u.simple || res.failed || u.fn) {
+		s.hubChained = s.hubChained || (b.hub && endsAndChains(u.class) && res.nEnds > 0)
+		if s.txOn == b && (u.simple || res.failed || u.fn) {
 			// An extended batch is followed in order by repeatSetConfigs.
-			s.chainTxn(ctx, b, res.ended == 'C')
+			k := 0
+			for _, st := range u.class.Stmts {
+				if st.Kind == StmtCommit || st.Kind == StmtRollback {
+					s.txnEndedInUnit(ctx, b, st, res.end(k))
+					k++
+				}
+			}
 		}
 		s.txOn, s.txFailed = b, res.status == 'E'
 		s.noteTxnSet(ctx, b, u, res)
@@ -2416,7 +2435,7 @@ func (s *session) closeReplicaPart(ctx context.Context, f *flight) error {
 	switch res.status {
 	case 'I':
 		if s.txOn != nil {
-			s.settleTxnSets(ctx, f.b, res.ended == 'C')
+			s.settleTxnSets(ctx, f.b, res.end(0) == 'C')
 		}
 		s.endTxn()
 	case 'T', 'E':
@@ -2466,7 +2485,7 @@ func (s *session) openFlight(ctx context.Context, u *unit) (*flight, error) {
 	}
 	kind := u.class.RequestKind()
 	if p.refuse != nil {
-		s.countRefusal(kind != "read", p.refuse)
+		s.countRefusal(kind == "write" || u.class.Has(StmtCommit), p.refuse)
 		s.srv.front.Request(metrics.RouteRefuse, kind)
 		if s.txOn == s.replica && s.replica != nil {
 			// Abort the replica transaction as the standby's own 25006 would.
@@ -2845,6 +2864,7 @@ func (s *session) repeatSetConfigs(ctx context.Context, b *backendConn, u *unit,
 	// In order: what an AND CHAIN in the batch ends is settled or
 	// forgotten, what comes after it belongs to the transaction it opened.
 	inTxn := s.txOn != nil && s.txOn == b
+	k := 0 // transaction ends met so far
 	for _, m := range u.msgs {
 		for _, r := range m.setConfigs {
 			take(r)
@@ -2859,9 +2879,27 @@ func (s *session) repeatSetConfigs(ctx context.Context, b *backendConn, u *unit,
 			s.txLocals = append(s.txLocals, txLocal{sql: m.ps.query, kind: setLocalKind(one)})
 		case one.Kind == StmtSession && !s.pinned:
 			s.holdTxnSession(ctx, b, m.ps.query, one)
-		case (one.Kind == StmtCommit || one.Kind == StmtRollback) && one.Chain:
-			s.chainTxn(ctx, b, res.ended == 'C')
+		case one.Kind == StmtCommit || one.Kind == StmtRollback:
+			s.txnEndedInUnit(ctx, b, one, res.end(k))
+			k++
 		}
+	}
+}
+
+// txnEndedInUnit follows one COMMIT or ROLLBACK of a unit after which a
+// transaction is still open on b (its status 'T' or 'E'), given how it
+// ended (0: it did not complete, and neither did the rest). AND CHAIN
+// carries the transaction's characteristics into the next one; a plain
+// end means a BEGIN later in the unit opened a transaction the front
+// knows nothing of yet, replayed as a plain BEGIN if it moves.
+func (s *session) txnEndedInUnit(ctx context.Context, b *backendConn, end Statement, how byte) {
+	switch {
+	case how == 0:
+	case end.Chain:
+		s.chainTxn(ctx, b, how == 'C')
+	default:
+		s.settleTxnSets(ctx, b, how == 'C')
+		s.txBegin, s.txLocals, s.txSnapshot = "", nil, false
 	}
 }
 
