@@ -65,6 +65,15 @@ const (
 	AccessReadWrite
 )
 
+// SavepointOp is what a StmtSavepoint does.
+type SavepointOp uint8
+
+const (
+	SavepointSet      SavepointOp = iota + 1 // SAVEPOINT name
+	SavepointRelease                         // RELEASE [SAVEPOINT] name
+	SavepointRollback                        // ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] name
+)
+
 // Statement is one classified statement.
 type Statement struct {
 	Kind StmtKind
@@ -83,6 +92,10 @@ type Statement struct {
 	// Chain: a StmtCommit or StmtRollback AND CHAIN, which opens a new
 	// transaction with the same characteristics at once.
 	Chain bool
+	// Savepoint and Name: what a StmtSavepoint does, to which savepoint
+	// (empty when the name could not be read).
+	Savepoint SavepointOp
+	Name      string
 	// Listen: a LISTEN (StmtPin), whose notifications the front relays.
 	Listen bool
 	// SetConfigs: the set_config() calls of a read, which change settings
@@ -445,11 +458,15 @@ func (c *Classifier) statement(toks []token) Statement {
 		}
 		_ = s.accept("work") || s.accept("transaction")
 		if s.accept("to") {
-			return Statement{Kind: StmtSavepoint}
+			_ = s.accept("savepoint")
+			return savepoint(s, SavepointRollback)
 		}
 		return txnEnd(s, StmtRollback)
-	case "savepoint", "release":
-		return Statement{Kind: StmtSavepoint}
+	case "savepoint":
+		return savepoint(s, SavepointSet)
+	case "release":
+		_ = s.accept("savepoint")
+		return savepoint(s, SavepointRelease)
 	case "set":
 		return setStatement(s)
 	case "discard":
@@ -800,6 +817,19 @@ func txnModes(s *stmtCursor, st Statement) Statement {
 			st.Access = AccessReadWrite
 		default:
 			s.i++ // commas, [NOT] DEFERRABLE
+		}
+	}
+	return st
+}
+
+// savepoint classifies the savepoint name that follows SAVEPOINT, RELEASE
+// [SAVEPOINT] or ROLLBACK TO [SAVEPOINT]: folded to lower case unless
+// quoted, as PostgreSQL names it.
+func savepoint(s *stmtCursor, op SavepointOp) Statement {
+	st := Statement{Kind: StmtSavepoint, Savepoint: op}
+	if s.i < len(s.toks) {
+		if t := s.toks[s.i]; t.kind == tokWord || t.kind == tokQuotedIdent {
+			st.Name = t.text
 		}
 	}
 	return st

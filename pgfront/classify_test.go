@@ -248,6 +248,13 @@ func TestClassifyTransactionModes(t *testing.T) {
 		{"ROLLBACK WORK AND CHAIN", Statement{Kind: StmtRollback, Chain: true}},
 		{"ABORT TRANSACTION AND CHAIN", Statement{Kind: StmtRollback, Chain: true}},
 		{"ROLLBACK AND NO CHAIN", Statement{Kind: StmtRollback}},
+		{"SAVEPOINT a", Statement{Kind: StmtSavepoint, Savepoint: SavepointSet, Name: "a"}},
+		{`SAVEPOINT "s140_x1"`, Statement{Kind: StmtSavepoint, Savepoint: SavepointSet, Name: "s140_x1"}},
+		{"savepoint Mixed", Statement{Kind: StmtSavepoint, Savepoint: SavepointSet, Name: "mixed"}},
+		{"RELEASE SAVEPOINT a", Statement{Kind: StmtSavepoint, Savepoint: SavepointRelease, Name: "a"}},
+		{"RELEASE b", Statement{Kind: StmtSavepoint, Savepoint: SavepointRelease, Name: "b"}},
+		{"ROLLBACK TO SAVEPOINT a", Statement{Kind: StmtSavepoint, Savepoint: SavepointRollback, Name: "a"}},
+		{`ROLLBACK WORK TO "B"`, Statement{Kind: StmtSavepoint, Savepoint: SavepointRollback, Name: "B"}},
 	}
 	for _, tc := range cases {
 		got, ok := c.Classify(tc.sql).Single()

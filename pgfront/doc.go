@@ -70,7 +70,7 @@
 //	    |------------ replica transaction: reads, SET LOCAL, ----> replica
 //	    |             savepoints, COMMIT
 //	    |------------ replica transaction: first write ----------> ROLLBACK queued on the replica,
-//	    |                                                         BEGIN + SET LOCALs + unit pipelined to the hub
+//	    |                                                         BEGIN + SET LOCALs, savepoints + unit pipelined to the hub
 //	    |------------ idle: read (after WaitFor(session pos)) ----> replica (25006 before any row: re-run on hub)
 //	    |------------ idle: write ------------------------------> hub, "SELECT pg_current_wal_lsn()" pipelined
 //	    |                                                         behind it, result consumed: the session position
@@ -87,11 +87,14 @@
 // hub) and followed if it changes the transaction defaults; ROLLBACK
 // (also what a COMMIT of a failed transaction answers), and it is
 // forgotten, as PostgreSQL undid it where it ran, so the two backends stay
-// alike. DEALLOCATE ALL is not transactional: it runs on the other backend
-// at once. A transaction on the replica that failed stays there until it
-// ends: its statements get PostgreSQL's 25P02, a write does not move it
-// (a unit that ends it and then writes, "ROLLBACK; INSERT ...", runs its
-// write on the hub).
+// alike. Savepoints are followed too: SAVEPOINT is replayed with the SET
+// LOCALs when a transaction moves to the hub (a RELEASE or ROLLBACK TO
+// after the first write finds it there), and a ROLLBACK TO forgets the
+// SETs it undid. DEALLOCATE ALL is not transactional: it runs on the
+// other backend at once. A transaction on the replica that failed stays
+// there until it ends: its statements get PostgreSQL's 25P02, a write
+// does not move it (a unit that ends it and then writes, "ROLLBACK;
+// INSERT ...", runs its write on the hub).
 //
 // COMMIT or ROLLBACK AND CHAIN opens the next transaction at once on the
 // same backend. For the replay on the hub the front keeps the client's
@@ -301,8 +304,9 @@
 //     statements in one Query, applies on the backend that ran it only
 //     (alone, it follows the transaction's outcome; outside transactions
 //     such SETs are mirrored once the unit has committed, see mirrorSets).
-//     A SET undone by ROLLBACK TO SAVEPOINT is still kept, and so is one
-//     followed by ROLLBACK in the same Query or extended batch.
+//     A SET followed by ROLLBACK in the same Query or extended batch is
+//     mirrored all the same, and a savepoint made beside other statements
+//     in one Query is not replayed when its transaction moves to the hub.
 //   - Pooled hub connections keep the role and database settings of their
 //     login until HubPoolMaxAge; only a changed default isolation level
 //     retires them sooner.

@@ -404,6 +404,47 @@ func TestLabPG(t *testing.T) {
 		}
 	})
 
+	// Savepoints made on the replica exist on the hub once the transaction
+	// moves there (Django's nested atomic blocks RELEASE one made before
+	// their first write), and what a ROLLBACK TO undid is neither replayed
+	// nor kept for the session.
+	t.Run("savepoints across the move", func(t *testing.T) {
+		ctx := ctxT(t)
+		pc := f.connect(t, nil).PgConn()
+		run := func(q string) [][][]byte {
+			t.Helper()
+			rr, err := pc.Exec(ctx, q).ReadAll()
+			if err != nil {
+				t.Fatalf("%s: %v", q, err)
+			}
+			var rows [][][]byte
+			for _, r := range rr {
+				rows = append(rows, r.Rows...)
+			}
+			return rows
+		}
+		body := fmt.Sprintf("savepoint %d", time.Now().UnixNano())
+		for _, q := range []string{"BEGIN", "SELECT 1", `SAVEPOINT "s1_x1"`, "INSERT INTO notes (account_id, body) VALUES (1, '" + body + "')", `RELEASE SAVEPOINT "s1_x1"`, "COMMIT"} {
+			run(q)
+		}
+		if got := run("SELECT count(*) FROM notes WHERE body = '" + body + "'"); string(got[0][0]) != "1" {
+			t.Errorf("rows of the transaction with a released savepoint: %s, want 1", got[0][0])
+		}
+
+		for _, q := range []string{"BEGIN", "SELECT 1", "SAVEPOINT a", "SET LOCAL statement_timeout = 4321", "SET app.sp_undone = 'yes'", "ROLLBACK TO SAVEPOINT a"} {
+			run(q)
+		}
+		got := run("UPDATE accounts SET balance = balance + 1 WHERE name = 'alice' RETURNING current_setting('statement_timeout'), pg_is_in_recovery()::text")
+		if string(got[0][0]) != "0" || string(got[0][1]) != "false" {
+			t.Errorf("moved to the hub after ROLLBACK TO: statement_timeout %s (in recovery %s), want 0 on the hub", got[0][0], got[0][1])
+		}
+		run("ROLLBACK TO SAVEPOINT a") // the savepoint exists on the hub
+		run("COMMIT")
+		if got := run("UPDATE accounts SET balance = balance + 1 WHERE name = 'alice' RETURNING coalesce(current_setting('app.sp_undone', true), '')"); string(got[0][0]) != "" {
+			t.Errorf("a SET undone by ROLLBACK TO reached the hub after the commit: %q", got[0][0])
+		}
+	})
+
 	t.Run("lazy transaction", func(t *testing.T) {
 		ctx := ctxT(t)
 		c := f.connect(t, nil)

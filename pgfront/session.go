@@ -1313,7 +1313,8 @@ func (s *session) loseTxn() {
 }
 
 // moveTxnToHub ends the replica transaction (it only read) and queues the
-// client's BEGIN and SET LOCALs on the hub ahead of the unit that moves it.
+// client's BEGIN, SET LOCALs and savepoints on the hub ahead of the unit
+// that moves it.
 func (s *session) moveTxnToHub(hb *backendConn) {
 	if s.replica != nil {
 		s.replica.pendingSQL = append(s.replica.pendingSQL, "ROLLBACK")
@@ -1335,6 +1336,7 @@ func (s *session) moveTxnToHub(hb *backendConn) {
 type txLocal struct {
 	sql  string
 	kind txLocalKind
+	name string // txLocalSavepoint: the savepoint
 	// setConfig: a session-level set_config() call (sql is its SELECT),
 	// kept at commit as repeatSetConfigs keeps one outside a transaction.
 	setConfig *setConfigRepeat
@@ -1343,9 +1345,10 @@ type txLocal struct {
 type txLocalKind uint8
 
 const (
-	txLocalOnly    txLocalKind = iota // SET LOCAL, set_config(..., true): ends with the transaction
-	txLocalMode                       // SET TRANSACTION ISOLATION/READ ONLY: carried by AND CHAIN
-	txLocalSession                    // a session-level SET or set_config: outlives a COMMIT, not a ROLLBACK
+	txLocalOnly      txLocalKind = iota // SET LOCAL, set_config(..., true): ends with the transaction
+	txLocalMode                         // SET TRANSACTION ISOLATION/READ ONLY: carried by AND CHAIN
+	txLocalSession                      // a session-level SET or set_config: outlives a COMMIT, not a ROLLBACK
+	txLocalSavepoint                    // SAVEPOINT name: replayed so RELEASE and ROLLBACK TO find it on the hub
 )
 
 // setLocalKind is the txLocalKind of a StmtSetLocal: SET TRANSACTION
@@ -1389,6 +1392,48 @@ func (s *session) noteTxnSet(ctx context.Context, b *backendConn, u *unit, res e
 		s.txLocals = append(s.txLocals, txLocal{sql: u.query, kind: setLocalKind(st)})
 	case st.Kind == StmtSession:
 		s.holdTxnSession(ctx, b, u.query, st)
+	case st.Kind == StmtSavepoint:
+		s.noteSavepoint(u.query, st)
+	}
+}
+
+// noteSavepoint follows a SAVEPOINT, RELEASE or ROLLBACK TO that succeeded
+// in the open transaction. SAVEPOINT is kept with the replay list, so a
+// transaction that moves to the hub has it there (Django's nested atomic
+// blocks RELEASE a savepoint made before their first write); ROLLBACK TO
+// forgets what was kept after the savepoint (its SETs are undone, later
+// savepoints destroyed) and RELEASE forgets the savepoint and the later
+// ones (their SETs stay), so the replay rebuilds the same state and only
+// the SETs that stand are settled at commit. A name never seen (made
+// beside other statements in one Query) changes nothing.
+func (s *session) noteSavepoint(sql string, st Statement) {
+	last := -1
+	for i, l := range s.txLocals {
+		if l.kind == txLocalSavepoint && l.name == st.Name {
+			last = i
+		}
+	}
+	switch st.Savepoint {
+	case SavepointSet:
+		if st.Name != "" {
+			s.txLocals = append(s.txLocals, txLocal{sql: sql, kind: txLocalSavepoint, name: st.Name})
+		}
+	case SavepointRollback:
+		if last >= 0 {
+			clear(s.txLocals[last+1:])
+			s.txLocals = s.txLocals[:last+1]
+		}
+	case SavepointRelease:
+		if last >= 0 {
+			kept := s.txLocals[:last]
+			for _, l := range s.txLocals[last:] {
+				if l.kind != txLocalSavepoint {
+					kept = append(kept, l)
+				}
+			}
+			clear(s.txLocals[len(kept):])
+			s.txLocals = kept
+		}
 	}
 }
 
@@ -2879,6 +2924,8 @@ func (s *session) repeatSetConfigs(ctx context.Context, b *backendConn, u *unit,
 			s.txLocals = append(s.txLocals, txLocal{sql: m.ps.query, kind: setLocalKind(one)})
 		case one.Kind == StmtSession && !s.pinned:
 			s.holdTxnSession(ctx, b, m.ps.query, one)
+		case one.Kind == StmtSavepoint:
+			s.noteSavepoint(m.ps.query, one)
 		case one.Kind == StmtCommit || one.Kind == StmtRollback:
 			s.txnEndedInUnit(ctx, b, one, res.end(k))
 			k++
