@@ -153,17 +153,23 @@ func (c Classification) Strongest() StmtKind {
 }
 
 // RequestKind is the kind label of spokeproxy_requests_total for a
-// request of these statements: "read", "write" (it needs the hub), or
-// "control" (transaction control, SET and SAVEPOINT, nothing else), so
-// that BEGIN and COMMIT answered locally are not counted as writes.
+// request of these statements: "write" if one needs the hub, else "read"
+// if one reads (or there is none), else "control" (only transaction
+// control, SET and SAVEPOINT), so that BEGIN and COMMIT answered locally
+// are not counted as writes, nor a read sent with them as control.
 func (c Classification) RequestKind() string {
-	switch k := c.Strongest(); {
-	case k <= StmtCopyOut:
-		return "read"
-	case k < StmtWrite:
-		return "control"
+	if c.Strongest() >= StmtWrite {
+		return "write"
 	}
-	return "write"
+	for _, st := range c.Stmts {
+		if st.Kind == StmtRead || st.Kind == StmtCopyOut {
+			return "read"
+		}
+	}
+	if c.Strongest() == StmtEmpty {
+		return "read"
+	}
+	return "control"
 }
 
 // Single returns the statement when the string holds exactly one.
@@ -458,14 +464,12 @@ func (c *Classifier) statement(toks []token) Statement {
 		}
 		_ = s.accept("work") || s.accept("transaction")
 		if s.accept("to") {
-			_ = s.accept("savepoint")
 			return savepoint(s, SavepointRollback)
 		}
 		return txnEnd(s, StmtRollback)
 	case "savepoint":
 		return savepoint(s, SavepointSet)
 	case "release":
-		_ = s.accept("savepoint")
 		return savepoint(s, SavepointRelease)
 	case "set":
 		return setStatement(s)
@@ -827,6 +831,9 @@ func txnModes(s *stmtCursor, st Statement) Statement {
 // quoted, as PostgreSQL names it.
 func savepoint(s *stmtCursor, op SavepointOp) Statement {
 	st := Statement{Kind: StmtSavepoint, Savepoint: op}
+	if op != SavepointSet && s.peekWord(0) == "savepoint" && s.i+1 < len(s.toks) {
+		s.i++ // the optional keyword, unless it is the name ("RELEASE savepoint")
+	}
 	if s.i < len(s.toks) {
 		if t := s.toks[s.i]; t.kind == tokWord || t.kind == tokQuotedIdent {
 			st.Name = t.text

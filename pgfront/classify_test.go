@@ -255,6 +255,10 @@ func TestClassifyTransactionModes(t *testing.T) {
 		{"RELEASE b", Statement{Kind: StmtSavepoint, Savepoint: SavepointRelease, Name: "b"}},
 		{"ROLLBACK TO SAVEPOINT a", Statement{Kind: StmtSavepoint, Savepoint: SavepointRollback, Name: "a"}},
 		{`ROLLBACK WORK TO "B"`, Statement{Kind: StmtSavepoint, Savepoint: SavepointRollback, Name: "B"}},
+		{"SAVEPOINT savepoint", Statement{Kind: StmtSavepoint, Savepoint: SavepointSet, Name: "savepoint"}},
+		{"RELEASE savepoint", Statement{Kind: StmtSavepoint, Savepoint: SavepointRelease, Name: "savepoint"}},
+		{"ROLLBACK TO savepoint", Statement{Kind: StmtSavepoint, Savepoint: SavepointRollback, Name: "savepoint"}},
+		{"ROLLBACK TO SAVEPOINT savepoint", Statement{Kind: StmtSavepoint, Savepoint: SavepointRollback, Name: "savepoint"}},
 	}
 	for _, tc := range cases {
 		got, ok := c.Classify(tc.sql).Single()
@@ -407,7 +411,8 @@ func TestRequestKind(t *testing.T) {
 		"COMMIT":                          "control",
 		"SET statement_timeout = 0":       "control",
 		"SAVEPOINT a":                     "control",
-		"BEGIN; SELECT 1; COMMIT":         "control",
+		"BEGIN; SELECT 1; COMMIT":         "read",
+		"BEGIN; COMMIT":                   "control",
 		"INSERT INTO t VALUES (1)":        "write",
 		"BEGIN; INSERT INTO t VALUES (1)": "write",
 		"COPY t FROM STDIN":               "write",

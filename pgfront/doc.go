@@ -77,9 +77,8 @@
 //	    '------------ idle: SET/RESET, set_config() ------------> replica, and the hub if attached
 //	                                                              (replayed when it attaches)
 //
-// A session-level SET alone in its Query or Bind, or a session-level
-// set_config(), made inside a transaction is held until the transaction
-// ends: only the backend holding the transaction has it (and the hub, in
+// A session-level SET or set_config() made inside a transaction is held
+// until the transaction ends: only the backend holding the transaction has it (and the hub, in
 // the replay, if a transaction on the replica moves there). How the
 // transaction ended is read from the CommandComplete tag of the unit's
 // first end: COMMIT (or PREPARE TRANSACTION), and it
@@ -92,9 +91,11 @@
 // after the first write finds it there), and a ROLLBACK TO forgets the
 // SETs it undid. DEALLOCATE ALL is not transactional: it runs on the
 // other backend at once. A transaction on the replica that failed stays
-// there until it ends: its statements get PostgreSQL's 25P02, a write
-// does not move it (a unit that ends it and then writes, "ROLLBACK;
-// INSERT ...", runs its write on the hub).
+// there until it ends or rolls back to a savepoint: its statements get
+// PostgreSQL's 25P02, a write does not move it (a unit that ends it or
+// rolls back to a savepoint and then writes, "ROLLBACK TO a; INSERT ...",
+// runs its write on the hub). After a failure, what completed before it
+// in the same Query or batch (pgjdbc's autosave SAVEPOINT) is followed.
 //
 // COMMIT or ROLLBACK AND CHAIN opens the next transaction at once on the
 // same backend. For the replay on the hub the front keeps the client's
@@ -300,13 +301,11 @@
 //
 //   - A flushed unit (Flush before Sync) whose replica connection dies is
 //     not run again elsewhere: it gets 08006 (see Replica loss).
-//   - A session-level SET inside an open transaction, beside other
-//     statements in one Query, applies on the backend that ran it only
-//     (alone, it follows the transaction's outcome; outside transactions
-//     such SETs are mirrored once the unit has committed, see mirrorSets).
-//     A SET followed by ROLLBACK in the same Query or extended batch is
-//     mirrored all the same, and a savepoint made beside other statements
-//     in one Query is not replayed when its transaction moves to the hub.
+//   - A SET LOCAL or SET TRANSACTION beside other statements in one Query
+//     inside a transaction on the replica is not replayed when the
+//     transaction moves to the hub (it has no text of its own to keep). A
+//     SET followed by ROLLBACK in the same Query or extended batch is
+//     mirrored all the same.
 //   - Pooled hub connections keep the role and database settings of their
 //     login until HubPoolMaxAge; only a changed default isolation level
 //     retires them sooner.

@@ -443,6 +443,55 @@ func TestLabPG(t *testing.T) {
 		if got := run("UPDATE accounts SET balance = balance + 1 WHERE name = 'alice' RETURNING coalesce(current_setting('app.sp_undone', true), '')"); string(got[0][0]) != "" {
 			t.Errorf("a SET undone by ROLLBACK TO reached the hub after the commit: %q", got[0][0])
 		}
+
+		// pgjdbc's autosave: a savepoint in front of every query, in the
+		// same batch; one query fails, its savepoint is rolled back to, and
+		// what the transaction set before stands when it moves to the hub.
+		c := f.connect(t, nil)
+		if _, err := c.Exec(ctx, "BEGIN"); err != nil {
+			t.Fatal(err)
+		}
+		b := &pgx.Batch{}
+		b.Queue("SAVEPOINT autosave")
+		b.Queue("SELECT set_config('app.tenant', 'tenant-1', true)")
+		if err := c.SendBatch(ctx, b).Close(); err != nil {
+			t.Fatal(err)
+		}
+		b = &pgx.Batch{}
+		b.Queue("SAVEPOINT autosave")
+		b.Queue("SELECT 1/0")
+		if err := c.SendBatch(ctx, b).Close(); err == nil {
+			t.Fatal("the failing batch did not fail")
+		}
+		if _, err := c.Exec(ctx, "ROLLBACK TO SAVEPOINT autosave"); err != nil {
+			t.Fatal(err)
+		}
+		var tenant, recov string
+		if err := c.QueryRow(ctx, "UPDATE accounts SET balance = balance + 1 WHERE name = 'alice' RETURNING current_setting('app.tenant'), pg_is_in_recovery()::text").Scan(&tenant, &recov); err != nil {
+			t.Fatal(err)
+		}
+		if tenant != "tenant-1" || recov != "false" {
+			t.Errorf("after autosave's ROLLBACK TO, on the hub: app.tenant %q (in recovery %s), want tenant-1", tenant, recov)
+		}
+		if _, err := c.Exec(ctx, "COMMIT"); err != nil {
+			t.Fatal(err)
+		}
+
+		// Rolling back to a savepoint recovers a failed transaction: a
+		// write after it in the same Query runs, on the hub. A savepoint
+		// made beside another statement is followed too.
+		body3 := body + " after a rollback to"
+		run("BEGIN")
+		run("SAVEPOINT c; SELECT 1")
+		if _, err := pc.Exec(ctx, "SELECT 1/0").ReadAll(); err == nil {
+			t.Fatal("SELECT 1/0 did not fail")
+		}
+		run("ROLLBACK TO SAVEPOINT c; INSERT INTO notes (account_id, body) VALUES (1, '" + body3 + "')")
+		run("RELEASE SAVEPOINT c")
+		run("COMMIT")
+		if got := run("SELECT count(*) FROM notes WHERE body = '" + body3 + "'"); string(got[0][0]) != "1" {
+			t.Errorf("the write after ROLLBACK TO in a failed transaction: %s rows, want 1", got[0][0])
+		}
 	})
 
 	t.Run("lazy transaction", func(t *testing.T) {

@@ -88,13 +88,14 @@ type session struct {
 	txOn     *backendConn // backend holding the open transaction; nil when idle
 	txLost   bool         // the hub transaction was cut: statements fail until ROLLBACK/COMMIT
 	txBegin  string       // the client's BEGIN, replayed on the hub when a lazy transaction moves
-	txLocals []txLocal    // SET LOCAL/SET TRANSACTION run in the replica transaction, replayed on move
+	txReplay []txStmt     // the open transaction's SETs and savepoints: replayed if it moves to the hub, SETs settled when it ends
 	// txSnapshot: the replica transaction is a REPEATABLE READ read-write
 	// one, opened there while the hub was unavailable: moving it to the hub
 	// would change its snapshot, so it never moves.
 	txSnapshot bool
-	// txFailed: the open transaction is in a failed state ('E'): its
-	// COMMIT rolls back.
+	// txFailed: the open transaction is in a failed state ('E'): on the
+	// replica, units that neither end it nor roll back to a savepoint stay
+	// there (plan), for PostgreSQL's 25P02.
 	txFailed bool
 	// hubChained: the hub transaction was opened by COMMIT or ROLLBACK
 	// AND CHAIN, whose position was not learnt then: its end learns it.
@@ -823,11 +824,12 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 		return p, err
 	}
 	inTxn := s.txOn != nil
-	if inTxn && s.txFailed && !u.class.Has(StmtCommit) && !u.class.Has(StmtRollback) {
+	if inTxn && s.txFailed && !u.class.Has(StmtCommit) && !u.class.Has(StmtRollback) && !s.rollsBackToKnown(u.class) {
 		// A failed transaction on the replica: what does not end it gets
 		// 25P02 there, as PostgreSQL answers; a write must not revive it
-		// on the hub. (A unit that ends it, "ROLLBACK; INSERT ...", is
-		// planned as before: its write runs on the hub.)
+		// on the hub. A unit that ends it ("ROLLBACK; INSERT ...") or
+		// rolls back to a savepoint the replay has ("ROLLBACK TO a;
+		// INSERT ...") is planned as usual: its write runs on the hub.
 		return plan{to: s.replica, route: metrics.RouteLocal}, nil
 	}
 	if inTxn { // a transaction on the replica
@@ -854,7 +856,8 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 		}
 		// A read the standby refuses moves the transaction to the hub,
 		// unless it must keep its snapshot: then the client gets the 25006.
-		// A SET or SET LOCAL that succeeds is kept by finish (noteTxnSet).
+		// A SET, SET LOCAL or SAVEPOINT that completes is followed by
+		// finish (noteTxnStmts, followUnit).
 		return plan{to: s.replica, route: metrics.RouteLocal, safetyNet: k == StmtRead && !s.txSnapshot}, nil
 	}
 	// Autocommit (idle session). A batch that opens a transaction and
@@ -891,7 +894,7 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 			// refuses SERIALIZABLE).
 		}
 		p := plan{to: s.replica, route: metrics.RouteLocal, waitForPos: true}
-		s.txBegin, s.txLocals = u.query, nil
+		s.txBegin, s.txReplay = u.query, nil
 		s.txSnapshot = single.Isolation == IsolationRepeatableRead && single.Access != AccessReadOnly
 		if single.Access == AccessReadWrite && u.simple {
 			// A standby refuses BEGIN READ WRITE (0A000): open it plainly.
@@ -1300,9 +1303,10 @@ func (s *session) settleIdle(b *backendConn) bool {
 }
 
 // endTxn forgets the transaction the session had open: where it ran, its
-// BEGIN, the SET LOCALs kept to replay it elsewhere, its snapshot rule.
+// BEGIN, the SETs and savepoints kept to replay it elsewhere, its snapshot
+// rule.
 func (s *session) endTxn() {
-	s.txOn, s.txBegin, s.txLocals, s.txSnapshot, s.hubChained, s.txFailed = nil, "", nil, false, false, false
+	s.txOn, s.txBegin, s.txReplay, s.txSnapshot, s.hubChained, s.txFailed = nil, "", nil, false, false, false
 }
 
 // loseTxn ends the session's transaction as lost: statements fail with
@@ -1324,41 +1328,41 @@ func (s *session) moveTxnToHub(hb *backendConn) {
 		begin = "BEGIN"
 	}
 	hb.pendingSQL = append(hb.pendingSQL, begin)
-	for _, l := range s.txLocals {
+	for _, l := range s.txReplay {
 		hb.pendingSQL = append(hb.pendingSQL, l.sql)
 	}
 	s.txOn = hb
 }
 
-// txLocal is one statement of the replica transaction replayed when it
-// moves to the hub; kind says whether it outlives a COMMIT or ROLLBACK AND
-// CHAIN.
-type txLocal struct {
+// txStmt is one statement of the open transaction kept in txReplay: replayed
+// in order when a transaction on the replica moves to the hub; kind says
+// what becomes of it when the transaction ends or chains.
+type txStmt struct {
 	sql  string
-	kind txLocalKind
-	name string // txLocalSavepoint: the savepoint
+	kind txStmtKind
+	name string // txSavepoint: the savepoint
 	// setConfig: a session-level set_config() call (sql is its SELECT),
-	// kept at commit as repeatSetConfigs keeps one outside a transaction.
+	// kept at commit as followUnit keeps one outside a transaction.
 	setConfig *setConfigRepeat
 }
 
-type txLocalKind uint8
+type txStmtKind uint8
 
 const (
-	txLocalOnly      txLocalKind = iota // SET LOCAL, set_config(..., true): ends with the transaction
-	txLocalMode                         // SET TRANSACTION ISOLATION/READ ONLY: carried by AND CHAIN
-	txLocalSession                      // a session-level SET or set_config: outlives a COMMIT, not a ROLLBACK
-	txLocalSavepoint                    // SAVEPOINT name: replayed so RELEASE and ROLLBACK TO find it on the hub
+	txSetLocal   txStmtKind = iota // SET LOCAL, set_config(..., true): ends with the transaction
+	txSetMode                      // SET TRANSACTION ISOLATION/READ ONLY: carried by AND CHAIN
+	txSetSession                   // a session-level SET or set_config: outlives a COMMIT, not a ROLLBACK
+	txSavepoint                    // SAVEPOINT name: replayed so RELEASE and ROLLBACK TO find it on the hub
 )
 
-// setLocalKind is the txLocalKind of a StmtSetLocal: SET TRANSACTION
+// setLocalKind is the txStmtKind of a StmtSetLocal: SET TRANSACTION
 // naming an isolation level or access mode is a characteristic AND CHAIN
 // carries over; anything else is SET LOCAL.
-func setLocalKind(st Statement) txLocalKind {
+func setLocalKind(st Statement) txStmtKind {
 	if st.Isolation != IsolationDefault || st.Access != AccessDefault {
-		return txLocalMode
+		return txSetMode
 	}
-	return txLocalOnly
+	return txSetLocal
 }
 
 // chainTxn follows a COMMIT or ROLLBACK AND CHAIN on b that left a new
@@ -1367,34 +1371,78 @@ func setLocalKind(st Statement) txLocalKind {
 // any transaction's end.
 func (s *session) chainTxn(ctx context.Context, b *backendConn, committed bool) {
 	s.settleTxnSets(ctx, b, committed)
-	kept := s.txLocals[:0]
-	for _, l := range s.txLocals {
-		if l.kind == txLocalMode {
+	kept := s.txReplay[:0]
+	for _, l := range s.txReplay {
+		if l.kind == txSetMode {
 			kept = append(kept, l)
 		}
 	}
-	clear(s.txLocals[len(kept):])
-	s.txLocals = kept
+	clear(s.txReplay[len(kept):])
+	s.txReplay = kept
 }
 
-// noteTxnSet keeps a lone simple-protocol SET LOCAL, SET TRANSACTION or
-// SET that succeeded inside a transaction on b: the first two to replay on
-// the hub if a transaction on the replica moves there, a session-level SET
-// for that replay too and to settle when the transaction ends.
-func (s *session) noteTxnSet(ctx context.Context, b *backendConn, u *unit, res exResult) {
-	if !u.simple || res.failed || s.pinned {
+// noteTxnStmts follows the statements of a simple Query that completed
+// inside a transaction on b, in order (after a failure, those before it):
+// a lone SET LOCAL or SET TRANSACTION is kept to replay on the hub if a
+// transaction on the replica moves there; a session-level SET is held for
+// that replay too and to settle when the transaction ends; savepoints are
+// followed (noteSavepoint). A SET LOCAL beside other statements has no
+// text of its own to keep and is not followed.
+func (s *session) noteTxnStmts(ctx context.Context, b *backendConn, u *unit, res exResult) {
+	if !u.simple || s.pinned {
 		return
 	}
-	st, ok := u.class.Single()
-	switch {
-	case !ok:
-	case st.Kind == StmtSetLocal && b == s.replica:
-		s.txLocals = append(s.txLocals, txLocal{sql: u.query, kind: setLocalKind(st)})
-	case st.Kind == StmtSession:
-		s.holdTxnSession(ctx, b, u.query, st)
-	case st.Kind == StmtSavepoint:
-		s.noteSavepoint(u.query, st)
+	single, isSingle := u.class.Single()
+	n := 0
+	for _, st := range u.class.Stmts {
+		if st.Kind == StmtEmpty {
+			continue
+		}
+		if n >= res.done {
+			return
+		}
+		n++
+		sql := st.Text
+		if isSingle {
+			st, sql = single, u.query
+		}
+		switch {
+		case st.Kind == StmtSetLocal && b == s.replica && isSingle:
+			s.txReplay = append(s.txReplay, txStmt{sql: sql, kind: setLocalKind(st)})
+		case st.Kind == StmtSession && sql != "":
+			s.holdTxnSession(ctx, b, sql, st)
+		case st.Kind == StmtSavepoint:
+			s.noteSavepoint(savepointSQL(st), st)
+		}
 	}
+}
+
+// rollsBackToKnown reports whether c rolls back to a savepoint the
+// transaction's replay list has.
+func (s *session) rollsBackToKnown(c Classification) bool {
+	for _, st := range c.Stmts {
+		if st.Kind != StmtSavepoint || st.Savepoint != SavepointRollback {
+			continue
+		}
+		for _, l := range s.txReplay {
+			if l.kind == txSavepoint && l.name == st.Name {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// savepointSQL renders a savepoint statement from its classification.
+func savepointSQL(st Statement) string {
+	name := `"` + strings.ReplaceAll(st.Name, `"`, `""`) + `"`
+	switch st.Savepoint {
+	case SavepointRelease:
+		return "RELEASE SAVEPOINT " + name
+	case SavepointRollback:
+		return "ROLLBACK TO SAVEPOINT " + name
+	}
+	return "SAVEPOINT " + name
 }
 
 // noteSavepoint follows a SAVEPOINT, RELEASE or ROLLBACK TO that succeeded
@@ -1407,32 +1455,33 @@ func (s *session) noteTxnSet(ctx context.Context, b *backendConn, u *unit, res e
 // the SETs that stand are settled at commit. A name never seen (made
 // beside other statements in one Query) changes nothing.
 func (s *session) noteSavepoint(sql string, st Statement) {
-	last := -1
-	for i, l := range s.txLocals {
-		if l.kind == txLocalSavepoint && l.name == st.Name {
+	last := -1 // the newest savepoint of that name: the one that counts
+	for i := len(s.txReplay) - 1; i >= 0 && st.Savepoint != SavepointSet; i-- {
+		if l := s.txReplay[i]; l.kind == txSavepoint && l.name == st.Name {
 			last = i
+			break
 		}
 	}
 	switch st.Savepoint {
 	case SavepointSet:
 		if st.Name != "" {
-			s.txLocals = append(s.txLocals, txLocal{sql: sql, kind: txLocalSavepoint, name: st.Name})
+			s.txReplay = append(s.txReplay, txStmt{sql: sql, kind: txSavepoint, name: st.Name})
 		}
 	case SavepointRollback:
 		if last >= 0 {
-			clear(s.txLocals[last+1:])
-			s.txLocals = s.txLocals[:last+1]
+			clear(s.txReplay[last+1:])
+			s.txReplay = s.txReplay[:last+1]
 		}
 	case SavepointRelease:
 		if last >= 0 {
-			kept := s.txLocals[:last]
-			for _, l := range s.txLocals[last:] {
-				if l.kind != txLocalSavepoint {
+			kept := s.txReplay[:last]
+			for _, l := range s.txReplay[last:] {
+				if l.kind != txSavepoint {
 					kept = append(kept, l)
 				}
 			}
-			clear(s.txLocals[len(kept):])
-			s.txLocals = kept
+			clear(s.txReplay[len(kept):])
+			s.txReplay = kept
 		}
 	}
 }
@@ -1447,7 +1496,7 @@ func (s *session) holdTxnSession(ctx context.Context, b *backendConn, sql string
 		s.keepSet(ctx, b, []string{sql}, "")
 		return
 	}
-	s.txLocals = append(s.txLocals, txLocal{sql: sql, kind: txLocalSession})
+	s.txReplay = append(s.txReplay, txStmt{sql: sql, kind: txSetSession})
 }
 
 // dropAllPrepared forgets every prepared statement, the client's and each
@@ -1473,9 +1522,9 @@ func (s *session) settleTxnSets(ctx context.Context, b *backendConn, committed b
 	if !committed {
 		return
 	}
-	for _, l := range s.txLocals {
+	for _, l := range s.txReplay {
 		switch {
-		case l.kind != txLocalSession:
+		case l.kind != txSetSession:
 		case l.setConfig != nil:
 			s.keepSetConfig(ctx, b, *l.setConfig)
 		default:
@@ -1505,6 +1554,11 @@ type exResult struct {
 	// listed; past the fourth none are.
 	ends  [4]byte
 	nEnds int
+	// done: how many of the unit's statements (a simple Query's, or an
+	// extended batch's Executes) completed: CommandComplete,
+	// EmptyQueryResponse or PortalSuspended. After a failure, the ones
+	// before it.
+	done int
 	// open: an extended unit's COPY FROM STDIN has begun (CopyInResponse);
 	// the server answers the rest of the unit only after the client's next
 	// Flush or Sync (it ignores those sent during COPY), so the unit stays
@@ -1896,6 +1950,9 @@ answers:
 				}
 			}
 		case 'D', 'C', 's', 'I', 'H', 'G':
+			if typ == 'C' || typ == 'I' || typ == 's' {
+				f.res.done++
+			}
 			if typ == 'C' {
 				if e := txnEndTag(frame[5:]); e != 0 && f.res.nEnds < len(f.res.ends) {
 					f.res.ends[f.res.nEnds] = e
@@ -2034,7 +2091,7 @@ func (s *session) finish(ctx context.Context, p plan, u *unit, res exResult) err
 	case 'T', 'E':
 		s.hubChained = s.hubChained || (b.hub && endsAndChains(u.class) && res.nEnds > 0)
 		if s.txOn == b && (u.simple || res.failed || u.fn) {
-			// An extended batch is followed in order by repeatSetConfigs.
+			// An extended batch is followed in order by followUnit.
 			k := 0
 			for _, st := range u.class.Stmts {
 				if st.Kind == StmtCommit || st.Kind == StmtRollback {
@@ -2044,7 +2101,7 @@ func (s *session) finish(ctx context.Context, p plan, u *unit, res exResult) err
 			}
 		}
 		s.txOn, s.txFailed = b, res.status == 'E'
-		s.noteTxnSet(ctx, b, u, res)
+		s.noteTxnStmts(ctx, b, u, res)
 	}
 	if b.hub && res.lsn != 0 {
 		if res.lsn > s.pos {
@@ -2072,7 +2129,7 @@ func (s *session) finish(ctx context.Context, p plan, u *unit, res exResult) err
 		}
 	}
 	s.mirrorSets(ctx, b, u, res)
-	s.repeatSetConfigs(ctx, b, u, res)
+	s.followUnit(ctx, b, u, res)
 	s.noteSiteChange()
 	s.out.readyForQuery(res.status)
 	if err := s.out.flush(); err != nil {
@@ -2476,7 +2533,7 @@ func (s *session) closeReplicaPart(ctx context.Context, f *flight) error {
 	if err != nil {
 		return s.flightLost(f, err)
 	}
-	s.srv.front.Request(f.p.route, "read")
+	s.srv.front.Request(f.p.route, f.u.class.RequestKind())
 	switch res.status {
 	case 'I':
 		if s.txOn != nil {
@@ -2488,7 +2545,7 @@ func (s *session) closeReplicaPart(ctx context.Context, f *flight) error {
 	}
 	// What the part set follows the session to the hub, as at a unit's end.
 	s.mirrorSets(ctx, f.b, f.u, res)
-	s.repeatSetConfigs(ctx, f.b, f.u, res)
+	s.followUnit(ctx, f.b, f.u, res)
 	s.open = nil
 	return nil
 }
@@ -2719,7 +2776,7 @@ func (s *session) keepSet(ctx context.Context, b *backendConn, qs []string, repl
 }
 
 // dropKept removes from kept the statements that start with prefix, each
-// with the COMMIT that follows it (see repeatSetConfigs).
+// with the COMMIT that follows it (see followUnit).
 func dropKept(kept []string, prefix string) []string {
 	out := kept[:0]
 	for i := 0; i < len(kept); i++ {
@@ -2868,17 +2925,21 @@ func sqlString(s string) (lit string, ok bool) {
 	return tag + s + tag, true
 }
 
-// repeatSetConfigs repeats what the unit's set_config() calls changed on
-// b, as mirrorSets does for SET: a session-level one, once its unit has
-// committed, on the session's other backend and any hub connection
-// attached later; a transaction-local one (and a session-level one made
-// in a transaction) with the transaction's SET LOCALs, replayed on the
-// hub if a transaction on the replica moves there. A row-level security
-// policy on the hub then sees what the client set (request.jwt.claims,
-// app.tenant). SET LOCALs sent through the extended protocol in a
-// transaction on the replica are kept for that replay too.
-func (s *session) repeatSetConfigs(ctx context.Context, b *backendConn, u *unit, res exResult) {
-	if res.failed || u.fn {
+// followUnit follows what an extended or simple unit that ran on b
+// changed of the session's settings, in order. Its set_config() calls are
+// repeated as mirrorSets repeats SET: a session-level one, once its unit
+// has committed, on the session's other backend and any hub connection
+// attached later; one made in a transaction (and a session-level one made
+// there) is kept with the transaction's replay list, replayed on the hub
+// if a transaction on the replica moves there, and a session-level one
+// settled when the transaction ends. A row-level security policy on the
+// hub then sees what the client set (request.jwt.claims, app.tenant). In
+// an extended batch inside a transaction, SET LOCALs, SETs, savepoints
+// and transaction ends are followed in order too. After a failure only
+// what completed before it counts, and nothing outside a transaction (the
+// implicit transaction rolled back).
+func (s *session) followUnit(ctx context.Context, b *backendConn, u *unit, res exResult) {
+	if u.fn || (res.failed && s.txOn == nil) {
 		return
 	}
 	take := func(r setConfigRepeat) {
@@ -2889,13 +2950,21 @@ func (s *session) repeatSetConfigs(ctx context.Context, b *backendConn, u *unit,
 			}
 		case s.txOn != b:
 		case r.local && b == s.replica:
-			s.txLocals = append(s.txLocals, txLocal{sql: r.sql, kind: txLocalOnly})
+			s.txReplay = append(s.txReplay, txStmt{sql: r.sql, kind: txSetLocal})
 		case !r.local && !s.pinned:
-			s.txLocals = append(s.txLocals, txLocal{sql: r.sql, kind: txLocalSession, setConfig: &r})
+			s.txReplay = append(s.txReplay, txStmt{sql: r.sql, kind: txSetSession, setConfig: &r})
 		}
 	}
 	if u.simple {
+		n := 0
 		for _, st := range u.class.Stmts {
+			if st.Kind == StmtEmpty {
+				continue
+			}
+			if n >= res.done {
+				break
+			}
+			n++
 			if len(st.SetConfigs) > 0 {
 				if r, ok := renderSetConfigs(st.SetConfigs, nil); ok {
 					for _, r := range r {
@@ -2909,19 +2978,26 @@ func (s *session) repeatSetConfigs(ctx context.Context, b *backendConn, u *unit,
 	// In order: what an AND CHAIN in the batch ends is settled or
 	// forgotten, what comes after it belongs to the transaction it opened.
 	inTxn := s.txOn != nil && s.txOn == b
-	k := 0 // transaction ends met so far
+	k := 0        // transaction ends met so far
+	executes := 0 // Executes met so far: a Bind's statement runs at the next
 	for _, m := range u.msgs {
+		if m.typ == 'E' {
+			executes++
+		}
+		if m.typ != 'B' || executes >= res.done {
+			continue // not run, or did not complete (the batch failed there)
+		}
 		for _, r := range m.setConfigs {
 			take(r)
 		}
-		if !inTxn || m.typ != 'B' || m.ps == nil {
+		if !inTxn || m.ps == nil {
 			continue
 		}
 		one, ok := m.ps.class.Single()
 		switch {
 		case !ok:
 		case one.Kind == StmtSetLocal && b == s.replica:
-			s.txLocals = append(s.txLocals, txLocal{sql: m.ps.query, kind: setLocalKind(one)})
+			s.txReplay = append(s.txReplay, txStmt{sql: m.ps.query, kind: setLocalKind(one)})
 		case one.Kind == StmtSession && !s.pinned:
 			s.holdTxnSession(ctx, b, m.ps.query, one)
 		case one.Kind == StmtSavepoint:
@@ -2946,7 +3022,7 @@ func (s *session) txnEndedInUnit(ctx context.Context, b *backendConn, end Statem
 		s.chainTxn(ctx, b, how == 'C')
 	default:
 		s.settleTxnSets(ctx, b, how == 'C')
-		s.txBegin, s.txLocals, s.txSnapshot = "", nil, false
+		s.txBegin, s.txReplay, s.txSnapshot = "", nil, false
 	}
 }
 
