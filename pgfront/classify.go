@@ -106,7 +106,8 @@ type Statement struct {
 	SetConfigs []SetConfigCall
 	// Text is the statement's own text when it is a StmtSession inside a
 	// string of several statements: the front applies it to the session's
-	// other backend too.
+	// other backend too, or, inside a transaction, holds it with the
+	// transaction's replay list.
 	Text string
 }
 

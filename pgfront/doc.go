@@ -305,7 +305,10 @@
 //     inside a transaction on the replica is not replayed when the
 //     transaction moves to the hub (it has no text of its own to keep). A
 //     SET followed by ROLLBACK in the same Query or extended batch is
-//     mirrored all the same.
+//     mirrored all the same. In an extended batch a Bind is paired with
+//     the next Execute by position, not by portal name: a batch that binds
+//     two portals before executing them in another order can have a
+//     savepoint or SET followed that did not run.
 //   - Pooled hub connections keep the role and database settings of their
 //     login until HubPoolMaxAge; only a changed default isolation level
 //     retires them sooner.

@@ -341,6 +341,12 @@ func TestLabPG(t *testing.T) {
 		const onHub = "UPDATE accounts SET balance = balance + 1 WHERE name = 'alice' RETURNING coalesce(current_setting('app.rolled_back', true), ''), coalesce(current_setting('app.committed', true), ''), pg_is_in_recovery()::text"
 		const onReplica = "SELECT coalesce(current_setting('app.rolled_back', true), ''), coalesce(current_setting('app.committed', true), ''), coalesce(current_setting('app.hub_txn', true), ''), pg_is_in_recovery()::text"
 		run("BEGIN", "SET app.rolled_back = 'yes'", "SELECT 1", "ROLLBACK")
+		// A SET before a COMMIT in one Query belongs to the transaction
+		// that COMMIT ends, not to the one the Query opens after it.
+		run("BEGIN", "SELECT 1", "SET app.before_commit = 'yes'; COMMIT; BEGIN; SET app.rolled_back = 'again'", "ROLLBACK")
+		if got := run("UPDATE accounts SET balance = balance + 1 WHERE name = 'alice' RETURNING coalesce(current_setting('app.before_commit', true), ''), coalesce(current_setting('app.rolled_back', true), '')"); len(got) != 1 || string(got[0][0]) != "yes" || string(got[0][1]) != "" {
+			t.Errorf("on the hub after \"SET; COMMIT; BEGIN; SET\" and a ROLLBACK: %q, want app.before_commit yes, app.rolled_back empty", got)
+		}
 		// The held SET belongs to the transaction the unit's first end
 		// closes, committed here, not to the one it opens and rolls back.
 		run("BEGIN", "SET app.committed = 'yes'", "SELECT 1", "COMMIT; BEGIN; SELECT 1; ROLLBACK")
@@ -388,6 +394,19 @@ func TestLabPG(t *testing.T) {
 		}
 		if n != 0 || setting != "" {
 			t.Errorf("on the hub: %d rows of the failed transaction's INSERT, app.failed_txn %q; want 0 and empty", n, setting)
+		}
+
+		// A write first and a COMMIT after it, in one Query: PostgreSQL
+		// rejects the write (25P02) and so the whole Query; nothing commits.
+		for _, q := range []string{"BEGIN", "SELECT 1/0"} {
+			pc.Exec(ctx, q).ReadAll()
+		}
+		body1 := body + " then commit"
+		_, err = pc.Exec(ctx, "INSERT INTO notes (account_id, body) VALUES (1, '"+body1+"'); COMMIT").ReadAll()
+		wantCode(t, err, "25P02")
+		pc.Exec(ctx, "ROLLBACK").ReadAll()
+		if err := c.QueryRow(ctx, "SELECT count(*) FROM notes WHERE body = $1", body1).Scan(&n); err != nil || n != 0 {
+			t.Errorf("a write sent with a COMMIT in a failed transaction: %d rows (%v), want 0", n, err)
 		}
 
 		// A Query that ends the failed transaction and then writes: the
@@ -492,6 +511,15 @@ func TestLabPG(t *testing.T) {
 		if got := run("SELECT count(*) FROM notes WHERE body = '" + body3 + "'"); string(got[0][0]) != "1" {
 			t.Errorf("the write after ROLLBACK TO in a failed transaction: %s rows, want 1", got[0][0])
 		}
+
+		// A savepoint made in the Query that opened the transaction is
+		// replayed once: released, it is gone on the hub too.
+		run("BEGIN; SAVEPOINT d; SELECT 1")
+		run("UPDATE accounts SET balance = balance + 1 WHERE name = 'alice'")
+		run("RELEASE SAVEPOINT d")
+		_, err := pc.Exec(ctx, "ROLLBACK TO SAVEPOINT d").ReadAll()
+		wantCode(t, err, "3B001")
+		run("ROLLBACK")
 	})
 
 	t.Run("lazy transaction", func(t *testing.T) {

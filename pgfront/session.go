@@ -824,7 +824,7 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 		return p, err
 	}
 	inTxn := s.txOn != nil
-	if inTxn && s.txFailed && !u.class.Has(StmtCommit) && !u.class.Has(StmtRollback) && !s.rollsBackToKnown(u.class) {
+	if inTxn && s.txFailed && !s.endsFailedTxn(u.class) {
 		// A failed transaction on the replica: what does not end it gets
 		// 25P02 there, as PostgreSQL answers; a write must not revive it
 		// on the hub. A unit that ends it ("ROLLBACK; INSERT ...") or
@@ -1317,8 +1317,8 @@ func (s *session) loseTxn() {
 }
 
 // moveTxnToHub ends the replica transaction (it only read) and queues the
-// client's BEGIN, SET LOCALs and savepoints on the hub ahead of the unit
-// that moves it.
+// client's BEGIN and the transaction's replay list (SET LOCALs, SETs,
+// savepoints) on the hub ahead of the unit that moves it.
 func (s *session) moveTxnToHub(hb *backendConn) {
 	if s.replica != nil {
 		s.replica.pendingSQL = append(s.replica.pendingSQL, "ROLLBACK")
@@ -1381,51 +1381,21 @@ func (s *session) chainTxn(ctx context.Context, b *backendConn, committed bool) 
 	s.txReplay = kept
 }
 
-// noteTxnStmts follows the statements of a simple Query that completed
-// inside a transaction on b, in order (after a failure, those before it):
-// a lone SET LOCAL or SET TRANSACTION is kept to replay on the hub if a
-// transaction on the replica moves there; a session-level SET is held for
-// that replay too and to settle when the transaction ends; savepoints are
-// followed (noteSavepoint). A SET LOCAL beside other statements has no
-// text of its own to keep and is not followed.
-func (s *session) noteTxnStmts(ctx context.Context, b *backendConn, u *unit, res exResult) {
-	if !u.simple || s.pinned {
-		return
+// endsFailedTxn reports whether a unit begins by ending the failed
+// transaction, or by rolling back to a savepoint the replay list has (and
+// so can run its write on the hub, where the move replays that
+// savepoint); PostgreSQL rejects whatever comes first otherwise, and the
+// rest with it.
+func (s *session) endsFailedTxn(c Classification) bool {
+	if len(c.Stmts) == 0 {
+		return false
 	}
-	single, isSingle := u.class.Single()
-	n := 0
-	for _, st := range u.class.Stmts {
-		if st.Kind == StmtEmpty {
-			continue
-		}
-		if n >= res.done {
-			return
-		}
-		n++
-		sql := st.Text
-		if isSingle {
-			st, sql = single, u.query
-		}
-		switch {
-		case st.Kind == StmtSetLocal && b == s.replica && isSingle:
-			s.txReplay = append(s.txReplay, txStmt{sql: sql, kind: setLocalKind(st)})
-		case st.Kind == StmtSession && sql != "":
-			s.holdTxnSession(ctx, b, sql, st)
-		case st.Kind == StmtSavepoint:
-			s.noteSavepoint(savepointSQL(st), st)
-		}
-	}
-}
-
-// rollsBackToKnown reports whether c rolls back to a savepoint the
-// transaction's replay list has.
-func (s *session) rollsBackToKnown(c Classification) bool {
-	for _, st := range c.Stmts {
-		if st.Kind != StmtSavepoint || st.Savepoint != SavepointRollback {
-			continue
-		}
+	switch first := c.Stmts[0]; {
+	case first.Kind == StmtCommit || first.Kind == StmtRollback:
+		return true
+	case first.Kind == StmtSavepoint && first.Savepoint == SavepointRollback:
 		for _, l := range s.txReplay {
-			if l.kind == txSavepoint && l.name == st.Name {
+			if l.kind == txSavepoint && l.name == first.Name {
 				return true
 			}
 		}
@@ -1452,8 +1422,8 @@ func savepointSQL(st Statement) string {
 // forgets what was kept after the savepoint (its SETs are undone, later
 // savepoints destroyed) and RELEASE forgets the savepoint and the later
 // ones (their SETs stay), so the replay rebuilds the same state and only
-// the SETs that stand are settled at commit. A name never seen (made
-// beside other statements in one Query) changes nothing.
+// the SETs that stand are settled at commit. A name never seen (made in
+// the Query that opened the transaction, replayed whole) changes nothing.
 func (s *session) noteSavepoint(sql string, st Statement) {
 	last := -1 // the newest savepoint of that name: the one that counts
 	for i := len(s.txReplay) - 1; i >= 0 && st.Savepoint != SavepointSet; i-- {
@@ -2089,19 +2059,10 @@ func (s *session) finish(ctx context.Context, p plan, u *unit, res exResult) err
 		}
 		s.endTxn()
 	case 'T', 'E':
+		// What the unit did inside the transaction, transaction ends
+		// included, is followed in order by followUnit.
 		s.hubChained = s.hubChained || (b.hub && endsAndChains(u.class) && res.nEnds > 0)
-		if s.txOn == b && (u.simple || res.failed || u.fn) {
-			// An extended batch is followed in order by followUnit.
-			k := 0
-			for _, st := range u.class.Stmts {
-				if st.Kind == StmtCommit || st.Kind == StmtRollback {
-					s.txnEndedInUnit(ctx, b, st, res.end(k))
-					k++
-				}
-			}
-		}
 		s.txOn, s.txFailed = b, res.status == 'E'
-		s.noteTxnStmts(ctx, b, u, res)
 	}
 	if b.hub && res.lsn != 0 {
 		if res.lsn > s.pos {
@@ -2955,7 +2916,14 @@ func (s *session) followUnit(ctx context.Context, b *backendConn, u *unit, res e
 			s.txReplay = append(s.txReplay, txStmt{sql: r.sql, kind: txSetSession, setConfig: &r})
 		}
 	}
+	// In order: what a COMMIT or ROLLBACK in the unit ends is settled or
+	// forgotten, what comes after it belongs to the transaction open after
+	// it. A simple Query that opened the transaction is replayed whole as
+	// its BEGIN (txBegin): its statements are not kept twice.
+	inTxn := s.txOn != nil && s.txOn == b && !s.pinned && !(u.simple && u.query == s.txBegin)
+	k := 0 // transaction ends met so far
 	if u.simple {
+		single, isSingle := u.class.Single()
 		n := 0
 		for _, st := range u.class.Stmts {
 			if st.Kind == StmtEmpty {
@@ -2972,13 +2940,16 @@ func (s *session) followUnit(ctx context.Context, b *backendConn, u *unit, res e
 					}
 				}
 			}
+			if inTxn {
+				sql := st.Text // a SET beside other statements; "" for the rest
+				if isSingle {
+					st, sql = single, u.query
+				}
+				s.followTxnStmt(ctx, b, st, sql, res, &k)
+			}
 		}
 		return
 	}
-	// In order: what an AND CHAIN in the batch ends is settled or
-	// forgotten, what comes after it belongs to the transaction it opened.
-	inTxn := s.txOn != nil && s.txOn == b
-	k := 0        // transaction ends met so far
 	executes := 0 // Executes met so far: a Bind's statement runs at the next
 	for _, m := range u.msgs {
 		if m.typ == 'E' {
@@ -2990,22 +2961,32 @@ func (s *session) followUnit(ctx context.Context, b *backendConn, u *unit, res e
 		for _, r := range m.setConfigs {
 			take(r)
 		}
-		if !inTxn || m.ps == nil {
-			continue
+		if inTxn && m.ps != nil {
+			if one, ok := m.ps.class.Single(); ok {
+				s.followTxnStmt(ctx, b, one, m.ps.query, res, &k)
+			}
 		}
-		one, ok := m.ps.class.Single()
-		switch {
-		case !ok:
-		case one.Kind == StmtSetLocal && b == s.replica:
-			s.txReplay = append(s.txReplay, txStmt{sql: m.ps.query, kind: setLocalKind(one)})
-		case one.Kind == StmtSession && !s.pinned:
-			s.holdTxnSession(ctx, b, m.ps.query, one)
-		case one.Kind == StmtSavepoint:
-			s.noteSavepoint(m.ps.query, one)
-		case one.Kind == StmtCommit || one.Kind == StmtRollback:
-			s.txnEndedInUnit(ctx, b, one, res.end(k))
-			k++
-		}
+	}
+}
+
+// followTxnStmt follows one statement that completed inside the
+// transaction open on b, sql being its own text ("" when it has none):
+// a SET LOCAL or SET TRANSACTION is kept to replay on the hub if a
+// transaction on the replica moves there; a session-level SET is held for
+// that replay too and to settle when the transaction ends; savepoints are
+// followed (noteSavepoint); a COMMIT or ROLLBACK, the k-th end of the
+// unit, ends what came before it (txnEndedInUnit).
+func (s *session) followTxnStmt(ctx context.Context, b *backendConn, st Statement, sql string, res exResult, k *int) {
+	switch {
+	case st.Kind == StmtSetLocal && b == s.replica && sql != "":
+		s.txReplay = append(s.txReplay, txStmt{sql: sql, kind: setLocalKind(st)})
+	case st.Kind == StmtSession && sql != "":
+		s.holdTxnSession(ctx, b, sql, st)
+	case st.Kind == StmtSavepoint:
+		s.noteSavepoint(savepointSQL(st), st)
+	case st.Kind == StmtCommit || st.Kind == StmtRollback:
+		s.txnEndedInUnit(ctx, b, st, res.end(*k))
+		*k++
 	}
 }
 
