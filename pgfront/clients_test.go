@@ -251,12 +251,7 @@ print("ok")
 	t.Run("hub transaction cut", func(t *testing.T) {
 		ctx := ctxT(t)
 		c := f.connect(t, nil)
-		if _, err := c.Exec(ctx, "BEGIN"); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := c.Exec(ctx, "UPDATE accounts SET balance = balance WHERE name = 'carol'"); err != nil {
-			t.Fatal(err)
-		}
+		mustExec(ctx, t, c, "BEGIN", "UPDATE accounts SET balance = balance WHERE name = 'carol'")
 		f.cut(t)
 		_, err := c.Exec(ctx, "UPDATE accounts SET balance = balance WHERE name = 'alice'")
 		wantCode(t, err, "08006")

@@ -31,3 +31,14 @@ func superConn(t *testing.T, dsn string) *pgx.Conn {
 	t.Cleanup(func() { c.Close(context.Background()) })
 	return c
 }
+
+// mustExec runs each statement on c in turn and fails the test at the
+// first error, naming the statement.
+func mustExec(ctx context.Context, t *testing.T, c *pgx.Conn, qs ...string) {
+	t.Helper()
+	for _, q := range qs {
+		if _, err := c.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+}

@@ -187,12 +187,7 @@ func TestLabPGModes(t *testing.T) {
 		f := startFront(t, l, nil)
 		ctx := ctxT(t)
 		c := f.connect(t, nil)
-		if _, err := c.Exec(ctx, "CREATE TEMP TABLE scratch (a int)"); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := c.Exec(ctx, "INSERT INTO scratch VALUES (1)"); err != nil {
-			t.Fatal(err)
-		}
+		mustExec(ctx, t, c, "CREATE TEMP TABLE scratch (a int)", "INSERT INTO scratch VALUES (1)")
 		var n int
 		if err := c.QueryRow(ctx, "SELECT count(*) FROM scratch").Scan(&n); err != nil || n != 1 {
 			t.Fatalf("temp table read after pinning: %d %v", n, err)

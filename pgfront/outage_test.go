@@ -90,12 +90,7 @@ func TestLabPGDrillSparesStatementsInFlight(t *testing.T) {
 	f.waitHub(t, true)
 	ctx := ctxT(t)
 	c := f.connect(t, nil)
-	if _, err := c.Exec(ctx, "BEGIN"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Exec(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'in flight at a drill')"); err != nil {
-		t.Fatal(err)
-	}
+	mustExec(ctx, t, c, "BEGIN", "INSERT INTO notes (account_id, body) VALUES (1, 'in flight at a drill')")
 	super, err := pgconn.Connect(ctx, l.HubSuperDSN("postgres"))
 	if err != nil {
 		t.Fatal(err)
@@ -134,12 +129,7 @@ func TestLabPGLostCommitInAMultiStatementQuery(t *testing.T) {
 	f.waitHub(t, true)
 	ctx := ctxT(t)
 	c := f.connect(t, nil)
-	if _, err := c.Exec(ctx, "BEGIN"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Exec(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'before the lost commit')"); err != nil {
-		t.Fatal(err)
-	}
+	mustExec(ctx, t, c, "BEGIN", "INSERT INTO notes (account_id, body) VALUES (1, 'before the lost commit')")
 	if err := l.Blackhole(lab.LinkPG); err != nil {
 		t.Fatal(err)
 	}
@@ -203,12 +193,7 @@ func TestLabPGRollbackOfALostTransaction(t *testing.T) {
 	c := f.connect(t, nil)
 	hubTxn := func() {
 		t.Helper()
-		if _, err := c.Exec(ctx, "BEGIN"); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := c.Exec(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'lost to a drill')"); err != nil {
-			t.Fatal(err)
-		}
+		mustExec(ctx, t, c, "BEGIN", "INSERT INTO notes (account_id, body) VALUES (1, 'lost to a drill')")
 	}
 	hubTxn()
 	f.site.StartDrill(time.Minute)
@@ -288,15 +273,7 @@ func TestLabPGRollbackOfALostTransaction(t *testing.T) {
 	f.waitHub(t, true)
 
 	// What the lost transaction set for itself does not reach the next.
-	if _, err := c.Exec(ctx, "BEGIN"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Exec(ctx, "SELECT set_config('app.tenant', 'alice', true)"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Exec(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'alice')"); err != nil {
-		t.Fatal(err)
-	}
+	mustExec(ctx, t, c, "BEGIN", "SELECT set_config('app.tenant', 'alice', true)", "INSERT INTO notes (account_id, body) VALUES (1, 'alice')")
 	f.site.StartDrill(time.Minute)
 	if _, err := c.Exec(ctx, "ROLLBACK"); err != nil {
 		t.Fatal(err)

@@ -39,12 +39,7 @@ func TestLabPGPinnedHubLost(t *testing.T) {
 	terminate := func(pid uint32) { terminateBackend(ctx, t, super, pid) }
 
 	c := f.connect(t, nil)
-	if _, err := c.Exec(ctx, "CREATE TEMP TABLE scratch (a int)"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Exec(ctx, "INSERT INTO scratch VALUES (1)"); err != nil {
-		t.Fatal(err)
-	}
+	mustExec(ctx, t, c, "CREATE TEMP TABLE scratch (a int)", "INSERT INTO scratch VALUES (1)")
 	f.site.StartDrill(time.Minute)
 	_, err = c.Exec(ctx, "INSERT INTO scratch VALUES (2)")
 	wantCode(t, err, "25006")
@@ -58,12 +53,7 @@ func TestLabPGPinnedHubLost(t *testing.T) {
 	// (08006, rolled back on the hub at once), the session and its table
 	// stay.
 	pid := hubPID(c)
-	if _, err := c.Exec(ctx, "BEGIN"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Exec(ctx, "INSERT INTO scratch VALUES (2)"); err != nil {
-		t.Fatal(err)
-	}
+	mustExec(ctx, t, c, "BEGIN", "INSERT INTO scratch VALUES (2)")
 	f.site.StartDrill(time.Minute)
 	_, err = c.Exec(ctx, "INSERT INTO scratch VALUES (3)")
 	wantCode(t, err, "08006")
@@ -85,12 +75,7 @@ func TestLabPGPinnedHubLost(t *testing.T) {
 	// A ROLLBACK that is the first to find the transaction lost succeeds
 	// (pgx closes a connection whose Rollback fails, state and all).
 	f.site.StopDrill()
-	if _, err := c.Exec(ctx, "BEGIN"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Exec(ctx, "INSERT INTO scratch VALUES (4)"); err != nil {
-		t.Fatal(err)
-	}
+	mustExec(ctx, t, c, "BEGIN", "INSERT INTO scratch VALUES (4)")
 	f.site.StartDrill(time.Minute)
 	if _, err := c.Exec(ctx, "ROLLBACK"); err != nil {
 		t.Errorf("ROLLBACK of a hub transaction a drill cut: %v, want it to succeed", err)

@@ -251,14 +251,7 @@ func TestLabPGSetConfigClientEncoding(t *testing.T) {
 // answered locally at once: its repeat waits for the hub's next request
 // instead of a round trip on a dead link.
 func TestLabPGSetConfigDuringBlackhole(t *testing.T) {
-	l := lab.ForTest(t, lab.Options{})
-	f := startFront(t, l, nil)
-	f.waitHub(t, true)
-	ctx := ctxT(t)
-	c := f.connect(t, nil)
-	if _, err := c.Exec(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'attach the hub')"); err != nil {
-		t.Fatal(err)
-	}
+	l, f, ctx, c := sessionWithHub(t)
 	if err := l.Blackhole(lab.LinkPG); err != nil {
 		t.Fatal(err)
 	}
@@ -282,14 +275,7 @@ func TestLabPGSetConfigDuringBlackhole(t *testing.T) {
 // repeat that fails on the other backend does not leave it in a failed
 // transaction block.
 func TestLabPGSetConfigRepeatsStayBounded(t *testing.T) {
-	l := lab.ForTest(t, lab.Options{})
-	f := startFront(t, l, nil)
-	f.waitHub(t, true)
-	ctx := ctxT(t)
-	c := f.connect(t, nil)
-	if _, err := c.Exec(ctx, "INSERT INTO notes (account_id, body) VALUES (1, 'attach the hub')"); err != nil {
-		t.Fatal(err)
-	}
+	_, f, ctx, c := sessionWithHub(t)
 	for i := range 300 {
 		if _, err := c.Exec(ctx, "SELECT set_config('app.tenant', $1, false)", fmt.Sprintf("tenant-%d", i)); err != nil {
 			t.Fatal(err)
@@ -319,4 +305,17 @@ func TestLabPGSetConfigRepeatsStayBounded(t *testing.T) {
 			t.Fatal("read after a repeat the standby refused not on the standby")
 		}
 	}
+}
+
+// sessionWithHub starts a lab and a front and returns a session that has
+// written once, so its hub connection is attached.
+func sessionWithHub(t *testing.T) (*lab.Lab, *front, context.Context, *pgx.Conn) {
+	t.Helper()
+	l := lab.ForTest(t, lab.Options{})
+	f := startFront(t, l, nil)
+	f.waitHub(t, true)
+	ctx := ctxT(t)
+	c := f.connect(t, nil)
+	mustExec(ctx, t, c, "INSERT INTO notes (account_id, body) VALUES (1, 'attach the hub')")
+	return l, f, ctx, c
 }
