@@ -32,6 +32,16 @@ func TestLabPGFlushWithoutSync(t *testing.T) {
 		}
 		return got
 	}
+	succeeded := func(t *testing.T, pl *pgconn.Pipeline, what string) {
+		t.Helper()
+		rr, ok := results(t, pl).(*pgconn.ResultReader)
+		if !ok {
+			t.Fatalf("no result for %s", what)
+		}
+		if _, err := rr.Close(); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
 	rows := func(t *testing.T, got any) [][][]byte {
 		t.Helper()
 		rr, ok := got.(*pgconn.ResultReader)
@@ -113,6 +123,47 @@ func TestLabPGFlushWithoutSync(t *testing.T) {
 		}
 		if err := pl.Close(); err != nil {
 			t.Fatalf("pipeline close: %v", err)
+		}
+	})
+
+	// A hub transaction whose COMMIT comes with the Sync after a flushed
+	// write: the unit learns the commit's position, so the session's next
+	// read on the standby (replay held back until just after it asks)
+	// waits for the write.
+	t.Run("a COMMIT with the Sync after a flushed write", func(t *testing.T) {
+		ctx := ctxT(t)
+		replay := newReplayPause(t, l)
+		mustExec(ctx, t, c, "BEGIN", "INSERT INTO notes (account_id, body) VALUES (1, 'opens the hub transaction')")
+		body := fmt.Sprintf("flushed, committed with the Sync %d", time.Now().UnixNano())
+		replay.pause(ctx, t)
+		pl := pc.StartPipeline(ctx)
+		pl.SendQueryParams("INSERT INTO notes (account_id, body) VALUES (1, $1)", [][]byte{[]byte(body)}, nil, nil, nil)
+		pl.SendFlushRequest()
+		if err := pl.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		succeeded(t, pl, "the flushed INSERT")
+		pl.SendQueryParams("COMMIT", nil, nil, nil, nil)
+		pl.SendPipelineSync()
+		if err := pl.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		succeeded(t, pl, "the COMMIT")
+		if _, ok := results(t, pl).(*pgconn.PipelineSync); !ok {
+			t.Fatal("no PipelineSync after the batch's Sync")
+		}
+		if err := pl.Close(); err != nil {
+			t.Fatalf("pipeline close: %v", err)
+		}
+		replay.resumeAfter(300 * time.Millisecond)
+		var n int
+		var standby bool
+		if err := c.QueryRow(ctx, "SELECT count(*), pg_is_in_recovery() FROM notes WHERE body = $1", body).Scan(&n, &standby); err != nil {
+			t.Fatal(err)
+		}
+		replay.wait()
+		if n != 1 {
+			t.Fatalf("read after the COMMIT: count %d (standby %v), want 1", n, standby)
 		}
 	})
 

@@ -2,11 +2,15 @@ package pgfront
 
 import (
 	"context"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/spokeproxy/spokeproxy/lab"
 )
 
 func counterValue(_ *testing.T, c prometheus.Collector) float64 { return testutil.ToFloat64(c) }
@@ -42,3 +46,37 @@ func mustExec(ctx context.Context, t *testing.T, c *pgx.Conn, qs ...string) {
 		}
 	}
 }
+
+// replayPause holds WAL replay on the lab's standby, so a read that does
+// not wait for the session's position cannot see a write that just
+// committed on the hub.
+type replayPause struct {
+	standby  *pgx.Conn
+	resuming sync.WaitGroup
+}
+
+// newReplayPause connects to the standby as the superuser; replay is
+// resumed at cleanup.
+func newReplayPause(t *testing.T, l *lab.Lab) *replayPause {
+	r := &replayPause{standby: superConn(t, l.ReplicaSuperDSN(lab.AppDatabase))}
+	t.Cleanup(func() {
+		r.resuming.Wait()
+		r.standby.Exec(context.Background(), "SELECT pg_wal_replay_resume()")
+	})
+	return r
+}
+
+func (r *replayPause) pause(ctx context.Context, t *testing.T) {
+	t.Helper()
+	mustExec(ctx, t, r.standby, "SELECT pg_wal_replay_pause()")
+}
+
+// resumeAfter resumes replay after d, in the background; wait waits for it.
+func (r *replayPause) resumeAfter(d time.Duration) {
+	r.resuming.Go(func() {
+		time.Sleep(d)
+		r.standby.Exec(context.Background(), "SELECT pg_wal_replay_resume()")
+	})
+}
+
+func (r *replayPause) wait() { r.resuming.Wait() }

@@ -423,6 +423,60 @@ func TestLabPG(t *testing.T) {
 		}
 	})
 
+	// A unit that moves a replica transaction to the hub and ends it there
+	// learns the hub's position, so the session's next local read waits
+	// for its write. Replay is paused on the standby while the unit runs
+	// and resumed a moment later: a read that does not wait sees nothing.
+	t.Run("a unit that moves its transaction and ends it", func(t *testing.T) {
+		ctx := ctxT(t)
+		c := f.connect(t, nil)
+		pc := c.PgConn()
+		replay := newReplayPause(t, f.lab)
+		for i, tc := range []struct {
+			name   string
+			before []string
+			unit   func(body string) error
+		}{
+			{"INSERT; COMMIT", []string{"BEGIN", "SELECT 1"}, func(body string) error {
+				_, err := pc.Exec(ctx, "INSERT INTO notes (account_id, body) VALUES (1, '"+body+"'); COMMIT").ReadAll()
+				return err
+			}},
+			{"ROLLBACK; INSERT after a failure", []string{"BEGIN", "SELECT 1/0"}, func(body string) error {
+				_, err := pc.Exec(ctx, "ROLLBACK; INSERT INTO notes (account_id, body) VALUES (1, '"+body+"')").ReadAll()
+				return err
+			}},
+			{"extended INSERT, COMMIT", []string{"BEGIN", "SELECT 1"}, func(body string) error {
+				b := &pgconn.Batch{}
+				b.ExecParams("INSERT INTO notes (account_id, body) VALUES (1, $1)", [][]byte{[]byte(body)}, nil, nil, nil)
+				b.ExecParams("COMMIT", nil, nil, nil, nil)
+				_, err := pc.ExecBatch(ctx, b).ReadAll()
+				return err
+			}},
+		} {
+			for _, q := range tc.before {
+				pc.Exec(ctx, q).ReadAll()
+			}
+			replay.pause(ctx, t)
+			body := fmt.Sprintf("moved and ended %d %d", i, time.Now().UnixNano())
+			if err := tc.unit(body); err != nil {
+				t.Fatalf("%s: %v", tc.name, err)
+			}
+			replay.resumeAfter(300 * time.Millisecond)
+			var n int
+			var recov bool
+			if err := c.QueryRow(ctx, "SELECT count(*), pg_is_in_recovery() FROM notes WHERE body = $1", body).Scan(&n, &recov); err != nil {
+				t.Fatal(err)
+			}
+			replay.wait()
+			if n != 1 {
+				t.Errorf("%s: the next read saw %d rows of the write (standby %v), want 1", tc.name, n, recov)
+			}
+			if st := pc.TxStatus(); st != 'I' {
+				t.Errorf("%s: status %q after the read, want 'I'", tc.name, st)
+			}
+		}
+	})
+
 	// Savepoints made on the replica exist on the hub once the transaction
 	// moves there (Django's nested atomic blocks RELEASE one made before
 	// their first write), and what a ROLLBACK TO undid is neither replayed

@@ -670,10 +670,10 @@ func (s *session) runUnit(ctx context.Context, u *unit) error {
 				s.countRefusal(true, err) // the standby said it writes
 				return s.refuse(ctx, u, err)
 			}
+			p2 := plan{to: hb, route: metrics.RouteHub, capture: s.learnsPosition(u.class)}
 			if s.txOn != nil && s.txOn == s.replica {
 				s.moveTxnToHub(hb)
 			}
-			p2 := plan{to: hb, route: metrics.RouteHub, capture: s.txOn == nil && s.srv.config().Consistency != routing.ConsistencyNone}
 			p = p2
 			res, err = s.exchange(ctx, hb, u, p2)
 			if err != nil {
@@ -812,15 +812,7 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 			s.pin()
 		}
 		s.noteListen(u)
-		if !s.pinned && s.srv.config().Consistency != routing.ConsistencyNone {
-			// The end of a hub transaction: learn its commit position
-			// (after a chain that committed, a ROLLBACK's position covers
-			// it).
-			for _, st := range u.class.Stmts {
-				p.capture = p.capture || st.Kind == StmtCommit || (s.txOn == nil && st.Kind >= StmtWrite) ||
-					(s.hubChained && st.Kind == StmtRollback)
-			}
-		}
+		p.capture = s.learnsPosition(u.class)
 		return p, err
 	}
 	inTxn := s.txOn != nil
@@ -848,6 +840,7 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 				return p, err
 			}
 			p.moveToHub = true
+			p.capture = s.learnsPosition(u.class)
 			if k == StmtPin {
 				s.pin()
 				s.noteListen(u)
@@ -948,6 +941,27 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 		p.capture = s.srv.config().Consistency != routing.ConsistencyNone
 	}
 	return p, nil
+}
+
+// learnsPosition reports whether a unit that runs on the hub must learn
+// the hub's WAL position behind it, for the session's next local read: it
+// commits, writes outside a transaction, or ends a transaction (a
+// replica one it moved, or a chain that committed) and may write after
+// that, as "ROLLBACK; INSERT ..." does. Call it before the unit moves the
+// transaction (s.txOn is still where the transaction runs).
+func (s *session) learnsPosition(c Classification) bool {
+	if s.pinned || s.srv.config().Consistency == routing.ConsistencyNone {
+		return false
+	}
+	for _, st := range c.Stmts {
+		switch {
+		case st.Kind == StmtCommit,
+			s.txOn == nil && st.Kind >= StmtWrite,
+			st.Kind == StmtRollback && (s.hubChained || s.txOn != s.hub):
+			return true
+		}
+	}
+	return false
 }
 
 // noteDefaults follows a session statement's change of the transaction
@@ -2644,9 +2658,8 @@ func (s *session) finishOpen(ctx context.Context, batch []batchMsg) error {
 	s.sendUnit(f, &unit{msgs: batch})
 	f.u.msgs = append(f.u.msgs, batch...)
 	f.u.class.Stmts = append(f.u.class.Stmts, s.batchClass(batch).Stmts...)
-	if f.b.hub && s.txOn == nil && !s.pinned && s.srv.config().Consistency != routing.ConsistencyNone &&
-		f.u.class.Strongest() >= StmtWrite {
-		f.p.capture = true // an autocommit write: learn its position
+	if f.b.hub && s.learnsPosition(f.u.class) {
+		f.p.capture = true // an autocommit write, or a COMMIT that came with the Sync
 	}
 	s.sendEnd(f)
 	res, err := s.relay(ctx, f, -1)
