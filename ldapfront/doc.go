@@ -62,7 +62,9 @@
 // inside a transaction are relayed without the proxy's Post-Read control
 // (slapd refuses it there with 53) and without a position read: nothing is
 // committed until End Transaction, whose success reads the hub's contextCSN
-// like any other extended write. Abandon and Cancel go where
+// like any other extended write. With RefuseTransactions (ldap.transactions:
+// refuse) Start Transaction is answered unwillingToPerform (53) by the proxy
+// and never reaches the hub. Abandon and Cancel go where
 // their target runs; Unbind ends both sides. Where the replica or hub is down,
 // routing.Decide says what happens (reads to the hub, or 52).
 //

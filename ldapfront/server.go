@@ -86,6 +86,13 @@ type Config struct {
 	ProxyAuthDN       string
 	ProxyAuthPassword string
 
+	// RefuseTransactions answers Start Transaction (RFC 5805) with
+	// unwillingToPerform instead of relaying it to the hub, for a hub
+	// whose slapd does not survive transactions (see docs/operations.md).
+	// A transaction already open when it is turned on by a reload can
+	// still run its operations and End Transaction.
+	RefuseTransactions bool
+
 	MaxPDUSize      int64         // largest client message, default 4 MiB
 	MaxResponseSize int64         // largest backend message, default 64 MiB
 	MaxOutstanding  int           // operations in flight per connection, default 64; beyond: busy (51)

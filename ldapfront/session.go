@@ -497,6 +497,10 @@ func (s *session) decide(kind routing.Kind, pinned bool) routing.Decision {
 }
 
 // forward routes and relays one request.
+// errTransactionsOff is the diagnostic of a Start Transaction refused by
+// RefuseTransactions.
+const errTransactionsOff = "spokeproxy: LDAP transactions are turned off at this site (ldap.transactions: refuse); send the operations without a transaction"
+
 func (s *session) forward(p *PDU) {
 	kind, name, pinned := s.classify(p)
 	s.mu.Lock()
@@ -520,6 +524,11 @@ func (s *session) forward(p *PDU) {
 	}
 	if dup {
 		s.reply(p, ResultProtocolError, "spokeproxy: message ID already in use by an operation in flight")
+		return
+	}
+	if p.Op == OpExtendedRequest && p.ExtOID == OIDStartTxn && s.srv.config().RefuseTransactions {
+		s.srv.countOp(name, metrics.RouteRefuse, kindLabel)
+		s.reply(p, ResultUnwillingToPerform, errTransactionsOff)
 		return
 	}
 	if kind == routing.KindWrite && ident.kind == identSASL && s.srv.config().ProxyAuthDN == "" {

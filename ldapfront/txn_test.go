@@ -326,6 +326,61 @@ func TestLabTransactions(t *testing.T) {
 		}
 		return wantOnHub(true, "cn="+cn1+",ou=people,"+lab.BaseDN, "cn="+cn2+",ou=people,"+lab.BaseDN)
 	})
+	// ldap.transactions: refuse, applied by a reload while a transaction
+	// is open: that one still commits; a new one, from go-ldap or
+	// ldapmodify, gets 53 and never reaches the hub.
+	step("turned off by a reload", func(t *testing.T) error {
+		id, err := startTxn()
+		if err != nil {
+			return err
+		}
+		open, err := addInTxn(id, uniqueName("txn-open"))
+		if err != nil {
+			return err
+		}
+		cfg := *f.srv.config()
+		cfg.RefuseTransactions = true
+		if err := f.srv.Reconfigure(cfg); err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			cfg.RefuseTransactions = false
+			if err := f.srv.Reconfigure(cfg); err != nil {
+				t.Error(err)
+			}
+		}()
+		if err := endTxn(true, id); err != nil {
+			return fmt.Errorf("commit of the transaction open before the reload: %w", err)
+		}
+		if err := wantOnHub(true, open...); err != nil {
+			return err
+		}
+		_, err = c.Extended(ldap.NewExtendedRequest(OIDStartTxn, nil))
+		if !ldap.IsErrorWithCode(err, ldap.LDAPResultUnwillingToPerform) || !strings.Contains(err.Error(), "turned off") {
+			t.Fatalf("start transaction after the reload: %v, want 53 saying transactions are turned off", err)
+		}
+		// ldapmodify -E txn=commit goes on without the transaction (the
+		// control is not critical); -E '!txn=commit' stops.
+		for _, tc := range []struct {
+			ext   string
+			added bool
+		}{{"txn=commit", true}, {"!txn=commit", false}} {
+			cn := uniqueName("txn-refused")
+			ldif := fmt.Sprintf("dn: cn=%s,ou=people,%s\nobjectClass: person\ncn: %s\nsn: T\n", cn, lab.BaseDN, cn)
+			args := []string{"-a", "-x", "-H", f.url, "-D", lab.AdminDN, "-w", l.AdminPassword(), "-E", tc.ext}
+			out, errs, code := runTool(t, ldif, "ldapmodify", args...)
+			if (code == 0) != tc.added || !strings.Contains(errs, "ldap_txn_start_s: Server is unwilling to perform (53)") {
+				t.Fatalf("ldapmodify -E %s with transactions turned off: exit %d, want the start refused with 53 and the entry added %v\nstdout: %s\nstderr: %s", tc.ext, code, tc.added, out, errs)
+			}
+			if err := wantOnHub(tc.added, "cn="+cn+",ou=people,"+lab.BaseDN); err != nil {
+				return fmt.Errorf("ldapmodify -E %s: %w", tc.ext, err)
+			}
+		}
+		if got := metricValue(t, f.reg, "spokeproxy_ldap_operations_total", map[string]string{"op": "transaction", "route": "refuse"}); got != 3 {
+			t.Errorf("refused transaction operations: %v, want 3", got)
+		}
+		return nil
+	})
 	if got := metricValue(t, f.reg, "spokeproxy_ldap_operations_total", map[string]string{"op": "transaction", "route": "hub"}); got < 6 {
 		t.Errorf("transaction operations routed to the hub: %v, want at least 6", got)
 	}

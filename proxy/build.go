@@ -161,6 +161,8 @@ func (s *Server) ldapSettings(c *Config, p *protocolPart) (routing.Config, ldapf
 		IdleTimeout:    l.IdleTimeout,
 		WriteTimeout:   l.WriteTimeout,
 		MaxConnections: l.MaxConnections,
+
+		RefuseTransactions: l.Transactions == "refuse",
 	}
 	if l.ProxyAuth.Configured() {
 		fc.ProxyAuthDN, fc.ProxyAuthPassword = l.ProxyAuth.BindDN, p.secrets.proxyAuth

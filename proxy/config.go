@@ -160,6 +160,9 @@ type LDAPConfig struct {
 	// for this long, releasing its backend connections.
 	WriteTimeout   time.Duration `yaml:"write_timeout"`
 	MaxConnections int           `yaml:"max_connections"`
+	// Transactions is relay (RFC 5805 transactions go to the hub) or
+	// refuse (Start Transaction gets unwillingToPerform).
+	Transactions string `yaml:"transactions"`
 }
 
 // LDAPBackend is one LDAP server, as an ldap:// or ldaps:// URL.
@@ -293,6 +296,7 @@ func (c *Config) applyDefaults() {
 		defDur(&l.IdleTimeout, 15*time.Minute)
 		defDur(&l.WriteTimeout, 30*time.Second)
 		defInt(&l.MaxConnections, 1000)
+		def(&l.Transactions, "relay")
 	}
 }
 
@@ -634,6 +638,7 @@ func (c *Config) validate() []string {
 		positiveDur("ldap.idle_timeout", l.IdleTimeout)
 		positiveDur("ldap.write_timeout", l.WriteTimeout)
 		positive("ldap.max_connections", l.MaxConnections)
+		oneOf("ldap.transactions", l.Transactions, "relay", "refuse")
 	}
 	return p
 }

@@ -131,6 +131,7 @@ ldap:
   replica: {url: "http://x"}
   hubs: []
   proxy_auth: {password_file: pw}
+  transactions: never
 `
 	_, err := ParseConfig("c.yaml", []byte(src))
 	var cerr *ConfigError
@@ -157,6 +158,7 @@ ldap:
 		"ldap.replica.url:",
 		"ldap.hubs: at least one hub",
 		"ldap.proxy_auth.bind_dn:",
+		"ldap.transactions:",
 	} {
 		if !hasPrefix(cerr.Problems, key) {
 			t.Errorf("no problem starting with %q in:\n%s", key, err)

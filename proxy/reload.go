@@ -77,6 +77,7 @@ var liveKeys = map[string]bool{
 	"ldap.idle_timeout":        true,
 	"ldap.write_timeout":       true,
 	"ldap.max_connections":     true,
+	"ldap.transactions":        true,
 }
 
 // partChange is one protocol part's settings rebuilt from a reloaded

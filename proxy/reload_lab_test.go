@@ -129,12 +129,25 @@ func TestReloadRetunesDetectionAgainstTheLab(t *testing.T) {
 		t.Fatalf("slow settings noticed a blackhole after %v; the test cannot tell them apart from fast ones", slowTook)
 	}
 
-	// Fast: one probe timeout of 200ms.
-	res, err := ls.reload(withLink(base, "100ms", "200ms", "1"))
+	// Fast: one probe timeout of 200ms; and LDAP transactions turned off.
+	fast := withLink(base, "100ms", "200ms", "1")
+	offTxn := strings.Replace(fast, "base_dn: "+lab.BaseDN, "base_dn: "+lab.BaseDN+"\n    transactions: refuse", 1)
+	if offTxn == fast {
+		t.Fatal("the lab's config has no ldap.base_dn line to add ldap.transactions after")
+	}
+	res, err := ls.reload(offTxn)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{"link.probe_interval", "link.probe_timeout", "link.down_after"} {
+	ld, err := ldap.DialURL("ldap://" + ls.srv.Addrs().LDAP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ld.Close()
+	if _, err := ld.Extended(ldap.NewExtendedRequest("1.3.6.1.1.21.1", nil)); !ldap.IsErrorWithCode(err, ldap.LDAPResultUnwillingToPerform) {
+		t.Errorf("Start Transaction after reloading ldap.transactions: refuse: %v, want unwillingToPerform (53)", err)
+	}
+	for _, k := range []string{"link.probe_interval", "link.probe_timeout", "link.down_after", "ldap.transactions"} {
 		if !slices.Contains(res.Applied, k) {
 			t.Errorf("%s not applied: %+v", k, res)
 		}
