@@ -104,10 +104,11 @@ type Statement struct {
 	// A call it could not repeat (an argument that is an expression) makes
 	// the statement StmtPin instead.
 	SetConfigs []SetConfigCall
-	// Text is the statement's own text when it is a StmtSession inside a
-	// string of several statements: the front applies it to the session's
-	// other backend too, or, inside a transaction, holds it with the
-	// transaction's replay list.
+	// Text is the statement's own text when it is a StmtSession or
+	// StmtSetLocal inside a string of several statements: the front applies
+	// a session SET to the session's other backend too, or, inside a
+	// transaction, holds it with the transaction's replay list, as it does
+	// a SET LOCAL or SET TRANSACTION.
 	Text string
 }
 
@@ -327,7 +328,7 @@ func (c *Classifier) classify(sql string) Classification {
 	toks := lex((*tp)[:0], sql)
 	walkStatements(toks, func(stmt []token, from, to int) {
 		st := c.statement(stmt)
-		if st.Kind == StmtSession {
+		if st.Kind == StmtSession || st.Kind == StmtSetLocal {
 			if to < 0 {
 				to = len(sql)
 			}

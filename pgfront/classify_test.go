@@ -282,16 +282,17 @@ func TestClassifyMultiStatement(t *testing.T) {
 	}
 }
 
-// TestClassifySessionText: a SET among other statements carries its own
-// text (what the front applies to the session's other backend); a lone
-// SET does not need it.
+// TestClassifySessionText: a SET or SET LOCAL among other statements
+// carries its own text (what the front applies to the session's other
+// backend, or replays when a transaction moves to the hub); a lone SET
+// does not need it.
 func TestClassifySessionText(t *testing.T) {
 	c := NewClassifier(nil, 0, 0)
-	got := c.Classify("SELECT ';'; SET search_path = 'a;b', public ;INSERT INTO t VALUES (1); /* c */ RESET work_mem").Stmts
+	got := c.Classify("SELECT ';'; SET search_path = 'a;b', public ;INSERT INTO t VALUES (1); /* c */ RESET work_mem; SET LOCAL lock_timeout = 5").Stmts
 	want := []struct {
 		kind StmtKind
 		text string
-	}{{StmtRead, ""}, {StmtSession, "SET search_path = 'a;b', public"}, {StmtWrite, ""}, {StmtSession, "/* c */ RESET work_mem"}}
+	}{{StmtRead, ""}, {StmtSession, "SET search_path = 'a;b', public"}, {StmtWrite, ""}, {StmtSession, "/* c */ RESET work_mem"}, {StmtSetLocal, "SET LOCAL lock_timeout = 5"}}
 	if len(got) != len(want) {
 		t.Fatalf("got %d statements %+v, want %d", len(got), got, len(want))
 	}

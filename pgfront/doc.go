@@ -301,10 +301,7 @@
 //
 //   - A flushed unit (Flush before Sync) whose replica connection dies is
 //     not run again elsewhere: it gets 08006 (see Replica loss).
-//   - A SET LOCAL or SET TRANSACTION beside other statements in one Query
-//     inside a transaction on the replica is not replayed when the
-//     transaction moves to the hub (it has no text of its own to keep). A
-//     SET followed by ROLLBACK in the same Query or extended batch is
+//   - A SET followed by ROLLBACK in the same Query or extended batch is
 //     mirrored all the same. In an extended batch a Bind is paired with
 //     the next Execute by position, not by portal name: a batch that binds
 //     two portals before executing them in another order can have a

@@ -603,6 +603,21 @@ func TestLabPG(t *testing.T) {
 		if err := tx.Commit(ctx); err != nil {
 			t.Fatal(err)
 		}
+		// A SET LOCAL and a SET TRANSACTION beside a read in one Query are
+		// replayed too.
+		pc := c.PgConn()
+		mustExec(ctx, t, c, "BEGIN")
+		if _, err := pc.Exec(ctx, "SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED; SET LOCAL lock_timeout = 1234; SELECT 1").ReadAll(); err != nil {
+			t.Fatal(err)
+		}
+		var lockTimeout, isolation string
+		if err := c.QueryRow(ctx, "UPDATE accounts SET balance = balance + 1 WHERE name = 'alice' RETURNING current_setting('lock_timeout'), current_setting('transaction_isolation'), pg_is_in_recovery()").Scan(&lockTimeout, &isolation, &recov); err != nil {
+			t.Fatal(err)
+		}
+		if lockTimeout != "1234ms" || isolation != "read uncommitted" || recov {
+			t.Errorf("SET LOCAL and SET TRANSACTION beside a read, after the move: lock_timeout %q, isolation %q, standby %v; want 1234ms, read uncommitted, on the hub", lockTimeout, isolation, recov)
+		}
+		mustExec(ctx, t, c, "ROLLBACK")
 		// A read-only transaction never leaves the replica.
 		before := f.wanBytes()
 		tx, err = c.Begin(ctx)
