@@ -89,7 +89,10 @@
 // alike. Savepoints are followed too: SAVEPOINT is replayed with the SET
 // LOCALs when a transaction moves to the hub (a RELEASE or ROLLBACK TO
 // after the first write finds it there), and a ROLLBACK TO forgets the
-// SETs it undid. DEALLOCATE ALL is not transactional: it runs on the
+// SETs it undid. The same holds for a transaction that begins and ends
+// within one Query or extended batch ("BEGIN; SET ...; ROLLBACK"), and for
+// the implicit transaction of a Query or batch, which commits at a COMMIT
+// in it or at its end, unless a statement fails. DEALLOCATE ALL is not transactional: it runs on the
 // other backend at once. A transaction on the replica that failed stays
 // there until it ends or rolls back to a savepoint: its statements get
 // PostgreSQL's 25P02, a write does not move it (a unit that ends it or
@@ -301,8 +304,7 @@
 //
 //   - A flushed unit (Flush before Sync) whose replica connection dies is
 //     not run again elsewhere: it gets 08006 (see Replica loss).
-//   - A SET followed by ROLLBACK in the same Query or extended batch is
-//     mirrored all the same. In an extended batch a Bind is paired with
+//   - In an extended batch a Bind is paired with
 //     the next Execute by position, not by portal name: a batch that binds
 //     two portals before executing them in another order can have a
 //     savepoint or SET followed that did not run.

@@ -2684,32 +2684,41 @@ func (s *session) finishOpen(ctx context.Context, batch []batchMsg) error {
 // unit routed by its other statements (a SET beside a write in one simple
 // Query, or a SET through the extended protocol) to the session's other
 // backend, and keeps them for a hub connection attached later, as plan
-// does for a simple Query of SETs and reads. Only after the unit
-// committed: a SET is undone with the transaction it ran in, and one made
-// inside an explicit transaction is not mirrored (see doc.go).
+// does for a simple Query of SETs and reads. Only once the unit has ended
+// outside a transaction, and only the SETs whose transaction committed
+// (standingStmts): a SET is undone with the transaction it ran in. One
+// made in a transaction still open is held by followUnit until it ends.
 func (s *session) mirrorSets(ctx context.Context, b *backendConn, u *unit, res exResult) {
-	if res.failed || res.status != 'I' || u.fn || (u.simple && u.class.Strongest() <= StmtSession) {
+	if res.status != 'I' || u.fn || (u.simple && u.class.Strongest() <= StmtSession) {
 		return
 	}
+	stands := standing{u: u, res: &res}
 	var texts []string
 	if u.simple {
+		j := 0
 		for _, st := range u.class.Stmts {
-			if st.Kind == StmtSession && st.Text != "" {
+			if st.Kind == StmtEmpty {
+				continue
+			}
+			if st.Kind == StmtSession && st.Text != "" && stands.at(j) {
 				texts = append(texts, st.Text)
 				s.noteDefaults(st)
 			}
+			j++
 		}
 	} else {
+		j := 0
 		for _, m := range u.msgs {
 			if m.typ != 'B' {
 				continue
 			}
-			if st := m.ps; st != nil {
+			if st := m.ps; st != nil && stands.at(j) {
 				if one, ok := st.class.Single(); ok && one.Kind == StmtSession {
 					texts = append(texts, st.query)
 					s.noteDefaults(one)
 				}
 			}
+			j++
 		}
 	}
 	for _, q := range texts {
@@ -2913,13 +2922,16 @@ func sqlString(s string) (lit string, ok bool) {
 // what completed before it counts, and nothing outside a transaction (the
 // implicit transaction rolled back).
 func (s *session) followUnit(ctx context.Context, b *backendConn, u *unit, res exResult) {
-	if u.fn || (res.failed && s.txOn == nil) {
+	if u.fn {
 		return
 	}
-	take := func(r setConfigRepeat) {
+	stands := standing{u: u, res: &res}
+	take := func(r setConfigRepeat, stmt int) {
 		switch {
 		case s.txOn == nil:
-			if !r.local { // a local one ended with the unit's implicit transaction
+			// A local one ended with the transaction it ran in; a
+			// session one stands if that transaction committed.
+			if !r.local && stands.at(stmt) {
 				s.keepSetConfig(ctx, b, r)
 			}
 		case s.txOn != b:
@@ -2949,7 +2961,7 @@ func (s *session) followUnit(ctx context.Context, b *backendConn, u *unit, res e
 			if len(st.SetConfigs) > 0 {
 				if r, ok := renderSetConfigs(st.SetConfigs, nil); ok {
 					for _, r := range r {
-						take(r)
+						take(r, n-1)
 					}
 				}
 			}
@@ -2964,15 +2976,20 @@ func (s *session) followUnit(ctx context.Context, b *backendConn, u *unit, res e
 		return
 	}
 	executes := 0 // Executes met so far: a Bind's statement runs at the next
+	binds := 0
 	for _, m := range u.msgs {
 		if m.typ == 'E' {
 			executes++
 		}
-		if m.typ != 'B' || executes >= res.done {
+		if m.typ != 'B' {
+			continue
+		}
+		binds++
+		if executes >= res.done {
 			continue // not run, or did not complete (the batch failed there)
 		}
 		for _, r := range m.setConfigs {
-			take(r)
+			take(r, binds-1)
 		}
 		if inTxn && m.ps != nil {
 			if one, ok := m.ps.class.Single(); ok {
@@ -2980,6 +2997,114 @@ func (s *session) followUnit(ctx context.Context, b *backendConn, u *unit, res e
 			}
 		}
 	}
+}
+
+// standingStmts reports, for each statement of a unit in the order they
+// ran (a simple Query's statements, empty ones left out; an extended
+// batch's Binds, whose statement runs at the next Execute), whether what
+// it did stands once the unit has ended outside a transaction (status
+// 'I'): it completed, and the transaction it ran in committed. That is
+// an explicit one ended by a COMMIT that committed, or the unit's
+// implicit one, which commits at a COMMIT or at the unit's end unless
+// the unit failed. A ROLLBACK TO undoes what came after its savepoint
+// (all of the unit's when the savepoint is older than the unit). For a
+// unit that ends inside a transaction, what stands is decided at that
+// transaction's end (followUnit holds it).
+func standingStmts(u *unit, res exResult) []bool {
+	var stmts []Statement
+	ran := 0 // how many of stmts completed
+	if u.simple {
+		for _, st := range u.class.Stmts {
+			if st.Kind != StmtEmpty {
+				stmts = append(stmts, st)
+			}
+		}
+		ran = min(res.done, len(stmts))
+	} else {
+		executes := 0
+		for _, m := range u.msgs {
+			switch m.typ {
+			case 'E':
+				executes++
+			case 'B':
+				st := Statement{Kind: StmtEmpty}
+				if m.ps != nil {
+					if one, ok := m.ps.class.Single(); ok {
+						st = one
+					}
+				}
+				stmts = append(stmts, st)
+				if executes < res.done {
+					ran++
+				}
+			}
+		}
+	}
+	stands := make([]bool, len(stmts))
+	if res.status != 'I' {
+		return stands
+	}
+	type savepoint struct {
+		name    string
+		pending int // len(pending) when it was made
+	}
+	var pending []int // statements whose transaction has not ended
+	var savepoints []savepoint
+	k := 0 // transaction ends met so far
+	for i, st := range stmts[:ran] {
+		switch {
+		case st.Kind == StmtCommit || st.Kind == StmtRollback:
+			if res.end(k) == 'C' {
+				for _, j := range pending {
+					stands[j] = true
+				}
+			}
+			k++
+			pending, savepoints = pending[:0], savepoints[:0]
+		case st.Kind == StmtSavepoint && st.Savepoint == SavepointSet:
+			savepoints = append(savepoints, savepoint{st.Name, len(pending)})
+		case st.Kind == StmtSavepoint:
+			newest := -1
+			for j := len(savepoints) - 1; j >= 0; j-- {
+				if savepoints[j].name == st.Name {
+					newest = j
+					break
+				}
+			}
+			switch {
+			case st.Savepoint == SavepointRelease && newest >= 0:
+				savepoints = savepoints[:newest]
+			case st.Savepoint == SavepointRollback && newest >= 0:
+				pending, savepoints = pending[:savepoints[newest].pending], savepoints[:newest+1]
+			case st.Savepoint == SavepointRollback:
+				pending = pending[:0] // the savepoint is older than the unit
+			}
+		default:
+			pending = append(pending, i)
+		}
+	}
+	if !res.failed {
+		for _, j := range pending {
+			stands[j] = true
+		}
+	}
+	return stands
+}
+
+// standing answers standingStmts(u, res) by the statement's index,
+// worked out at the first question: most units have no SET to follow.
+type standing struct {
+	u      *unit
+	res    *exResult
+	stands []bool
+	known  bool
+}
+
+func (t *standing) at(i int) bool {
+	if !t.known {
+		t.stands, t.known = standingStmts(t.u, *t.res), true
+	}
+	return i < len(t.stands) && t.stands[i]
 }
 
 // followTxnStmt follows one statement that completed inside the

@@ -1,7 +1,10 @@
 package pgfront
 
 import (
+	"strings"
 	"testing"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/spokeproxy/spokeproxy/lab"
 )
@@ -57,5 +60,99 @@ func TestLabPGSetsMirrored(t *testing.T) {
 	}
 	if v, _ := one(t, "SELECT current_setting('application_name'), pg_is_in_recovery()"); v != "mirrored" {
 		t.Fatalf("after a failed batch with a SET: application_name %q, want mirrored", v)
+	}
+}
+
+// TestLabPGSetsFollowTheirTransaction: a session SET or set_config() in a
+// Query or batch that also ends its transaction reaches the session's
+// other backend only when that transaction committed, so the hub and the
+// standby agree on what the client set.
+func TestLabPGSetsFollowTheirTransaction(t *testing.T) {
+	l := lab.ForTest(t, lab.Options{})
+	f := startFront(t, l, nil)
+	c := f.connect(t, nil)
+	pc := c.PgConn()
+	ctx := ctxT(t)
+
+	// settings reads the values of names on the hub (beside a write) and
+	// on the standby.
+	settings := func(t *testing.T, names ...string) (hub, standby []string) {
+		t.Helper()
+		var cols []string
+		for _, n := range names {
+			cols = append(cols, "coalesce(current_setting('"+n+"', true), '')")
+		}
+		read := func(sql string, wantStandby string) []string {
+			res, err := pc.Exec(ctx, sql).ReadAll()
+			if err != nil {
+				t.Fatalf("%s: %v", sql, err)
+			}
+			row := res[len(res)-1].Rows[0]
+			if got := string(row[len(row)-1]); got != wantStandby {
+				t.Fatalf("%s ran with pg_is_in_recovery() %s", sql, got)
+			}
+			var out []string
+			for _, v := range row[:len(row)-1] {
+				out = append(out, string(v))
+			}
+			return out
+		}
+		list := strings.Join(cols, ", ")
+		hub = read("INSERT INTO notes (account_id, body) VALUES (1, 'sets follow') RETURNING "+list+", pg_is_in_recovery()", "f")
+		standby = read("SELECT "+list+", pg_is_in_recovery()", "t")
+		return hub, standby
+	}
+	simple := func(q string) func() error {
+		return func() error {
+			_, err := pc.Exec(ctx, q).ReadAll()
+			return err
+		}
+	}
+	batch := func(qs ...string) func() error {
+		return func() error {
+			b := &pgconn.Batch{}
+			for _, q := range qs {
+				b.ExecParams(q, nil, nil, nil, nil)
+			}
+			_, err := pc.ExecBatch(ctx, b).ReadAll()
+			return err
+		}
+	}
+	// Attach the hub connection, so a mirrored SET has somewhere to go.
+	settings(t, "application_name")
+
+	for _, tc := range []struct {
+		name, key string
+		run       func() error
+		want      string // the value both backends must show for key
+	}{
+		{"rolled back in one Query", "app.k1", simple("BEGIN; SET app.k1 = 'yes'; ROLLBACK"), ""},
+		{"committed in one Query", "app.k2", simple("BEGIN; SET app.k2 = 'yes'; COMMIT"), "yes"},
+		{"rolled back with the open transaction", "app.k3", func() error {
+			if _, err := pc.Exec(ctx, "BEGIN").ReadAll(); err != nil {
+				return err
+			}
+			_, err := pc.Exec(ctx, "SELECT 1; SET app.k3 = 'yes'; ROLLBACK").ReadAll()
+			return err
+		}, ""},
+		{"undone by ROLLBACK TO", "app.k4", simple("BEGIN; SAVEPOINT a; SET app.k4 = 'yes'; ROLLBACK TO a; COMMIT"), ""},
+		{"committed before a failure", "app.k5", func() error {
+			_, err := pc.Exec(ctx, "BEGIN; SET app.k5 = 'yes'; COMMIT; SELECT 1/0").ReadAll()
+			wantCode(t, err, "22012")
+			return nil
+		}, "yes"},
+		{"set_config rolled back", "app.k6", simple("BEGIN; SELECT set_config('app.k6', 'yes', false); ROLLBACK"), ""},
+		{"extended batch rolled back", "app.k7", batch("BEGIN", "SET app.k7 = 'yes'", "ROLLBACK"), ""},
+		{"extended batch committed", "app.k8", batch("BEGIN", "SET app.k8 = 'yes'", "COMMIT"), "yes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := tc.run(); err != nil {
+				t.Fatal(err)
+			}
+			hub, standby := settings(t, tc.key)
+			if hub[0] != tc.want || standby[0] != tc.want {
+				t.Errorf("%s: %q on the hub, %q on the standby; want %q on both", tc.key, hub[0], standby[0], tc.want)
+			}
+		})
 	}
 }
