@@ -285,7 +285,28 @@
 // right after the Execute (libpq's PQsendQueryParams, tokio-postgres) or
 // Flush and waited for CopyInResponse; its read-your-writes position query
 // follows that Sync. A hub lost while the data streams, or before that
-// Sync, cannot have committed the COPY: 08006, not 08007.
+// Sync, cannot have committed the COPY: 08006, not 08007. Behind a simple
+// Query of several statements holding a COPY, or a COPY that failed
+// before its data, the position query is sent after the unit's
+// ReadyForQuery (one round trip more): a later COPY in the Query would
+// take it for data.
+//
+// # Read-your-writes position
+//
+// The position query goes behind every hub unit in which something
+// commits (a COMMIT, a write outside a transaction, the safety net's
+// re-run of a read that wrote) and that ends outside a transaction. A
+// unit that commits and leaves a transaction open (COMMIT AND CHAIN,
+// "INSERT ...; BEGIN; LOCK ...") does not get it, as it would take that
+// transaction's snapshot and make a SET TRANSACTION fail: the position is
+// owed, and learnt when that transaction ends (at its COMMIT or ROLLBACK,
+// or with a round trip of its own after an end the front did not see,
+// such as a PREPARE TRANSACTION). A pinned session learns positions only
+// under consistency: site (its reads run on the hub). A read that comes
+// with SETs in one Query waits for the position as a lone read does. A
+// FunctionCall (libpq's large objects) outside a transaction runs on the
+// hub; inside a transaction on the replica it moves the transaction there
+// as a write does.
 //
 // Named prepared statements are prepared on a backend only when a batch
 // there uses them (the client's Parse is kept and injected before the
@@ -304,6 +325,13 @@
 //
 //   - A flushed unit (Flush before Sync) whose replica connection dies is
 //     not run again elsewhere: it gets 08006 (see Replica loss).
+//   - A write whose answer arrived but whose position query's answer was
+//     cut (the link failing in between) is acknowledged without a
+//     position: the session's next local read does not wait for it.
+//   - Under consistency: site, COMMIT AND CHAIN is acknowledged before
+//     the standby has the commit (its position is learnt only when the
+//     chained transaction ends); in session mode the session's reads are
+//     not affected, as they run in that transaction on the hub.
 //   - In an extended batch a Bind is paired with
 //     the next Execute by position, not by portal name: a batch that binds
 //     two portals before executing them in another order can have a

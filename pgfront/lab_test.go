@@ -461,16 +461,7 @@ func TestLabPG(t *testing.T) {
 			if err := tc.unit(body); err != nil {
 				t.Fatalf("%s: %v", tc.name, err)
 			}
-			replay.resumeAfter(300 * time.Millisecond)
-			var n int
-			var recov bool
-			if err := c.QueryRow(ctx, "SELECT count(*), pg_is_in_recovery() FROM notes WHERE body = $1", body).Scan(&n, &recov); err != nil {
-				t.Fatal(err)
-			}
-			replay.wait()
-			if n != 1 {
-				t.Errorf("%s: the next read saw %d rows of the write (standby %v), want 1", tc.name, n, recov)
-			}
+			readsOwnWrite(ctx, t, replay, c, body, tc.name)
 			if st := pc.TxStatus(); st != 'I' {
 				t.Errorf("%s: status %q after the read, want 'I'", tc.name, st)
 			}

@@ -97,9 +97,11 @@ type session struct {
 	// replica, units that neither end it nor roll back to a savepoint stay
 	// there (plan), for PostgreSQL's 25P02.
 	txFailed bool
-	// hubChained: the hub transaction was opened by COMMIT or ROLLBACK
-	// AND CHAIN, whose position was not learnt then: its end learns it.
-	hubChained bool
+	// hubPosOwed: something committed on the hub in a unit that left the
+	// open hub transaction behind it (COMMIT AND CHAIN, "INSERT ...;
+	// BEGIN"), and its position was not learnt then: the end of that
+	// transaction learns it, a ROLLBACK too.
+	hubPosOwed bool
 	pinned     bool
 	listens    bool // LISTEN ran on the hub: relay notifications while idle
 	// pinLost: the hub endpoint whose connection a pinned session lost.
@@ -640,6 +642,10 @@ func (s *session) runUnit(ctx context.Context, u *unit) error {
 			if !ok {
 				if hb, herr := s.hubConn(ctx); herr == nil {
 					p.to, p.route, p.safetyNet, p.rewrite = hb, metrics.RouteHub, false, ""
+					if u.simple && u.class.Strongest() == StmtSession {
+						// SETs with the read: the replica runs them too.
+						p.toSecond = s.replica
+					}
 				}
 			}
 		}
@@ -670,7 +676,7 @@ func (s *session) runUnit(ctx context.Context, u *unit) error {
 				s.countRefusal(true, err) // the standby said it writes
 				return s.refuse(ctx, u, err)
 			}
-			p2 := plan{to: hb, route: metrics.RouteHub, capture: s.learnsPosition(u.class)}
+			p2 := plan{to: hb, route: metrics.RouteHub, capture: s.learnsPosition(u.class, true)}
 			if s.txOn != nil && s.txOn == s.replica {
 				s.moveTxnToHub(hb)
 			}
@@ -806,13 +812,16 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 			}
 		}
 	}
-	if u.fn || s.pinned || s.replica == nil || (s.txOn != nil && s.txOn == s.hub) {
+	if (u.fn && s.txOn == nil) || s.pinned || s.replica == nil || (s.txOn != nil && s.txOn == s.hub) {
+		// (A FunctionCall in a transaction on the replica is a write that
+		// moves it, below: lo_open's descriptor must live in the same
+		// transaction as the lowrite that uses it.)
 		p, err := toHub()
 		if k == StmtPin && !s.pinned && err == nil && p.refuse == nil {
 			s.pin()
 		}
 		s.noteListen(u)
-		p.capture = s.learnsPosition(u.class)
+		p.capture = s.learnsPosition(u.class, false)
 		return p, err
 	}
 	inTxn := s.txOn != nil
@@ -840,7 +849,7 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 				return p, err
 			}
 			p.moveToHub = true
-			p.capture = s.learnsPosition(u.class)
+			p.capture = s.learnsPosition(u.class, false)
 			if k == StmtPin {
 				s.pin()
 				s.noteListen(u)
@@ -917,7 +926,9 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 				s.dropAllPrepared()
 			}
 		}
-		p := plan{to: s.replica, route: metrics.RouteLocal}
+		// A read beside the SETs ("SET search_path ...; SELECT ...")
+		// waits for the session's position as any read does.
+		p := plan{to: s.replica, route: metrics.RouteLocal, waitForPos: u.class.Has(StmtRead) || u.class.Has(StmtCopyOut)}
 		if s.hub != nil {
 			p.toSecond = s.hub
 		}
@@ -937,31 +948,63 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 	if k == StmtPin {
 		s.pin()
 		s.noteListen(u)
-	} else {
-		p.capture = s.srv.config().Consistency != routing.ConsistencyNone
 	}
+	p.capture = s.learnsPosition(u.class, false)
 	return p, nil
 }
 
 // learnsPosition reports whether a unit that runs on the hub must learn
-// the hub's WAL position behind it, for the session's next local read: it
-// commits, writes outside a transaction, or ends a transaction (a
-// replica one it moved, or a chain that committed) and may write after
-// that, as "ROLLBACK; INSERT ..." does. Call it before the unit moves the
-// transaction (s.txOn is still where the transaction runs).
-func (s *session) learnsPosition(c Classification) bool {
-	if s.pinned || s.srv.config().Consistency == routing.ConsistencyNone {
+// the hub's WAL position behind it, for the session's next local read (or,
+// under consistency: site, to hold its answer until the standby has it):
+// something in it commits on the hub and it ends outside a transaction.
+// A unit that commits and leaves a transaction open (COMMIT AND CHAIN,
+// "INSERT ...; BEGIN") does not: the position query would be the first
+// statement of that transaction and take its snapshot; the position is
+// owed (hubPosOwed) and learnt at that transaction's end. wrote says the
+// unit's reads outside a transaction wrote (the standby refused them).
+// Call it before the unit moves the transaction (s.txOn is still where
+// the transaction runs).
+func (s *session) learnsPosition(c Classification, wrote bool) bool {
+	if !s.tracksPosition() {
 		return false
 	}
+	commits, endsInTxn := s.hubCommits(c, wrote)
+	return commits && !endsInTxn
+}
+
+// tracksPosition reports whether the session learns the positions of its
+// hub commits: not under consistency: none, nor for a pinned session in
+// session mode (its reads run on the hub).
+func (s *session) tracksPosition() bool {
+	switch s.srv.config().Consistency {
+	case routing.ConsistencyNone:
+		return false
+	case routing.ConsistencySession:
+		return !s.pinned
+	}
+	return true
+}
+
+// hubCommits walks a unit's statements in order, from the transaction
+// open before it, and reports whether something in it commits on the hub
+// (a COMMIT, a write outside a transaction, the end of a transaction whose
+// position is owed) and whether it ends inside a transaction. wrote: as
+// for learnsPosition.
+func (s *session) hubCommits(c Classification, wrote bool) (commits, endsInTxn bool) {
+	inTxn := s.txOn != nil
 	for _, st := range c.Stmts {
 		switch {
-		case st.Kind == StmtCommit,
-			s.txOn == nil && st.Kind >= StmtWrite,
-			st.Kind == StmtRollback && (s.hubChained || s.txOn != s.hub):
-			return true
+		case st.Kind == StmtCommit:
+			commits, inTxn = true, st.Chain
+		case st.Kind == StmtRollback:
+			commits, inTxn = commits || (inTxn && s.hubPosOwed), st.Chain
+		case st.Kind == StmtBegin:
+			inTxn = true
+		case !inTxn && (st.Kind >= StmtWrite || (wrote && st.Kind == StmtRead)):
+			commits = true
 		}
 	}
-	return false
+	return commits, inTxn
 }
 
 // noteDefaults follows a session statement's change of the transaction
@@ -1320,7 +1363,7 @@ func (s *session) settleIdle(b *backendConn) bool {
 // BEGIN, the SETs and savepoints kept to replay it elsewhere, its snapshot
 // rule.
 func (s *session) endTxn() {
-	s.txOn, s.txBegin, s.txReplay, s.txSnapshot, s.hubChained, s.txFailed = nil, "", nil, false, false, false
+	s.txOn, s.txBegin, s.txReplay, s.txSnapshot, s.hubPosOwed, s.txFailed = nil, "", nil, false, false, false
 }
 
 // loseTxn ends the session's transaction as lost: statements fail with
@@ -1617,6 +1660,8 @@ type flight struct {
 	// copied: the unit's COPY FROM STDIN data went through; the position
 	// query may follow its Sync.
 	copied bool
+	// suffixSent: the position query went out behind the unit.
+	suffixSent bool
 	// owed: answers of messages already sent that the backend has yet to
 	// send (an Execute whose COPY FROM STDIN ended, and what followed it
 	// before the client's Flush): the next Flush waits for them too.
@@ -1741,14 +1786,11 @@ func copyInUnit(u *unit) bool {
 }
 
 // sendEnd queues the position query behind a complete unit (except
-// behind COPY FROM STDIN, where copyIn sends it after CopyDone); relay
-// writes everything queued in one write.
+// behind COPY FROM STDIN, where copyIn sends it after CopyDone, or relay
+// after the unit's ReadyForQuery); relay writes everything queued in one
+// write.
 func (s *session) sendEnd(f *flight) {
-	if copyInUnit(f.u) && !f.copied {
-		if len(f.u.class.Stmts) > 1 {
-			f.p.capture = false
-		}
-	} else {
+	if !copyInUnit(f.u) || f.copied {
 		s.sendSuffix(f)
 	}
 }
@@ -1758,10 +1800,11 @@ func (s *session) sendSuffix(f *flight) {
 		// The position query would be the first statement of the
 		// transaction AND CHAIN opened: it would take its snapshot and
 		// make the client's SET TRANSACTION fail. The position is learnt
-		// when that transaction ends (hubChained).
+		// when that transaction ends (hubPosOwed).
 		f.p.capture = false
 	}
-	if f.p.capture {
+	if f.p.capture && !f.suffixSent {
+		f.suffixSent = true
 		f.b.out.query(positionQuery)
 		if f.b.prepared[""] {
 			f.b.prepared[""] = false
@@ -1880,6 +1923,8 @@ answers:
 		}
 		if unitDone { // the position query
 			switch typ {
+			case 'A':
+				s.out.raw(frame) // a LISTEN session's notification (consistency: site)
 			case 'D':
 				if m, err := decodeBackend(typ, frame); err == nil {
 					if dr := m.(*pgproto3.DataRow); len(dr.Values) > 0 && dr.Values[0] != nil {
@@ -1899,6 +1944,18 @@ answers:
 				f.res.status = frame[5]
 			}
 			unitDone = true
+			if f.p.capture && !f.suffixSent {
+				// Not sent with the unit: a COPY FROM STDIN that failed
+				// before its data (the unit may have committed before
+				// it), or a Query of several statements holding one (the
+				// query could not follow CopyDone: a later COPY in the
+				// Query would take it for data). One round trip of its own.
+				s.sendSuffix(f)
+				if err := b.rd.sendThenFill(b.out); err != nil {
+					f.res.suffixLost = err
+					return f.res, nil
+				}
+			}
 			if !f.p.capture {
 				break answers
 			}
@@ -2038,8 +2095,10 @@ func (s *session) copyIn(f *flight) error {
 			}
 		case 'c', 'f': // CopyDone, CopyFail
 			b.out.raw(frame)
-			if f.u.simple {
-				// An extended unit's position query follows its Sync.
+			if f.u.simple && len(f.u.class.Stmts) == 1 {
+				// An extended unit's position query follows its Sync;
+				// one behind a Query of several statements, its
+				// ReadyForQuery (relay).
 				s.sendSuffix(f)
 			}
 			if err := b.out.flush(); err != nil {
@@ -2065,6 +2124,14 @@ func (s *session) other(b *backendConn) *backendConn {
 // finish updates the session after a unit and sends its ReadyForQuery.
 func (s *session) finish(ctx context.Context, p plan, u *unit, res exResult) error {
 	b := p.to
+	if res.status == 'I' && b.hub && s.hubPosOwed && res.lsn == 0 && res.suffixLost == nil && s.tracksPosition() {
+		// The transaction that owed a position ended in a way the unit's
+		// classification did not show (a PREPARE TRANSACTION that
+		// failed): learn it now, one round trip.
+		if r, err := s.exchange(ctx, b, &unit{simple: true, query: ";"}, plan{to: b, discard: true, capture: true, rewrite: ";"}); err == nil {
+			res.lsn = r.lsn
+		}
+	}
 	switch res.status {
 	case 'I':
 		if s.txOn != nil {
@@ -2075,7 +2142,9 @@ func (s *session) finish(ctx context.Context, p plan, u *unit, res exResult) err
 	case 'T', 'E':
 		// What the unit did inside the transaction, transaction ends
 		// included, is followed in order by followUnit.
-		s.hubChained = s.hubChained || (b.hub && endsAndChains(u.class) && res.nEnds > 0)
+		if b.hub && !s.hubPosOwed {
+			s.hubPosOwed, _ = s.hubCommits(u.class, false)
+		}
 		s.txOn, s.txFailed = b, res.status == 'E'
 	}
 	if b.hub && res.lsn != 0 {
@@ -2097,10 +2166,17 @@ func (s *session) finish(ctx context.Context, p plan, u *unit, res exResult) err
 			s.loseTxn()
 		}
 	}
-	if p.toSecond != nil && p.toSecond == s.hub && u.simple {
+	switch {
+	case p.toSecond == nil || !u.simple || res.failed:
+	case p.toSecond == s.hub:
 		if err := s.silent(ctx, s.hub, u.query); err != nil {
 			s.srv.site.ReportHubFailure(s.hub.endpoint, err)
 			s.dropHub()
+		}
+	case p.toSecond == s.replica:
+		if err := s.silent(ctx, s.replica, u.query); err != nil {
+			s.log.Warn("could not apply a session setting on the replica", "err", err)
+			s.dropReplica(err)
 		}
 	}
 	s.mirrorSets(ctx, b, u, res)
@@ -2226,16 +2302,6 @@ func (s *session) answerLost(u *unit) error {
 		return &clientIOError{err: err}
 	}
 	return nil
-}
-
-// endsAndChains reports whether a unit ends a transaction with AND CHAIN.
-func endsAndChains(c Classification) bool {
-	for _, st := range c.Stmts {
-		if (st.Kind == StmtCommit || st.Kind == StmtRollback) && st.Chain {
-			return true
-		}
-	}
-	return false
 }
 
 // lastEndChains reports whether the last COMMIT or ROLLBACK of a unit is
@@ -2658,9 +2724,9 @@ func (s *session) finishOpen(ctx context.Context, batch []batchMsg) error {
 	s.sendUnit(f, &unit{msgs: batch})
 	f.u.msgs = append(f.u.msgs, batch...)
 	f.u.class.Stmts = append(f.u.class.Stmts, s.batchClass(batch).Stmts...)
-	if f.b.hub && s.learnsPosition(f.u.class) {
-		f.p.capture = true // an autocommit write, or a COMMIT that came with the Sync
-	}
+	// What came with the Sync may commit (a COMMIT), or leave a
+	// transaction open the position query must not run in.
+	f.p.capture = f.b.hub && s.learnsPosition(f.u.class, false)
 	s.sendEnd(f)
 	res, err := s.relay(ctx, f, -1)
 	if err != nil {
