@@ -306,7 +306,11 @@
 // with SETs in one Query waits for the position as a lone read does. A
 // FunctionCall (libpq's large objects) outside a transaction runs on the
 // hub; inside a transaction on the replica it moves the transaction there
-// as a write does.
+// as a write does. When the link fails between a write's answer and its
+// position query's, the session's next local read first asks the hub for
+// its current position (a newer one covers the lost one); with the hub
+// unreachable the read is treated as a wait that timed out
+// (consistency.on_timeout).
 //
 // Named prepared statements are prepared on a backend only when a batch
 // there uses them (the client's Parse is kept and injected before the
@@ -325,9 +329,9 @@
 //
 //   - A flushed unit (Flush before Sync) whose replica connection dies is
 //     not run again elsewhere: it gets 08006 (see Replica loss).
-//   - A write whose answer arrived but whose position query's answer was
-//     cut (the link failing in between) is acknowledged without a
-//     position: the session's next local read does not wait for it.
+//   - Under consistency: site, a write whose position query's answer was
+//     cut (the link failing between the two answers) is acknowledged
+//     without waiting for the standby.
 //   - Under consistency: site, COMMIT AND CHAIN is acknowledged before
 //     the standby has the commit (its position is learnt only when the
 //     chained transaction ends); in session mode the session's reads are

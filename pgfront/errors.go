@@ -74,9 +74,25 @@ var errSnapshotOnReplica = errors.New("could not serialize access: this REPEATAB
 // errorResponseFor is the one place a Go error becomes an ErrorResponse
 // for the client. severity is ERROR for errors the session survives and
 // FATAL for ones that end it.
+// positionUnknownError refuses a read (consistency.on_timeout: error)
+// when the position of the session's last write was lost with its hub
+// connection and the hub cannot be asked for a newer one.
+type positionUnknownError struct{ err error }
+
+func (e *positionUnknownError) Error() string {
+	return fmt.Sprintf("read-your-writes: the position of this session's last write was lost with its hub connection, and the hub cannot be asked for it now (%v)", e.err)
+}
+
+func (e *positionUnknownError) Unwrap() error { return e.err }
+
 func errorResponseFor(err error, severity string) *pgproto3.ErrorResponse {
 	mk := func(code, msg string) *pgproto3.ErrorResponse {
 		return &pgproto3.ErrorResponse{Severity: severity, SeverityUnlocalized: severity, Code: code, Message: msg}
+	}
+	// Before the backend and hub errors it may wrap: it refuses a read.
+	var pu *positionUnknownError
+	if errors.As(err, &pu) {
+		return mk("40001", pu.Error())
 	}
 	var be *backendError
 	if errors.As(err, &be) {

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	toxiclient "github.com/Shopify/toxiproxy/v2/client"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -293,6 +294,50 @@ func TestLabPGPositionCapture(t *testing.T) {
 		pc.Exec(ctx, "ROLLBACK").ReadAll()
 		if err != nil {
 			t.Errorf("SET TRANSACTION after BEGIN; LOCK TABLE: %v (PostgreSQL accepts it: LOCK takes no snapshot)", err)
+		}
+	})
+
+	// The link fails after the write's answer, before its position
+	// query's: the session's next local read asks the hub (on a new
+	// connection) where it is, and waits for that.
+	t.Run("position answer lost", func(t *testing.T) {
+		ctx := ctxT(t)
+		c := f.connect(t, nil)
+		pc := c.PgConn()
+		replay := newReplayPause(t, l)
+		mustExec(ctx, t, c, "INSERT INTO notes (account_id, body) VALUES (1, 'attaches the hub connection')")
+		px, err := l.Toxiproxy().Proxy(lab.LinkPG)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := fmt.Sprintf("position lost %d", time.Now().UnixNano())
+		replay.pause(ctx, t)
+		// CommandComplete "INSERT 0 1" (16 bytes) and ReadyForQuery (6):
+		// what comes after, the position query's answer, is cut.
+		lostPosition := func(body string) {
+			t.Helper()
+			if _, err := px.AddToxic("cut_after_unit", "limit_data", "downstream", 1, toxiclient.Attributes{"bytes": 22}); err != nil {
+				t.Fatal(err)
+			}
+			_, werr := pc.Exec(ctx, "INSERT INTO notes (account_id, body) VALUES (1, '"+body+"')").ReadAll()
+			if err := px.RemoveToxic("cut_after_unit"); err != nil {
+				t.Fatal(err)
+			}
+			if werr != nil {
+				t.Fatalf("the write: %v", werr)
+			}
+			f.waitHub(t, true)
+		}
+		lostPosition(body)
+		readsOwnWrite(ctx, t, replay, c, body, "a write whose position answer was lost")
+
+		// With the hub unreachable when the read comes, the read goes on
+		// locally, as after a wait that timed out (on_timeout: hub).
+		lostPosition(body + " then the link is cut")
+		f.cut(t)
+		var standby bool
+		if err := c.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&standby); err != nil || !standby {
+			t.Errorf("read with the position lost and the hub unreachable: standby %v, %v; want it answered locally", standby, err)
 		}
 	})
 

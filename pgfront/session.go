@@ -121,6 +121,10 @@ type session struct {
 	loginIsolation  Isolation
 	sets            []string    // session SET/RESET statements, replayed when a hub connection attaches
 	pos             routing.LSN // read-your-writes position; 0 = none
+	// posUnknown: a write committed on the hub but the answer to its
+	// position query was lost with the connection: the next local read
+	// asks the hub for its position first (waitPos).
+	posUnknown bool
 
 	stmts map[string]*preparedStmt // by name; "" is the unnamed statement
 
@@ -1200,7 +1204,27 @@ func (s *session) planRead(ctx context.Context) (plan, error) {
 // waitPos waits for the replica to apply the session's position. It
 // reports false when the read should go to the hub instead.
 func (s *session) waitPos(ctx context.Context) (bool, error) {
-	if s.pos == 0 || s.srv.config().Consistency != routing.ConsistencySession {
+	if s.srv.config().Consistency != routing.ConsistencySession {
+		return true, nil
+	}
+	if s.posUnknown {
+		// Ask the hub where it is now: that covers the lost position.
+		// Unreachable, it is as if the wait timed out.
+		hb, err := s.hubConn(ctx)
+		if err == nil {
+			var lsn routing.LSN
+			if lsn, err = s.hubPosition(ctx, hb); err == nil {
+				s.pos, s.posUnknown = max(s.pos, lsn), false
+			}
+		}
+		if err != nil {
+			if s.srv.config().OnTimeoutHub {
+				return false, nil
+			}
+			return false, &positionUnknownError{err: err}
+		}
+	}
+	if s.pos == 0 {
 		return true, nil
 	}
 	start := time.Now()
@@ -1216,6 +1240,24 @@ func (s *session) waitPos(ctx context.Context) (bool, error) {
 		return false, nil
 	}
 	return false, err
+}
+
+// hubPosition reads the hub's current WAL position on b, an idle hub
+// connection (outside a transaction: the query takes a snapshot), as the
+// position query behind an empty Query: one round trip.
+func (s *session) hubPosition(ctx context.Context, b *backendConn) (routing.LSN, error) {
+	r, err := s.exchange(ctx, b, &unit{simple: true, query: ";"}, plan{to: b, discard: true, capture: true, rewrite: ";"})
+	if err == nil && r.suffixLost != nil {
+		err = r.suffixLost
+	}
+	if err == nil && r.lsn == 0 {
+		err = errors.New("pgfront: the hub did not report its WAL position")
+	}
+	if err != nil {
+		s.srv.site.ReportHubFailure(b.endpoint, err)
+		s.dropHub()
+	}
+	return r.lsn, err
 }
 
 // hubConn returns the session's hub connection, dialling and logging in
@@ -2128,8 +2170,8 @@ func (s *session) finish(ctx context.Context, p plan, u *unit, res exResult) err
 		// The transaction that owed a position ended in a way the unit's
 		// classification did not show (a PREPARE TRANSACTION that
 		// failed): learn it now, one round trip.
-		if r, err := s.exchange(ctx, b, &unit{simple: true, query: ";"}, plan{to: b, discard: true, capture: true, rewrite: ";"}); err == nil {
-			res.lsn = r.lsn
+		if lsn, err := s.hubPosition(ctx, b); err == nil {
+			res.lsn = lsn
 		}
 	}
 	switch res.status {
@@ -2151,6 +2193,7 @@ func (s *session) finish(ctx context.Context, p plan, u *unit, res exResult) err
 		if res.lsn > s.pos {
 			s.pos = res.lsn
 		}
+		s.posUnknown = false // a later commit's position covers a lost one
 		if s.srv.config().Consistency == routing.ConsistencySite {
 			start := time.Now()
 			wctx, cancel := context.WithTimeout(ctx, s.srv.config().WaitTimeout)
@@ -2160,6 +2203,7 @@ func (s *session) finish(ctx context.Context, p plan, u *unit, res exResult) err
 		}
 	}
 	if res.suffixLost != nil && b.hub {
+		s.posUnknown = s.posUnknown || p.capture
 		s.srv.site.ReportHubFailure(b.endpoint, res.suffixLost)
 		s.dropHub()
 		if s.txOn == b {
