@@ -496,11 +496,11 @@ func (s *session) decide(kind routing.Kind, pinned bool) routing.Decision {
 	return d
 }
 
-// forward routes and relays one request.
 // errTransactionsOff is the diagnostic of a Start Transaction refused by
 // RefuseTransactions.
 const errTransactionsOff = "spokeproxy: LDAP transactions are turned off at this site (ldap.transactions: refuse); send the operations without a transaction"
 
+// forward routes and relays one request.
 func (s *session) forward(p *PDU) {
 	kind, name, pinned := s.classify(p)
 	s.mu.Lock()
