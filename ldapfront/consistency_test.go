@@ -76,6 +76,43 @@ func TestLabConsistencyOverASlowWAN(t *testing.T) {
 		}
 	})
 
+	// The hub connection dies between a Delete's answer and the contextCSN
+	// read behind it: the session's next read asks the hub (on a new
+	// connection) for its contextCSN and waits for the replica to have it,
+	// rather than reading the entry the replica may still hold (its
+	// syncrepl connection, on the same link, was cut too).
+	t.Run("contextCSN read lost after a delete", func(t *testing.T) {
+		c := session.dial(t, lab.AdminDN, l.AdminPassword())
+		add := addPerson(uniqueName("csn-lost"))
+		if err := c.Add(add); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.WaitLDAPReplicaCaughtUp(context.Background(), 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		p, err := l.Toxiproxy().Proxy(lab.LinkLDAP)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The DelResponse (14 bytes with a message ID below 128) passes,
+		// what follows on every connection of the link is cut.
+		if _, err := p.AddToxic("cut_after_delete", "limit_data", "downstream", 1, toxiclient.Attributes{"bytes": 14}); err != nil {
+			t.Fatal(err)
+		}
+		derr := c.Del(ldap.NewDelRequest(add.DN, nil))
+		if err := p.RemoveToxic("cut_after_delete"); err != nil {
+			t.Fatal(err)
+		}
+		if derr != nil {
+			t.Fatalf("delete: %v", derr)
+		}
+		session.waitHub(t, true)
+		_, err = c.Search(ldap.NewSearchRequest(add.DN, ldap.ScopeBaseObject, ldap.NeverDerefAliases, 0, 0, false, "(objectClass=*)", []string{"cn"}, nil))
+		if !ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject) {
+			t.Fatalf("read of the deleted entry: %v, want noSuchObject (32)", err)
+		}
+	})
+
 	t.Run("write in flight when the link is cut", func(t *testing.T) {
 		rc := dialRaw(t, session.addr)
 		rc.send(simpleBind(1, lab.UserDN, lab.UserPassword))

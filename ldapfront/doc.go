@@ -83,7 +83,10 @@
 // is read on the same connection before the response is sent on. In session
 // mode a later read on the connection waits (Site.WaitFor, bounded by
 // WaitTimeout) until the replica covers that position; in site mode the write's
-// response itself is held until then.
+// response itself is held until then. When the hub connection dies between a
+// write's response and that contextCSN read, the session's next read asks the
+// hub for its contextCSN first (a newer one covers the lost one); with the hub
+// unusable the read is treated as a wait that timed out (on_timeout).
 //
 // Failures: a write while the hub is unusable gets 52 naming the hub and saying
 // the site is read-only, and the connection stays usable; a write in flight when

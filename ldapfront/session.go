@@ -111,12 +111,16 @@ type session struct {
 
 	setupMu sync.Mutex // serializes backend connection setup
 
-	mu           sync.Mutex // guards everything below
-	replica      *backend
-	hub          *backend
-	draining     map[*backend]struct{} // old hub connections finishing their operations
-	ops          map[int64]*op
-	pos          routing.Position // read-your-writes position of this session
+	mu       sync.Mutex // guards everything below
+	replica  *backend
+	hub      *backend
+	draining map[*backend]struct{} // old hub connections finishing their operations
+	ops      map[int64]*op
+	pos      routing.Position // read-your-writes position of this session
+	// posUnknown: a write succeeded on the hub but the contextCSN read
+	// behind it died with the hub connection: the next read asks the hub
+	// for its contextCSN first (decide).
+	posUnknown   bool
 	id           identity
 	idGen        int
 	nextInternal int64
@@ -471,6 +475,13 @@ func (s *session) decide(kind routing.Kind, pinned bool) routing.Decision {
 	req := routing.Request{Kind: kind, PinnedHub: pinned}
 	if s.srv.config().Consistency == routing.ConsistencySession {
 		s.mu.Lock()
+		unknown := s.posUnknown
+		s.mu.Unlock()
+		if unknown && kind == routing.KindRead && !pinned && !s.learnHubCSN() {
+			// The hub cannot say where it is: as a wait that timed out.
+			req.WaitExpired = true
+		}
+		s.mu.Lock()
 		req.SessionPos = s.pos
 		s.mu.Unlock()
 	}
@@ -494,6 +505,39 @@ func (s *session) decide(kind routing.Kind, pinned bool) routing.Decision {
 		d.Route = routing.RouteLocal
 	}
 	return d
+}
+
+// learnHubCSN reads the hub's contextCSN on the session's hub connection,
+// for a read after a write whose own contextCSN read was lost with the
+// connection (a newer contextCSN covers it), and reports whether it could.
+// Bounded by WaitTimeout.
+func (s *session) learnHubCSN() bool {
+	d := s.srv.site.Decide(routing.Request{Kind: routing.KindWrite})
+	if d.Route != routing.RouteHub {
+		return false
+	}
+	b, err := s.hubConn(d.Hub)
+	if err != nil {
+		return false
+	}
+	got := make(chan routing.Position, 1)
+	s.readHubCSN(b, func(p routing.Position, _ bool) { got <- p })
+	t := time.NewTimer(s.srv.config().WaitTimeout)
+	defer t.Stop()
+	select {
+	case p := <-got:
+		if p == nil {
+			return false
+		}
+		s.mu.Lock()
+		s.pos, s.posUnknown = routing.Later(s.pos, p), false
+		s.mu.Unlock()
+		return true
+	case <-t.C:
+		return false
+	case <-s.ctx.Done():
+		return false
+	}
 }
 
 // errTransactionsOff is the diagnostic of a Start Transaction refused by
@@ -1204,9 +1248,13 @@ func (s *session) finish(o *op, raw []byte) {
 	}
 	// Delete, Password Modify, End Transaction, extended writes, or a
 	// post-read without entryCSN: read the hub's contextCSN now, then answer.
-	s.readHubCSN(o.b, func(p routing.Position) {
+	s.readHubCSN(o.b, func(p routing.Position, lost bool) {
 		if p != nil {
 			s.advance(p)
+		} else if lost {
+			s.mu.Lock()
+			s.posUnknown = true
+			s.mu.Unlock()
 		}
 		s.ack(out)
 	})
@@ -1242,8 +1290,9 @@ func (s *session) ack(raw []byte) {
 }
 
 // readHubCSN reads the suffix's contextCSN on hub connection b with an internal
-// search and calls done with it (nil if it could not be read).
-func (s *session) readHubCSN(b *backend, done func(routing.Position)) {
+// search and calls done with it (nil if it could not be read; lost when the
+// connection died first).
+func (s *session) readHubCSN(b *backend, done func(pos routing.Position, lost bool)) {
 	var vals []string
 	finished := false
 	o := &op{req: OpSearchRequest, b: b, start: time.Now()}
@@ -1258,15 +1307,15 @@ func (s *session) readHubCSN(b *backend, done func(routing.Position)) {
 			finished = true
 			set, err := routing.ParseCSNSet(vals)
 			if err != nil || len(set) == 0 {
-				done(nil)
+				done(nil, false)
 				return
 			}
-			done(set)
+			done(set, false)
 		}
 	}
 	o.onFail = func() {
 		if !finished {
-			done(nil)
+			done(nil, true)
 		}
 	}
 	s.sendInternal(o, func(id int64) []byte { return encodeBaseSearch(id, s.srv.config().BaseDN, "contextCSN") })
