@@ -306,7 +306,8 @@
 // with SETs in one Query waits for the position as a lone read does. A
 // FunctionCall (libpq's large objects) outside a transaction runs on the
 // hub; inside a transaction on the replica it moves the transaction there
-// as a write does. When the link fails between a write's answer and its
+// as a write does, unless that transaction is READ ONLY (pg_dump reading
+// large objects in its snapshot): then the standby runs it. When the link fails between a write's answer and its
 // position query's, the session's next local read first asks the hub for
 // its current position (a newer one covers the lost one); with the hub
 // unreachable the read is treated as a wait that timed out
@@ -332,6 +333,14 @@
 //   - Under consistency: site, a write whose position query's answer was
 //     cut (the link failing between the two answers) is acknowledged
 //     without waiting for the standby.
+//   - A transaction opened by a Query of several statements ("BEGIN;
+//     SELECT ...") keeps that whole Query as its BEGIN: when it moves to
+//     the hub the Query runs again there (a volatile read twice). A SET
+//     TRANSACTION ISOLATION LEVEL REPEATABLE READ beside other statements
+//     does not move the transaction to the hub at once, as a lone one
+//     does: its first write moves it, with a new snapshot.
+//   - A position owed by a unit that committed and left a hub transaction
+//     open ("INSERT ...; BEGIN") is forgotten if that transaction is lost.
 //   - Under consistency: site, COMMIT AND CHAIN is acknowledged before
 //     the standby has the commit (its position is learnt only when the
 //     chained transaction ends); in session mode the session's reads are

@@ -93,6 +93,10 @@ type session struct {
 	// one, opened there while the hub was unavailable: moving it to the hub
 	// would change its snapshot, so it never moves.
 	txSnapshot bool
+	// txReadOnly: the replica transaction was opened READ ONLY (BEGIN, or
+	// the session's default): a FunctionCall in it (pg_dump's lo_open and
+	// loread) runs there, in its snapshot, rather than moving it.
+	txReadOnly bool
 	// txFailed: the open transaction is in a failed state ('E'): on the
 	// replica, units that neither end it nor roll back to a savepoint stay
 	// there (plan), for PostgreSQL's 25P02.
@@ -599,11 +603,10 @@ func (s *session) batchClass(msgs []batchMsg) Classification {
 // plan is where a unit runs and what goes with it.
 type plan struct {
 	to         *backendConn
-	toSecond   *backendConn // session SET/RESET: also applied here, responses dropped
-	route      string       // metric label
-	capture    bool         // pipeline the position query behind the unit
-	safetyNet  bool         // hold responses; on 25006 before any row, re-run on the hub
-	rewrite    string       // simple query text to send instead of the client's
+	route      string // metric label
+	capture    bool   // pipeline the position query behind the unit
+	safetyNet  bool   // hold responses; on 25006 before any row, re-run on the hub
+	rewrite    string // simple query text to send instead of the client's
 	refuse     error
 	moveToHub  bool // the replica transaction moves to the hub before this unit
 	waitForPos bool
@@ -646,10 +649,6 @@ func (s *session) runUnit(ctx context.Context, u *unit) error {
 			if !ok {
 				if hb, herr := s.hubConn(ctx); herr == nil {
 					p.to, p.route, p.safetyNet, p.rewrite = hb, metrics.RouteHub, false, ""
-					if u.simple && u.class.Strongest() == StmtSession {
-						// SETs with the read: the replica runs them too.
-						p.toSecond = s.replica
-					}
 				}
 			}
 		}
@@ -807,14 +806,6 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 		if k == StmtRead || k == StmtCopyOut {
 			return s.planRead(ctx) // the hub, or refused, as the policy says
 		}
-		if k == StmtSession && u.simple {
-			// Kept for the replica connection made later (extended SETs
-			// are kept by mirrorSets).
-			s.sets = append(s.sets, u.query)
-			for _, st := range u.class.Stmts {
-				s.noteDefaults(st)
-			}
-		}
 	}
 	if (u.fn && s.txOn == nil) || s.pinned || s.replica == nil || (s.txOn != nil && s.txOn == s.hub) {
 		// (A FunctionCall in a transaction on the replica is a write that
@@ -839,6 +830,10 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 	}
 	if inTxn { // a transaction on the replica
 		switch {
+		case u.fn && s.txReadOnly:
+			// The standby answers it as a READ ONLY transaction on the
+			// hub would (lo_open, loread; 25006 for a write).
+			return plan{to: s.replica, route: metrics.RouteLocal}, nil
 		case k == StmtSetLocal && isSingle && single.Isolation >= IsolationRepeatableRead && single.Access != AccessReadOnly && !s.txSnapshot:
 			fallthrough
 		case k == StmtWrite || k == StmtCopyIn || k == StmtPin:
@@ -902,6 +897,7 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 		p := plan{to: s.replica, route: metrics.RouteLocal, waitForPos: true}
 		s.txBegin, s.txReplay = u.query, nil
 		s.txSnapshot = single.Isolation == IsolationRepeatableRead && single.Access != AccessReadOnly
+		s.txReadOnly = single.Access == AccessReadOnly
 		if single.Access == AccessReadWrite && u.simple {
 			// A standby refuses BEGIN READ WRITE (0A000): open it plainly.
 			p.rewrite = "BEGIN"
@@ -925,7 +921,6 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 		return p, err
 	case k == StmtSession:
 		for _, st := range u.class.Stmts {
-			s.noteDefaults(st)
 			if st.DropsPrepared {
 				s.dropAllPrepared()
 			}
@@ -933,17 +928,13 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 		// A read beside the SETs ("SET search_path ...; SELECT ...")
 		// waits for the session's position as any read does.
 		p := plan{to: s.replica, route: metrics.RouteLocal, waitForPos: u.class.Has(StmtRead) || u.class.Has(StmtCopyOut)}
-		if s.hub != nil {
-			p.toSecond = s.hub
-		}
-		if u.simple {
-			s.sets = append(s.sets, u.query)
-		}
 		return p, nil
 	case k <= StmtRollback && k != StmtBegin:
 		// SET LOCAL, SAVEPOINT, COMMIT, ROLLBACK outside a transaction:
-		// the replica answers with PostgreSQL's own warning or error.
-		return plan{to: s.replica, route: metrics.RouteLocal}, nil
+		// the replica answers with PostgreSQL's own warning or error. A
+		// read among them ("BEGIN; SELECT ...; COMMIT" in one Query)
+		// waits for the session's position as a lone read does.
+		return plan{to: s.replica, route: metrics.RouteLocal, waitForPos: u.class.Has(StmtRead) || u.class.Has(StmtCopyOut)}, nil
 	}
 	p, err := toHub()
 	if err != nil || p.refuse != nil {
@@ -1405,7 +1396,7 @@ func (s *session) settleIdle(b *backendConn) bool {
 // BEGIN, the SETs and savepoints kept to replay it elsewhere, its snapshot
 // rule.
 func (s *session) endTxn() {
-	s.txOn, s.txBegin, s.txReplay, s.txSnapshot, s.hubPosOwed, s.txFailed = nil, "", nil, false, false, false
+	s.txOn, s.txBegin, s.txReplay, s.txSnapshot, s.txReadOnly, s.hubPosOwed, s.txFailed = nil, "", nil, false, false, false, false
 }
 
 // loseTxn ends the session's transaction as lost: statements fail with
@@ -2210,19 +2201,6 @@ func (s *session) finish(ctx context.Context, p plan, u *unit, res exResult) err
 			s.loseTxn()
 		}
 	}
-	switch {
-	case p.toSecond == nil || !u.simple || res.failed:
-	case p.toSecond == s.hub:
-		if err := s.silent(ctx, s.hub, u.query); err != nil {
-			s.srv.site.ReportHubFailure(s.hub.endpoint, err)
-			s.dropHub()
-		}
-	case p.toSecond == s.replica:
-		if err := s.silent(ctx, s.replica, u.query); err != nil {
-			s.log.Warn("could not apply a session setting on the replica", "err", err)
-			s.dropReplica(err)
-		}
-	}
 	s.mirrorSets(ctx, b, u, res)
 	s.followUnit(ctx, b, u, res)
 	s.noteSiteChange()
@@ -2791,15 +2769,15 @@ func (s *session) finishOpen(ctx context.Context, batch []batchMsg) error {
 }
 
 // mirrorSets applies the session SET/RESETs that ran on b as part of a
-// unit routed by its other statements (a SET beside a write in one simple
-// Query, or a SET through the extended protocol) to the session's other
-// backend, and keeps them for a hub connection attached later, as plan
-// does for a simple Query of SETs and reads. Only once the unit has ended
+// unit (each statement's own text: the reads and writes beside it run
+// once, where the unit ran) to the session's other backend, and keeps
+// them for backend connections made later. Only once the unit has ended
 // outside a transaction, and only the SETs whose transaction committed
-// (standingStmts): a SET is undone with the transaction it ran in. One
-// made in a transaction still open is held by followUnit until it ends.
+// (standingStmts): a SET is undone with the transaction it ran in, and a
+// refused or failed one changes nothing. One made in a transaction still
+// open is held by followUnit until it ends.
 func (s *session) mirrorSets(ctx context.Context, b *backendConn, u *unit, res exResult) {
-	if res.status != 'I' || u.fn || (u.simple && u.class.Strongest() <= StmtSession) {
+	if res.status != 'I' || u.fn {
 		return
 	}
 	stands := standing{u: u, res: &res}
@@ -2810,8 +2788,12 @@ func (s *session) mirrorSets(ctx context.Context, b *backendConn, u *unit, res e
 			if st.Kind == StmtEmpty {
 				continue
 			}
-			if st.Kind == StmtSession && st.Text != "" && stands.at(j) {
-				texts = append(texts, st.Text)
+			if st.Kind == StmtSession && stands.at(j) {
+				text := st.Text
+				if text == "" {
+					text = u.query // a lone SET
+				}
+				texts = append(texts, text)
 				s.noteDefaults(st)
 			}
 			j++
@@ -2822,8 +2804,8 @@ func (s *session) mirrorSets(ctx context.Context, b *backendConn, u *unit, res e
 			if m.typ != 'B' {
 				continue
 			}
-			if st := m.ps; st != nil && stands.at(j) {
-				if one, ok := st.class.Single(); ok && one.Kind == StmtSession {
+			if st := m.ps; st != nil {
+				if one, ok := st.class.Single(); ok && one.Kind == StmtSession && stands.at(j) {
 					texts = append(texts, st.query)
 					s.noteDefaults(one)
 				}
