@@ -1828,14 +1828,10 @@ func (s *session) sendEnd(f *flight) {
 	}
 }
 
+// sendSuffix queues the position query behind the unit, once, when its
+// plan asks for it (learnsPosition: never behind a unit that leaves a
+// transaction open, whose snapshot the query would take).
 func (s *session) sendSuffix(f *flight) {
-	if f.p.capture && lastEndChains(f.u.class) {
-		// The position query would be the first statement of the
-		// transaction AND CHAIN opened: it would take its snapshot and
-		// make the client's SET TRANSACTION fail. The position is learnt
-		// when that transaction ends (hubPosOwed).
-		f.p.capture = false
-	}
 	if f.p.capture && !f.suffixSent {
 		f.suffixSent = true
 		f.b.out.query(positionQuery)
@@ -2324,18 +2320,6 @@ func (s *session) answerLost(u *unit) error {
 		return &clientIOError{err: err}
 	}
 	return nil
-}
-
-// lastEndChains reports whether the last COMMIT or ROLLBACK of a unit is
-// AND CHAIN: the unit then ends inside the transaction it opened.
-func lastEndChains(c Classification) bool {
-	chains := false
-	for _, st := range c.Stmts {
-		if st.Kind == StmtCommit || st.Kind == StmtRollback {
-			chains = st.Chain
-		}
-	}
-	return chains
 }
 
 // endsLostTxn reports whether u, met while the session's transaction is
