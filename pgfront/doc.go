@@ -306,8 +306,10 @@
 // with SETs in one Query waits for the position as a lone read does. A
 // FunctionCall (libpq's large objects) outside a transaction runs on the
 // hub; inside a transaction on the replica it moves the transaction there
-// as a write does, unless that transaction is READ ONLY (pg_dump reading
-// large objects in its snapshot): then the standby runs it. When the link fails between a write's answer and its
+// as a write does, unless that transaction is READ ONLY (from its BEGIN,
+// the session default or a SET TRANSACTION, as pg_dump sends) and the
+// call reads a large object (lo_open, loread, lo_lseek, lo_tell, lo_close):
+// then the standby runs it, in the transaction's snapshot. When the link fails between a write's answer and its
 // position query's, the session's next local read first asks the hub for
 // its current position (a newer one covers the lost one); with the hub
 // unreachable the read is treated as a wait that timed out
@@ -339,6 +341,14 @@
 //     TRANSACTION ISOLATION LEVEL REPEATABLE READ beside other statements
 //     does not move the transaction to the hub at once, as a lone one
 //     does: its first write moves it, with a new snapshot.
+//   - A session SET in the Query that opens a transaction ("BEGIN; SET
+//     x ...; SELECT") is not applied to the other backend when the
+//     transaction commits. In one Query, SETs are repeated on the other
+//     backend before set_config() calls, whatever their order. A read
+//     beside a SET does not go to the hub under a SERIALIZABLE session
+//     default, as a lone read does (the standby answers 0A000). Kept SETs
+//     are not merged by setting, so a session that sets search_path on
+//     every request keeps a growing list for connections made later.
 //   - A position owed by a unit that committed and left a hub transaction
 //     open ("INSERT ...; BEGIN") is forgotten if that transaction is lost.
 //   - Under consistency: site, COMMIT AND CHAIN is acknowledged before

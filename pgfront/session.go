@@ -61,7 +61,8 @@ type unit struct {
 	query  string     // simple
 	msgs   []batchMsg // extended, the last one is Sync
 	class  Classification
-	fn     bool // a FunctionCall (always the hub)
+	fn     bool   // a FunctionCall
+	fnOID  uint32 // the function it calls
 	raw    []byte
 }
 
@@ -93,8 +94,9 @@ type session struct {
 	// one, opened there while the hub was unavailable: moving it to the hub
 	// would change its snapshot, so it never moves.
 	txSnapshot bool
-	// txReadOnly: the replica transaction was opened READ ONLY (BEGIN, or
-	// the session's default): a FunctionCall in it (pg_dump's lo_open and
+	// txReadOnly: the replica transaction is READ ONLY (its BEGIN, the
+	// session's default, or a SET TRANSACTION in it, as pg_dump sends): a
+	// FunctionCall in it that reads a large object (pg_dump's lo_open,
 	// loread) runs there, in its snapshot, rather than moving it.
 	txReadOnly bool
 	// txFailed: the open transaction is in a failed state ('E'): on the
@@ -490,7 +492,7 @@ func (s *session) handleMessage(ctx context.Context, m frontMsg) error {
 			sendFatal(s.out, "08P01", "invalid frontend message: "+err.Error())
 			return err
 		}
-		return s.runUnit(ctx, &unit{fn: true, raw: mustEncode(&fc), class: Classification{Stmts: []Statement{{Kind: StmtWrite}}}})
+		return s.runUnit(ctx, &unit{fn: true, fnOID: fc.Function, raw: mustEncode(&fc), class: Classification{Stmts: []Statement{{Kind: StmtWrite}}}})
 	case 'X':
 		return errTerminate
 	case 'd', 'c', 'f':
@@ -830,9 +832,10 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 	}
 	if inTxn { // a transaction on the replica
 		switch {
-		case u.fn && s.txReadOnly:
-			// The standby answers it as a READ ONLY transaction on the
-			// hub would (lo_open, loread; 25006 for a write).
+		case u.fn && s.txReadOnly && readsLargeObject(u.fnOID):
+			// The standby answers these as a READ ONLY transaction on
+			// the hub would (lowrite: 25006 on both); lo_creat, which the
+			// hub allows in a READ ONLY transaction, moves it.
 			return plan{to: s.replica, route: metrics.RouteLocal}, nil
 		case k == StmtSetLocal && isSingle && single.Isolation >= IsolationRepeatableRead && single.Access != AccessReadOnly && !s.txSnapshot:
 			fallthrough
@@ -946,6 +949,19 @@ func (s *session) plan(ctx context.Context, u *unit) (plan, error) {
 	}
 	p.capture = s.learnsPosition(u.class, false)
 	return p, nil
+}
+
+// readsLargeObject reports whether fn, a FunctionCall's function, is one
+// of the large-object functions a standby runs as a READ ONLY transaction
+// on the hub does: lo_open, lo_close, loread, lo_lseek, lo_tell and their
+// 64-bit forms (OIDs fixed in PostgreSQL's catalog). libpq calls them
+// through the fast path, pg_dump among others.
+func readsLargeObject(fn uint32) bool {
+	switch fn {
+	case 952, 953, 954, 956, 958, 3170, 3171:
+		return true
+	}
+	return false
 }
 
 // learnsPosition reports whether a unit that runs on the hub must learn
@@ -2773,14 +2789,24 @@ func (s *session) mirrorSets(ctx context.Context, b *backendConn, u *unit, res e
 				continue
 			}
 			if st.Kind == StmtSession && stands.at(j) {
-				text := st.Text
-				if text == "" {
-					text = u.query // a lone SET
-				}
-				texts = append(texts, text)
+				texts = append(texts, st.Text)
 				s.noteDefaults(st)
 			}
 			j++
+		}
+		switch {
+		case len(texts) == 0:
+		case len(texts) == j:
+			// Only SETs, all standing: the Query itself.
+			texts = texts[:1]
+			texts[0] = u.query
+		default:
+			// One Query again, so the other backend parses each SET
+			// under the settings the Query arrived with, as the one that
+			// ran it did ("SET standard_conforming_strings = off; SET
+			// x = 'a\\b'", a client_encoding change); a text may end in
+			// a -- comment.
+			texts = []string{strings.Join(texts, ";\n")}
 		}
 	} else {
 		j := 0
@@ -3194,6 +3220,9 @@ func (s *session) followTxnStmt(ctx context.Context, b *backendConn, st Statemen
 	switch {
 	case st.Kind == StmtSetLocal && b == s.replica && sql != "":
 		s.txReplay = append(s.txReplay, txStmt{sql: sql, kind: setLocalKind(st)})
+		if st.Access != AccessDefault {
+			s.txReadOnly = st.Access == AccessReadOnly
+		}
 	case st.Kind == StmtSession && sql != "":
 		s.holdTxnSession(ctx, b, sql, st)
 	case st.Kind == StmtSavepoint:
@@ -3217,7 +3246,7 @@ func (s *session) txnEndedInUnit(ctx context.Context, b *backendConn, end Statem
 		s.chainTxn(ctx, b, how == 'C')
 	default:
 		s.settleTxnSets(ctx, b, how == 'C')
-		s.txBegin, s.txReplay, s.txSnapshot = "", nil, false
+		s.txBegin, s.txReplay, s.txSnapshot, s.txReadOnly = "", nil, false, false
 	}
 }
 

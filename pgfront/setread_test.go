@@ -186,6 +186,43 @@ func TestLabPGSetsWithReads(t *testing.T) {
 		}
 	})
 
+	// SETs mirrored from one Query are parsed on the other backend under
+	// the settings the Query arrived with, as where it ran: a Query that
+	// turns standard_conforming_strings off or changes client_encoding
+	// leaves the same value on both, whether the hub is attached then or
+	// later.
+	t.Run("SETs of one Query parse alike on both", func(t *testing.T) {
+		for _, tc := range []struct{ name, query, expr string }{
+			{"standard_conforming_strings", `SET standard_conforming_strings = off; SET app.parsed = 'a\b'; SELECT 1`, "current_setting('app.parsed')"},
+			{"client_encoding", "SET client_encoding = 'LATIN1'; SET app.parsed = '\xc3\xa9'; SELECT 1", "encode(convert_to(current_setting('app.parsed'), 'UTF8'), 'hex')"},
+		} {
+			for _, attached := range []bool{true, false} {
+				ctx := ctxT(t)
+				c := f.connect(t, nil)
+				pc := c.PgConn()
+				if attached {
+					mustExec(ctx, t, c, "INSERT INTO notes (account_id, body) VALUES (1, 'attaches the hub')")
+				}
+				if _, err := pc.Exec(ctx, tc.query).ReadAll(); err != nil {
+					t.Fatalf("%s: %v", tc.query, err)
+				}
+				run := lastRow(ctx, pc)
+				row, err := run("SELECT " + tc.expr + ", pg_is_in_recovery()")
+				if err != nil {
+					t.Fatal(err)
+				}
+				sb := string(row[0])
+				row, err = run("INSERT INTO notes (account_id, body) VALUES (1, 'probe') RETURNING " + tc.expr + ", pg_is_in_recovery()")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if hub := string(row[0]); hub != sb {
+					t.Errorf("%s (hub attached before: %v): %q on the standby, %q on the hub", tc.name, attached, sb, hub)
+				}
+			}
+		}
+	})
+
 	// A read in one Query with a SET LOCAL, or between BEGIN and COMMIT,
 	// waits for the session's position.
 	t.Run("reads beside transaction control wait", func(t *testing.T) {
@@ -212,8 +249,11 @@ func TestLabPGSetsWithReads(t *testing.T) {
 	})
 
 	// pg_dump reads large objects through the fast path (lo_open, loread)
-	// in a REPEATABLE READ READ ONLY transaction: the calls run in it, on
-	// the standby, and its snapshot holds.
+	// in a transaction it makes REPEATABLE READ READ ONLY with a SET
+	// TRANSACTION of its own: the calls run in it, on the standby, and its
+	// snapshot holds. lo_creat, which the hub allows in a READ ONLY
+	// transaction and a standby does not, moves the transaction; so does
+	// any call once a plain end and BEGIN left READ ONLY behind.
 	t.Run("FunctionCall in a READ ONLY transaction", func(t *testing.T) {
 		ctx := ctxT(t)
 		var lobj uint32
@@ -229,6 +269,16 @@ func TestLabPGSetsWithReads(t *testing.T) {
 			}
 			return o
 		}
+		for _, fn := range []string{"lo_open(oid, integer)", "lo_close(integer)", "loread(integer, integer)", "lo_lseek(integer, integer, integer)", "lo_tell(integer)", "lo_lseek64(integer, bigint, integer)", "lo_tell64(integer)"} {
+			if !readsLargeObject(fnOID(fn)) {
+				t.Errorf("%s (OID %d) is not taken for a large-object read", fn, fnOID(fn))
+			}
+		}
+		for _, fn := range []string{"lo_creat(integer)", "lowrite(integer, bytea)", "lo_unlink(oid)"} {
+			if readsLargeObject(fnOID(fn)) {
+				t.Errorf("%s (OID %d) is taken for a large-object read", fn, fnOID(fn))
+			}
+		}
 		i32 := func(v int32) []byte { return []byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)} }
 		c := f.raw(t)
 		call := func(fn uint32, args ...[]byte) []byte {
@@ -241,7 +291,8 @@ func TestLabPGSetsWithReads(t *testing.T) {
 			expect[*pgproto3.ReadyForQuery](c)
 			return append([]byte(nil), r.Result...)
 		}
-		c.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+		c.query("BEGIN")
+		c.query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
 		before := c.query("SELECT count(*)::text || ' ' || pg_is_in_recovery()::text FROM notes")
 		mustExec(ctx, t, hubSuper, "INSERT INTO notes (account_id, body) VALUES (1, 'after the snapshot')")
 		waitOnStandby(ctx, t, standby, "SELECT EXISTS (SELECT 1 FROM notes WHERE body = 'after the snapshot')")
@@ -254,6 +305,16 @@ func TestLabPGSetsWithReads(t *testing.T) {
 		}
 		if strings.Join(before, "") != strings.Join(after, "") || !strings.HasSuffix(after[0], "true") {
 			t.Errorf("a REPEATABLE READ READ ONLY transaction saw %v, then %v after a large-object read: want the same, on the standby", before, after)
+		}
+
+		for _, open := range [][]string{{"BEGIN READ ONLY"}, {"BEGIN READ ONLY", "COMMIT; BEGIN"}} {
+			for _, q := range open {
+				c.query(q)
+			}
+			if oid := call(fnOID("lo_creat(integer)"), i32(-1)); len(oid) != 4 {
+				t.Errorf("lo_creat after %q: %x, want an OID", open, oid)
+			}
+			c.query("ROLLBACK")
 		}
 	})
 }
