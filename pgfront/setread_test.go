@@ -13,26 +13,35 @@ import (
 	"github.com/spokeproxy/spokeproxy/lab"
 )
 
-// settingBoth reads a setting through the session on the standby (a read)
-// and on the hub (beside a write).
+// settingBoth reads a setting through the session on the standby (a
+// read) and on the hub (beside a write); unset reads as "".
 func settingBoth(t *testing.T, run func(string) ([][]byte, error), name string) (standby, hub string) {
 	t.Helper()
-	row, err := run("SELECT coalesce(current_setting('" + name + "', true), ''), pg_is_in_recovery()")
-	if err != nil {
-		t.Fatal(err)
+	return valueBoth(t, run, "coalesce(current_setting('"+name+"', true), '')")
+}
+
+// valueBoth evaluates expr through the session on the standby (a read)
+// and on the hub (beside a write).
+func valueBoth(t *testing.T, run func(string) ([][]byte, error), expr string) (standby, hub string) {
+	t.Helper()
+	for _, q := range []struct{ sql, inRecovery string }{
+		{"SELECT " + expr + ", pg_is_in_recovery()", "t"},
+		{"INSERT INTO notes (account_id, body) VALUES (1, 'setting probe') RETURNING " + expr + ", pg_is_in_recovery()", "f"},
+	} {
+		row, err := run(q.sql)
+		if err != nil {
+			t.Fatalf("%s: %v", q.sql, err)
+		}
+		if string(row[1]) != q.inRecovery {
+			t.Fatalf("%s ran with pg_is_in_recovery() %s", q.sql, row[1])
+		}
+		if q.inRecovery == "t" {
+			standby = string(row[0])
+		} else {
+			hub = string(row[0])
+		}
 	}
-	if string(row[1]) != "t" {
-		t.Fatalf("the read of %s ran with pg_is_in_recovery() %s", name, row[1])
-	}
-	standby = string(row[0])
-	row, err = run("INSERT INTO notes (account_id, body) VALUES (1, 'setting probe') RETURNING coalesce(current_setting('" + name + "', true), ''), pg_is_in_recovery()")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if string(row[1]) != "f" {
-		t.Fatalf("the write ran with pg_is_in_recovery() %s", row[1])
-	}
-	return standby, string(row[0])
+	return standby, hub
 }
 
 // lastRow runs q as one simple Query on pc and returns its last result's
@@ -206,17 +215,7 @@ func TestLabPGSetsWithReads(t *testing.T) {
 				if _, err := pc.Exec(ctx, tc.query).ReadAll(); err != nil {
 					t.Fatalf("%s: %v", tc.query, err)
 				}
-				run := lastRow(ctx, pc)
-				row, err := run("SELECT " + tc.expr + ", pg_is_in_recovery()")
-				if err != nil {
-					t.Fatal(err)
-				}
-				sb := string(row[0])
-				row, err = run("INSERT INTO notes (account_id, body) VALUES (1, 'probe') RETURNING " + tc.expr + ", pg_is_in_recovery()")
-				if err != nil {
-					t.Fatal(err)
-				}
-				if hub := string(row[0]); hub != sb {
+				if sb, hub := valueBoth(t, lastRow(ctx, pc), tc.expr); hub != sb {
 					t.Errorf("%s (hub attached before: %v): %q on the standby, %q on the hub", tc.name, attached, sb, hub)
 				}
 			}

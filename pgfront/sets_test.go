@@ -1,7 +1,6 @@
 package pgfront
 
 import (
-	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -74,34 +73,6 @@ func TestLabPGSetsFollowTheirTransaction(t *testing.T) {
 	pc := c.PgConn()
 	ctx := ctxT(t)
 
-	// settings reads the values of names on the hub (beside a write) and
-	// on the standby.
-	settings := func(t *testing.T, names ...string) (hub, standby []string) {
-		t.Helper()
-		var cols []string
-		for _, n := range names {
-			cols = append(cols, "coalesce(current_setting('"+n+"', true), '')")
-		}
-		read := func(sql string, wantStandby string) []string {
-			res, err := pc.Exec(ctx, sql).ReadAll()
-			if err != nil {
-				t.Fatalf("%s: %v", sql, err)
-			}
-			row := res[len(res)-1].Rows[0]
-			if got := string(row[len(row)-1]); got != wantStandby {
-				t.Fatalf("%s ran with pg_is_in_recovery() %s", sql, got)
-			}
-			var out []string
-			for _, v := range row[:len(row)-1] {
-				out = append(out, string(v))
-			}
-			return out
-		}
-		list := strings.Join(cols, ", ")
-		hub = read("INSERT INTO notes (account_id, body) VALUES (1, 'sets follow') RETURNING "+list+", pg_is_in_recovery()", "f")
-		standby = read("SELECT "+list+", pg_is_in_recovery()", "t")
-		return hub, standby
-	}
 	simple := func(q string) func() error {
 		return func() error {
 			_, err := pc.Exec(ctx, q).ReadAll()
@@ -119,7 +90,7 @@ func TestLabPGSetsFollowTheirTransaction(t *testing.T) {
 		}
 	}
 	// Attach the hub connection, so a mirrored SET has somewhere to go.
-	settings(t, "application_name")
+	settingBoth(t, lastRow(ctx, pc), "application_name")
 
 	for _, tc := range []struct {
 		name, key string
@@ -149,9 +120,9 @@ func TestLabPGSetsFollowTheirTransaction(t *testing.T) {
 			if err := tc.run(); err != nil {
 				t.Fatal(err)
 			}
-			hub, standby := settings(t, tc.key)
-			if hub[0] != tc.want || standby[0] != tc.want {
-				t.Errorf("%s: %q on the hub, %q on the standby; want %q on both", tc.key, hub[0], standby[0], tc.want)
+			standby, hub := settingBoth(t, lastRow(ctx, pc), tc.key)
+			if hub != tc.want || standby != tc.want {
+				t.Errorf("%s: %q on the hub, %q on the standby; want %q on both", tc.key, hub, standby, tc.want)
 			}
 		})
 	}
